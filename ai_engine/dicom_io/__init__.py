@@ -1,0 +1,1 @@
+"""DICOM in and out: the only package that imports highdicom."""
