@@ -73,6 +73,7 @@ class ModelCard:
         calibration: thresholds fitted on healthy validation images.
         training: free-form facts about training (data, split, epochs, seed, ...).
         metrics: validation metrics.
+        architecture: constructor arguments of the network (``init_args``).
     """
 
     model_id: str
@@ -87,6 +88,17 @@ class ModelCard:
     calibration: Calibration
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> AlgorithmInfo:
+        """Provenance of these weights for the DICOM outputs."""
+        return AlgorithmInfo(
+            model_id=self.model_id,
+            name=self.name,
+            version=self.version,
+            weights_sha256=self.weights_sha256,
+        )
 
 
 @dataclass(frozen=True)

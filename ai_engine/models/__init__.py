@@ -1,0 +1,1 @@
+"""Anomaly models, one folder each, behind `ai_engine.models.base.AnomalyModel`."""

@@ -1,0 +1,60 @@
+"""The one interface every anomaly model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ai_engine.types import AnomalyOutput, ModelCard
+
+
+class AnomalyModel(ABC):
+    """An anomaly model with its model card and calibration.
+
+    Subclasses wrap a pure ``nn.Module`` and say how to score with it. Models see tensors
+    only: reading DICOM and writing results is the pipeline's job.
+    """
+
+    #: Registry id; equal to the model's folder name under ai_engine/models.
+    model_id: ClassVar[str]
+
+    def __init__(self, card: ModelCard, network: nn.Module) -> None:
+        self.card = card
+        self.network = network
+        self.device = torch.device("cpu")
+
+    @classmethod
+    @abstractmethod
+    def build_network(cls, **init_args: object) -> nn.Module:
+        """Construct the untrained network from its ``init_args`` (the card's architecture)."""
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> AnomalyOutput:
+        """Score a batch.
+
+        Args:
+            x: (B, 1, H, W) images, preprocessed by `ai_engine.transforms.model_input`.
+
+        Returns:
+            score (B,), anomaly_map (B, 1, H, W), reconstruction (B, 1, H, W) or None.
+        """
+
+    def to(self, device: torch.device | str) -> AnomalyModel:
+        """Move the network to ``device`` and remember it."""
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        return self
+
+    def eval(self) -> AnomalyModel:
+        """Put the network in inference mode."""
+        self.network.eval()
+        return self
+
+    @classmethod
+    def weights_file(cls, checkpoint_dir: Path) -> Path:
+        """Where the weights of a checkpoint folder are."""
+        return checkpoint_dir / "weights.safetensors"

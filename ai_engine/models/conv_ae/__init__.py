@@ -1,0 +1,1 @@
+"""Convolutional autoencoder (seed 001): reconstruction error as the anomaly map."""

@@ -1,0 +1,240 @@
+"""THE inference pipeline: a folder of DICOM files in, DICOM results out.
+
+``run(input_dir, output_dir, checkpoints)`` reads every DICOM file under ``input_dir``,
+groups them by study, checks each image against each model's card (images a model was not
+trained for are *not analysed*, with the reason), scores the rest in batches, and writes per
+analysed image a binary SEG (nested threshold levels) and a FRACTIONAL SEG of the map, and
+per study and model a Comprehensive SR (TID 1500) with the scores.
+
+Study score: the **maximum** of the analysed images' scores; the study is abnormal when any
+analysed image is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom import Dataset
+
+from ai_engine import checkpoints as ckpt
+from ai_engine.dicom_io import markers
+from ai_engine.errors import AiEngineError, UnsupportedInputError
+from ai_engine.models.base import AnomalyModel
+from ai_engine.postprocess import fractional_map, map_to_source, region_levels
+from ai_engine.suitability import reason_not_suitable
+from ai_engine.transforms import model_input
+from ai_engine.types import AnomalyOutput, FloatArray, ImageResult, StudyResult
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 16
+_MODELS: dict[tuple[str, str], AnomalyModel] = {}
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_model(checkpoint: str, device: torch.device | None = None) -> AnomalyModel:
+    """Load a checkpoint once per process and device, then reuse it."""
+    device = device or default_device()
+    key = (str(ckpt.resolve(checkpoint)), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = ckpt.load(checkpoint, device)
+    return _MODELS[key]
+
+
+def predict_images(model: AnomalyModel, images: Sequence[FloatArray]) -> AnomalyOutput:
+    """Score greyscale images in [0, 1] of any size, in batches, with the model's preprocessing.
+
+    This is the one place where pixels become model input, for the node and for
+    ``python -m training evaluate`` alike.
+
+    Returns:
+        AnomalyOutput with score (N,), anomaly_map (N, 1, H, W) at the model's input size.
+    """
+    size = model.card.image_size
+    scores, maps, recons = [], [], []
+    use_amp = model.device.type == "cuda"
+    for start in range(0, len(images), BATCH_SIZE):
+        batch = torch.stack([model_input(img, size) for img in images[start : start + BATCH_SIZE]])
+        with torch.autocast(device_type=model.device.type, enabled=use_amp):
+            out = model.predict(batch.to(model.device))
+        scores.append(out.score.float().cpu())
+        maps.append(out.anomaly_map.float().cpu())
+        if out.reconstruction is not None:
+            recons.append(out.reconstruction.float().cpu())
+    if not scores:
+        empty = torch.empty(0, 1, *size)
+        return AnomalyOutput(torch.empty(0), empty, None)
+    return AnomalyOutput(
+        score=torch.cat(scores),
+        anomaly_map=torch.cat(maps),
+        reconstruction=torch.cat(recons) if recons else None,
+    )
+
+
+@dataclass
+class _Source:
+    path: Path
+    header: Dataset
+
+
+def _collect(input_dir: Path) -> dict[str, list[_Source]]:
+    """Headers of the DICOM files under input_dir grouped by StudyInstanceUID."""
+    from ai_engine.dicom_io.reader import read_header
+
+    studies: dict[str, list[_Source]] = defaultdict(list)
+    problems = []
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    for path in files:
+        try:
+            header = read_header(path)
+        except UnsupportedInputError as exc:
+            problems.append(str(exc))
+            logger.warning("skipping unreadable file", extra={"file": path.name})
+            continue
+        if markers.is_own_output(
+            header.get("Manufacturer"), header.get("SOPClassUID")
+        ) or markers.is_derived_object(header.get("SOPClassUID")):
+            continue
+        studies[str(header.StudyInstanceUID)].append(_Source(path, header))
+    if not studies:
+        detail = "; ".join(problems[:3]) or "no files"
+        raise UnsupportedInputError(f"no readable DICOM image under {input_dir}: {detail}")
+    return studies
+
+
+def run(
+    input_dir: Path,
+    output_dir: Path,
+    checkpoints: Sequence[str] = ("default-cxr",),
+    device: torch.device | None = None,
+) -> list[StudyResult]:
+    """Analyse every study under ``input_dir`` with each checkpoint; write DICOM results.
+
+    Args:
+        input_dir: folder (searched recursively) of DICOM files of one or more studies.
+        output_dir: where the SEG and SR files are written (created if missing).
+        checkpoints: shipped checkpoint names or checkpoint folders.
+        device: torch device; default: CUDA when available, else CPU.
+
+    Returns:
+        One StudyResult per (study, checkpoint), in input order.
+
+    Raises:
+        UnsupportedInputError: no file under ``input_dir`` is a readable DICOM image.
+        ModelLoadError, UnknownModelError: a checkpoint cannot be loaded.
+    """
+    from pydicom.uid import generate_uid
+
+    from ai_engine.dicom_io.reader import read_image
+    from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
+    from ai_engine.dicom_io.sr_writer import write_sr
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    studies = _collect(input_dir)
+    results: list[StudyResult] = []
+    for checkpoint in checkpoints:
+        model = get_model(checkpoint, device)
+        card, algorithm = model.card, model.card.algorithm
+        for study_uid, sources in studies.items():
+            started = time.perf_counter()
+            image_results: list[ImageResult] = []
+            to_score: list[tuple[_Source, Dataset, FloatArray]] = []
+            for src in sources:
+                sop_uid = str(src.header.SOPInstanceUID)
+                series_uid = str(src.header.get("SeriesInstanceUID", ""))
+                reason = reason_not_suitable(src.header, card)
+                if reason is None:
+                    try:
+                        image = read_image(src.path)
+                    except AiEngineError as exc:
+                        reason = f"unreadable: {exc}"
+                    else:
+                        to_score.append((src, image.dataset, image.pixels))
+                        continue
+                image_results.append(
+                    ImageResult(sop_uid, series_uid, None, None, None, None, reason)
+                )
+            output = predict_images(model, [pixels for _, _, pixels in to_score])
+            files: list[str] = []
+            seg_series, frac_series = generate_uid(), generate_uid()
+            cal = card.calibration
+            for i, (_src, dataset, pixels) in enumerate(to_score):
+                score = float(output.score[i])
+                image_results.append(
+                    ImageResult(
+                        sop_instance_uid=str(dataset.SOPInstanceUID),
+                        series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
+                        score=score,
+                        threshold=cal.threshold,
+                        is_abnormal=score >= cal.threshold,
+                        healthy_percentile=cal.healthy_percentile(score),
+                    )
+                )
+                rows, cols = pixels.shape
+                source_map = map_to_source(output.anomaly_map[i], rows, cols)
+                binary = write_binary_seg(
+                    dataset,
+                    region_levels(source_map, cal),
+                    algorithm,
+                    series_instance_uid=seg_series,
+                    instance_number=i + 1,
+                )
+                fractional = write_fractional_seg(
+                    dataset,
+                    fractional_map(source_map, cal),
+                    algorithm,
+                    series_instance_uid=frac_series,
+                    instance_number=i + 1,
+                )
+                for kind, ds in (("seg", binary), ("map", fractional)):
+                    path = output_dir / f"{card.name}_{kind}_{ds.SOPInstanceUID}.dcm"
+                    ds.save_as(path, enforce_file_format=True)
+                    files.append(str(path))
+            scored = [r for r in image_results if r.score is not None]
+            study_score = max((r.score for r in scored if r.score is not None), default=None)
+            study = StudyResult(
+                study_instance_uid=study_uid,
+                algorithm=algorithm,
+                images=tuple(image_results),
+                study_score=study_score,
+                is_abnormal=None if study_score is None else study_score >= cal.threshold,
+            )
+            sr = write_sr([s.header for s in sources], study)
+            sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
+            sr.save_as(sr_path, enforce_file_format=True)
+            files.append(str(sr_path))
+            study = StudyResult(
+                study.study_instance_uid,
+                study.algorithm,
+                study.images,
+                study.study_score,
+                study.is_abnormal,
+                tuple(files),
+            )
+            logger.info(
+                "study analysed",
+                extra={
+                    "study_uid": study_uid,
+                    "model_id": card.model_id,
+                    "n_scored": len(scored),
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
+            results.append(study)
+    return results
+
+
+def score_arrays(checkpoint: str, images: Sequence[FloatArray]) -> np.ndarray:
+    """Image scores (N,) for greyscale arrays in [0, 1]: the research entry point."""
+    return predict_images(get_model(checkpoint), images).score.numpy()

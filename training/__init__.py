@@ -1,0 +1,1 @@
+"""Training, calibration and evaluation of the engine's models (imports ai_engine only)."""

@@ -1,0 +1,96 @@
+"""Command line: ``python -m training fit|evaluate|manifest``.
+
+- ``fit --config training/configs/<model_id>.yaml --out DIR``: train on the manifest's train
+  split (normal images), calibrate on val, write a checkpoint folder with its model card.
+- ``evaluate --checkpoint NAME_OR_PATH --manifest CSV --split SPLIT``: score a split and
+  print, as the last line, one JSON object (auroc, auprc, sensitivity, specificity, threshold,
+  n_normal, n_abnormal, pixel_auroc/dice when the manifest has masks, ...).
+- ``manifest --dicom-dir DIR --out CSV [--labels CSV]``: a manifest from a folder of DICOM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fit = sub.add_parser("fit", help="train + calibrate a model, write a checkpoint")
+    p_fit.add_argument("--config", type=Path, required=True)
+    p_fit.add_argument("--out", type=Path, required=True)
+    p_fit.add_argument("--epochs", type=int, default=None, help="override the config (smoke runs)")
+    p_fit.add_argument(
+        "--limit", type=int, default=None, help="at most N images per set (smoke runs)"
+    )
+    p_ev = sub.add_parser("evaluate", help="score a manifest split, print JSON metrics")
+    p_ev.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
+    p_ev.add_argument("--manifest", type=Path, required=True)
+    p_ev.add_argument("--split", required=True)
+    p_ev.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs"
+    )
+    p_ev.add_argument("--scores-csv", type=Path, default=None, help="also write per-image scores")
+    p_man = sub.add_parser("manifest", help="build a manifest from a folder of DICOM files")
+    p_man.add_argument("--dicom-dir", type=Path, required=True)
+    p_man.add_argument("--out", type=Path, required=True)
+    p_man.add_argument(
+        "--labels", type=Path, default=None, help="CSV with SOPInstanceUID or path, label[, split]"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    from ai_engine.errors import AiEngineError
+    from training.data import ManifestError
+
+    try:
+        if args.command == "fit":
+            from training.fit import fit, load_config
+
+            card = fit(load_config(args.config), args.out, epochs=args.epochs, limit=args.limit)
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": str(args.out),
+                        "val_auroc": card.metrics["val_auroc"],
+                        "threshold": card.calibration.threshold,
+                        "weights_sha256": card.weights_sha256,
+                    }
+                )
+            )
+        elif args.command == "evaluate":
+            from training.evaluate import evaluate
+
+            result = evaluate(
+                args.checkpoint,
+                args.manifest,
+                args.split,
+                n_boot=args.bootstrap,
+                scores_csv=args.scores_csv,
+            )
+            print(json.dumps(result))
+        else:
+            from training.manifest import build_manifest
+
+            n = build_manifest(args.dicom_dir, args.out, args.labels)
+            print(json.dumps({"manifest": str(args.out), "rows": n}))
+    except (ManifestError, AiEngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

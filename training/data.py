@@ -1,0 +1,114 @@
+"""Manifests and image loading for training and evaluation.
+
+A manifest is a CSV with at least ``path, split, label`` (see ../shared/data/README.md);
+paths are relative to the manifest's folder. Images are PNG (8-bit: value/255) or DICOM
+(read by ai_engine.dicom_io.reader); both then go through ai_engine.transforms.model_input,
+the same preprocessing the node applies.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ai_engine.transforms import model_input
+
+REQUIRED_COLUMNS = ("path", "split", "label")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One manifest row."""
+
+    path: Path
+    split: str
+    label: int
+    mask_path: Path | None
+    patient_id: str
+    age: str
+    sex: str
+    view: str
+
+
+def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
+    """Rows of ``manifest`` (optionally only ``split``), paths made absolute.
+
+    Raises:
+        ManifestError: missing file or columns, bad label, or a listed image missing.
+    """
+    if not manifest.is_file():
+        raise ManifestError(f"manifest {manifest} does not exist")
+    root = manifest.resolve().parent
+    with manifest.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ManifestError(f"manifest {manifest} lacks column(s) {', '.join(missing)}")
+        items = []
+        for line_no, row in enumerate(reader, start=2):
+            if split is not None and row["split"] != split:
+                continue
+            try:
+                label = int(row["label"])
+            except ValueError:
+                raise ManifestError(
+                    f"{manifest}:{line_no}: label {row['label']!r} is not 0 or 1"
+                ) from None
+            if label not in (0, 1):
+                raise ManifestError(f"{manifest}:{line_no}: label {label} is not 0 or 1")
+            path = root / row["path"]
+            if not path.is_file():
+                raise ManifestError(f"{manifest}:{line_no}: image {path} does not exist")
+            mask = (row.get("mask_path") or "").strip()
+            items.append(
+                Item(
+                    path=path,
+                    split=row["split"],
+                    label=label,
+                    mask_path=root / mask if mask else None,
+                    patient_id=row.get("patient_id", ""),
+                    age=row.get("age", "") or "",
+                    sex=row.get("sex", "") or "",
+                    view=row.get("view", "") or "",
+                )
+            )
+    return items
+
+
+def load_png(path: Path) -> np.ndarray:
+    """Greyscale PNG as float32 in [0, 1] (8-bit /255, 16-bit /65535)."""
+    with Image.open(path) as img:
+        if img.mode in ("I;16", "I;16B", "I"):
+            return np.asarray(img, dtype=np.float32) / 65535.0
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def load_image(path: Path) -> np.ndarray:
+    """PNG or DICOM as float32 in [0, 1], greyscale, higher = brighter."""
+    if path.suffix.lower() == ".png":
+        return load_png(path)
+    from ai_engine.dicom_io.reader import read_image
+
+    return read_image(path).pixels
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Binary mask (H, W) bool from a PNG."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L")) > 0
+
+
+def load_batch(paths: list[Path], image_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) model inputs for ``paths``."""
+    if not paths:
+        return torch.empty(0, 1, *image_size)
+    return torch.stack([model_input(load_image(p), image_size) for p in paths])

@@ -1,0 +1,262 @@
+"""Train an anomaly model on normal images, calibrate it on healthy val, write a checkpoint.
+
+Model selection and thresholds use the ``val`` split only; ``test`` is never read here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ai_engine import checkpoints, registry
+from ai_engine.metrics import auroc
+from ai_engine.models.conv_ae.model import image_scores, smoothed_error
+from ai_engine.transforms import describe
+from ai_engine.types import Calibration, ModelCard
+from training.data import load_batch, read_manifest
+
+logger = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    with path.open() as fh:
+        config: dict[str, Any] = yaml.safe_load(fh)
+    return config
+
+
+@torch.no_grad()
+def reconstruct(network: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    network.eval()
+    return torch.cat([network(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def fit(
+    config: dict[str, Any], out: Path, epochs: int | None = None, limit: int | None = None
+) -> ModelCard:
+    """Train, calibrate and save. Returns the written model card.
+
+    Args:
+        config: the YAML config as a dict.
+        out: checkpoint folder to write.
+        epochs: override the config's epochs (smoke tests).
+        limit: use at most this many images per split/class (smoke tests).
+    """
+    started = time.time()
+    seed = int(config.get("seed", 0))
+    seed_everything(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    image_size = (int(config["image_size"][0]), int(config["image_size"][1]))
+    manifest = Path(config["manifest"])
+    if not manifest.is_absolute():
+        manifest = (REPO_ROOT / manifest).resolve()
+    optim_cfg = config["optim"]
+    n_epochs = int(epochs if epochs is not None else optim_cfg["epochs"])
+
+    train_items = [i for i in read_manifest(manifest, "train") if i.label == 0][:limit]
+    val_items = read_manifest(manifest, "val")
+    val_normal = [i for i in val_items if i.label == 0][:limit]
+    val_abnormal = [i for i in val_items if i.label == 1][:limit]
+    logger.info(
+        "loading %d train, %d+%d val images", len(train_items), len(val_normal), len(val_abnormal)
+    )
+    x_train = load_batch([i.path for i in train_items], image_size)
+    x_val_n = load_batch([i.path for i in val_normal], image_size)
+    x_val_a = load_batch([i.path for i in val_abnormal], image_size)
+
+    cls = registry.get(config["model_id"])
+    network = cls.build_network(**config["init_args"])
+    optimizer = torch.optim.Adam(
+        network.parameters(),
+        lr=float(optim_cfg["lr"]),
+        weight_decay=float(optim_cfg.get("weight_decay", 0)),
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=4)
+    batch_size = int(optim_cfg["batch_size"])
+    patience = int(optim_cfg.get("patience", 10))
+    generator = torch.Generator().manual_seed(seed)
+    best_loss, best_state, best_epoch, history = float("inf"), None, -1, []
+    for epoch in range(n_epochs):
+        network.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = x_train[order[start : start + batch_size]]
+            # light augmentation: random horizontal shift of up to 4 px and intensity jitter
+            shift = int(torch.randint(-4, 5, (1,), generator=generator))
+            batch = torch.roll(batch, shifts=shift, dims=3)
+            gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
+            batch = (batch * gain).clamp(0, 1)
+            loss = torch.mean((network(batch) - batch) ** 2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        val_loss = float(torch.mean((reconstruct(network, x_val_n) - x_val_n) ** 2))
+        scheduler.step(val_loss)
+        history.append(
+            {"epoch": epoch, "train_mse": total / len(order), "val_normal_mse": val_loss}
+        )
+        logger.info("epoch %d train %.5f val-normal %.5f", epoch, total / len(order), val_loss)
+        if val_loss < best_loss:
+            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(network.state_dict()), epoch
+        elif epoch - best_epoch >= patience:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+
+    # --- calibration on val (scores of healthy val only for thresholds) ---
+    scoring = config.get("scoring", {})
+    sigma = float(scoring.get("map_sigma", 2.0))
+    top_fraction = float(scoring.get("top_fraction", 0.05))
+    rec_n, rec_a = reconstruct(network, x_val_n), reconstruct(network, x_val_a)
+    map_n, map_a = smoothed_error(x_val_n, rec_n, sigma), smoothed_error(x_val_a, rec_a, sigma)
+    rule_auroc = {}
+    for rule in scoring.get("rules", ["mse"]):
+        s_n = image_scores(x_val_n, rec_n, map_n, rule, top_fraction).numpy()
+        s_a = image_scores(x_val_a, rec_a, map_a, rule, top_fraction).numpy()
+        labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
+        rule_auroc[rule] = auroc(labels, np.r_[s_n, s_a]) if len(s_a) and len(s_n) else float("nan")
+    rule = max(rule_auroc, key=lambda r: rule_auroc[r])
+    healthy = image_scores(x_val_n, rec_n, map_n, rule, top_fraction).numpy()
+    cal_cfg = config.get("calibration", {})
+    pct = float(cal_cfg.get("percentile", 95))
+    pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
+    pixel_values = map_n.flatten().numpy()
+    pixel_thresholds = tuple(float(np.percentile(pixel_values, p)) for p in pixel_pcts)
+    calibration = Calibration(
+        threshold=float(np.percentile(healthy, pct)),
+        threshold_rule=(
+            f"{pct:g}th percentile of the scores of {len(healthy)} healthy validation images "
+            f"(operating point: {pct:g}% specificity on healthy val)"
+        ),
+        pixel_thresholds=pixel_thresholds,
+        pixel_threshold_rules=tuple(
+            f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts
+        ),
+        map_scale=2.0 * pixel_thresholds[0],
+        healthy_scores=tuple(float(v) for v in np.sort(healthy)),
+    )
+    card = ModelCard(
+        model_id=config["model_id"],
+        name=config["name"],
+        version=str(config["version"]),
+        modalities=tuple(config.get("modalities", ())),
+        body_parts=tuple(config.get("body_parts", ())),
+        views=tuple(config.get("views", ())),
+        image_size=image_size,
+        preprocessing=describe(image_size),
+        weights_sha256="",
+        calibration=calibration,
+        training={
+            "data": config.get("data_name", str(manifest)),
+            "manifest": str(Path(config["manifest"])),
+            "n_train": len(x_train),
+            "n_val_normal": len(x_val_n),
+            "n_val_abnormal": len(x_val_a),
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+            "optim": optim_cfg,
+            "seed": seed,
+            "scoring": {"rule": rule, "top_fraction": top_fraction, "map_sigma": sigma},
+            "wall_seconds": round(time.time() - started, 1),
+            "torch": torch.__version__,
+        },
+        metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
+        architecture=dict(config["init_args"]),
+    )
+    card = checkpoints.save(out, card, network.state_dict())
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    write_model_card_readme(out, card)
+    return card
+
+
+def write_model_card_readme(folder: Path, card: ModelCard) -> None:
+    cal = card.calibration
+    t = card.training
+    optim = t.get("optim", {})
+    scoring = t.get("scoring", {})
+    pixel = ", ".join(
+        f"{v:.4g} ({r})"
+        for v, r in zip(cal.pixel_thresholds, cal.pixel_threshold_rules, strict=True)
+    )
+    rows = [
+        ("model", f"`{card.model_id}` (see ai_engine/models/{card.model_id}/README.md)"),
+        ("architecture", f"`{json.dumps(card.architecture)}`"),
+        ("data", str(t.get("data"))),
+        ("training images", f"{t.get('n_train')} normal (train split)"),
+        (
+            "validation images",
+            f"{t.get('n_val_normal')} normal + {t.get('n_val_abnormal')} abnormal (val split)",
+        ),
+        (
+            "accepted input",
+            f"Modality in {list(card.modalities)}; BodyPartExamined (if present) in "
+            f"{list(card.body_parts)}; ViewPosition (if present) in {list(card.views)}",
+        ),
+        ("preprocessing", card.preprocessing),
+        (
+            "image score",
+            f"`{scoring.get('rule')}` (chosen on val AUROC among "
+            f"{list(card.metrics.get('val_auroc_by_score_rule', {}))})",
+        ),
+        (
+            "anomaly map",
+            f"absolute reconstruction error, Gaussian sigma {scoring.get('map_sigma')} px, at "
+            f"{card.image_size[0]}x{card.image_size[1]}, resized back to the source image",
+        ),
+        ("threshold", f"{cal.threshold:.6g}: {cal.threshold_rule}"),
+        ("pixel thresholds (binary SEG segments)", pixel),
+        (
+            "fractional SEG scale",
+            f"map / {cal.map_scale:.4g}, clipped to [0, 1] (0.5 = first pixel threshold)",
+        ),
+        (
+            "validation AUROC",
+            f"{card.metrics.get('val_auroc', float('nan')):.3f} (val split; it chose the score "
+            "rule, so it is optimistic)",
+        ),
+        (
+            "training",
+            f"Adam lr {optim.get('lr')}, batch {optim.get('batch_size')}, "
+            f"{t.get('epochs_run')} epochs (best {t.get('best_epoch')}), seed {t.get('seed')}, "
+            f"{t.get('wall_seconds')} s on CPU, torch {t.get('torch')}",
+        ),
+        ("weights sha256", f"`{card.weights_sha256}`"),
+    ]
+    lines = [
+        f"# Model card: `{card.name}` ({card.model_id} {card.version})",
+        "",
+        "**Research use only. Not a medical device; not for clinical decisions.**",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "Test-split figures: `python -m training evaluate --checkpoint "
+        f"{card.name} --manifest <manifest.csv> --split test` (see the project README).",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines))
+
+
+def card_with(card: ModelCard, **changes: Any) -> ModelCard:
+    return dataclasses.replace(card, **changes)
