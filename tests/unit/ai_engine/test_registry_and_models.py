@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from ai_engine import registry
+from ai_engine.errors import UnknownModelError
+from ai_engine.models.base import AnomalyModel
+from ai_engine.models.conv_ae.torch_model import ConvAutoEncoder
+
+
+def test_unknown_model_id_lists_the_valid_ones():
+    with pytest.raises(UnknownModelError, match="conv_ae"):
+        registry.get("no_such_model")
+
+
+@pytest.mark.parametrize("model_id", registry.list_ids())
+def test_every_registered_model_imports_and_implements_the_interface(model_id):
+    cls = registry.get(model_id)
+    assert issubclass(cls, AnomalyModel)
+    assert cls.model_id == model_id
+
+
+@pytest.mark.parametrize(
+    ("size", "channels", "latent"),
+    [((64, 64), (8, 16, 32, 32), 16), ((128, 128), (16, 32, 64, 64), 128), ((96, 160), (4, 8, 8, 8), 8)],
+)
+def test_conv_ae_reconstructs_the_input_shape_in_unit_range(size, channels, latent):
+    net = ConvAutoEncoder(image_size=size, channels=channels, latent_dim=latent).eval()
+    x = torch.rand(3, 1, *size)
+    y = net(x)
+    assert y.shape == x.shape
+    assert float(y.min()) >= 0.0
+    assert float(y.max()) <= 1.0
+
+
+def test_conv_ae_refuses_sizes_it_cannot_mirror():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        ConvAutoEncoder(image_size=(100, 100))
+
+
+def test_conv_ae_is_deterministic_given_a_seed():
+    torch.manual_seed(7)
+    a = ConvAutoEncoder(image_size=(64, 64)).eval()
+    torch.manual_seed(7)
+    b = ConvAutoEncoder(image_size=(64, 64)).eval()
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.equal(a(x), b(x))

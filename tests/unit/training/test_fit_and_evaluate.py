@@ -1,0 +1,105 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from ai_engine import checkpoints
+from ai_engine.errors import ModelLoadError
+from ai_engine.pipeline import predict_images
+from training.data import load_png, read_manifest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, check=False
+    )
+
+
+def test_fit_writes_a_calibrated_checkpoint_with_a_model_card(tiny_checkpoint):
+    card = checkpoints.read_card(tiny_checkpoint)
+    assert card.weights_sha256 == checkpoints.sha256_of(tiny_checkpoint / "weights.safetensors")
+    cal = card.calibration
+    # the threshold is the 95th percentile of the healthy val scores, which are stored with it
+    assert cal.threshold == pytest.approx(np.percentile(cal.healthy_scores, 95))
+    assert len(cal.healthy_scores) == 6  # the 6 healthy val images of the mini set
+    assert list(cal.pixel_thresholds) == sorted(cal.pixel_thresholds)
+    readme = (tiny_checkpoint / "README.md").read_text()
+    assert card.weights_sha256 in readme
+    assert "Research use only" in readme
+
+
+def test_checkpoint_round_trip_gives_the_same_scores(tiny_checkpoint, mini_cxr_manifest):
+    items = read_manifest(mini_cxr_manifest, "test")[:4]
+    images = [load_png(i.path) for i in items]
+    a = predict_images(checkpoints.load(tiny_checkpoint, "cpu"), images).score
+    b = predict_images(checkpoints.load(tiny_checkpoint, "cpu"), images).score
+    assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_tampered_weights_are_refused(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    weights = load_file(str(bad / "weights.safetensors"))
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1.0
+    save_file(weights, str(bad / "weights.safetensors"))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        checkpoints.load(bad, "cpu")
+
+
+def test_unknown_checkpoint_name_says_what_exists():
+    with pytest.raises(ModelLoadError, match="shipped"):
+        checkpoints.resolve("no-such-checkpoint")
+
+
+def test_evaluate_prints_the_contract_json_as_last_line(tiny_checkpoint, mini_cxr_manifest):
+    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
+                   str(mini_cxr_manifest), "--split", "test", "--bootstrap", "50")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("auroc", "auprc", "sensitivity", "specificity", "threshold", "n_normal", "n_abnormal"):
+        assert key in result
+    assert (result["n_normal"], result["n_abnormal"]) == (6, 6)
+    assert result["threshold"] == pytest.approx(checkpoints.read_card(tiny_checkpoint).calibration.threshold)
+    assert 0.0 <= result["auroc"] <= 1.0
+    assert "pixel_auroc" not in result  # no masks in this manifest
+
+
+def test_evaluate_reports_pixel_metrics_when_the_manifest_has_masks(tiny_checkpoint, mini_brain_manifest):
+    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
+                   str(mini_brain_manifest), "--split", "val", "--bootstrap", "20")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["pixel_auroc"] <= 1.0
+    assert 0.0 <= result["dice"] <= 1.0
+    assert result["n_masks"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "train"], "needs both classes"),
+        (["--split", "nonexistent"], "needs both classes"),
+    ],
+)
+def test_evaluate_fails_clearly_on_a_one_class_split(tiny_checkpoint, mini_cxr_manifest, args, message):
+    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
+                   str(mini_cxr_manifest), *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_evaluate_fails_clearly_on_a_bad_manifest_or_checkpoint(tiny_checkpoint, tmp_path, mini_cxr_manifest):
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,label\nx.png,0\n")
+    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest", str(bad), "--split", "test")
+    assert proc.returncode != 0
+    assert "lacks column(s) split" in proc.stderr
+    proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "nothing"), "--manifest",
+                   str(mini_cxr_manifest), "--split", "test")
+    assert proc.returncode != 0
+    assert "no checkpoint" in proc.stderr
