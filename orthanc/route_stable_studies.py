@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-try:  # Only importable inside Orthanc; the unit tests import this file without it.
+try:  # Only the real module inside Orthanc; elsewhere "orthanc" may be this folder.
     import orthanc
-except ImportError:  # pragma: no cover - exercised by the unit tests
-    orthanc = None
+
+    IN_ORTHANC = hasattr(orthanc, "RegisterOnChangeCallback")
+except ImportError:  # pragma: no cover - depends on sys.path
+    IN_ORTHANC = False
 
 # --- The own-output rule, mirrored from ai_engine/dicom_io/markers.py (a unit test compares). ---
 
@@ -292,5 +294,5 @@ def _register() -> None:
     orthanc.LogWarning(f"ai-node routing: stable studies go to '{config.target_modality}'")
 
 
-if orthanc is not None:
+if IN_ORTHANC:
     _register()
