@@ -20,7 +20,7 @@ import yaml
 
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
-from ai_engine.models.conv_ae.model import image_scores, smoothed_error
+from ai_engine.models.reconstruction import image_scores, smoothed_error
 from ai_engine.transforms import describe
 from ai_engine.types import Calibration, ModelCard
 from training.data import load_batch, read_manifest
@@ -103,7 +103,7 @@ def fit(
             batch = torch.roll(batch, shifts=shift, dims=3)
             gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
             batch = (batch * gain).clamp(0, 1)
-            loss = torch.mean((network(batch) - batch) ** 2)
+            loss = cls.training_loss(network, batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

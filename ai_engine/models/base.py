@@ -43,6 +43,11 @@ class AnomalyModel(ABC):
             score (B,), anomaly_map (B, 1, H, W), reconstruction (B, 1, H, W) or None.
         """
 
+    @classmethod
+    def training_loss(cls, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Loss of one training batch of normal images (B, 1, H, W)."""
+        raise NotImplementedError(f"{cls.__name__} has no single-network training loss")
+
     def to(self, device: torch.device | str) -> AnomalyModel:
         """Move the network to ``device`` and remember it."""
         self.device = torch.device(device)

@@ -44,3 +44,27 @@ def test_conv_ae_is_deterministic_given_a_seed():
     b = ConvAutoEncoder(image_size=(64, 64)).eval()
     x = torch.rand(2, 1, 64, 64)
     assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("model_id", registry.list_ids())
+def test_every_model_trains_a_few_steps_with_finite_loss_and_predicts(model_id):
+    from ai_engine.types import Calibration, ModelCard
+
+    torch.manual_seed(0)
+    cls = registry.get(model_id)
+    args = {"image_size": (64, 64), "channels": (4, 8, 8, 8), "latent_dim": 8}
+    net = cls.build_network(**args)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(4, 1, 64, 64)
+    for _ in range(3):
+        loss = cls.training_loss(net, x)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    card = ModelCard(model_id, "t", "0", ("DX",), (), (), (64, 64), "", "",
+                     Calibration(1.0, "", (0.1,), ("",), 0.2), architecture=args)
+    out = cls(card, net).eval().predict(x)
+    assert out.score.shape == (4,)
+    assert out.anomaly_map.shape == (4, 1, 64, 64)
+    assert torch.isfinite(out.score).all()

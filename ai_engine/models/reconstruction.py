@@ -1,0 +1,85 @@
+"""Shared scoring of reconstruction-based models (AE, VAE): error map and image score rules.
+
+Anomaly map: absolute reconstruction error smoothed with a Gaussian (sigma in px). Image score
+rules: ``mse`` (mean squared error), ``map_mean`` (mean of the map), ``map_top`` (mean of the
+highest ``top_fraction`` of map pixels). Which rule a checkpoint uses is chosen on ``val`` at
+training time and written in its card (``training.scoring``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from monai.networks.layers import GaussianFilter
+from torch import nn
+
+from ai_engine.models.base import AnomalyModel
+from ai_engine.types import AnomalyOutput, ModelCard
+
+SCORE_RULES = ("mse", "map_mean", "map_top")
+
+
+def image_scores(
+    x: torch.Tensor,
+    reconstruction: torch.Tensor,
+    anomaly_map: torch.Tensor,
+    rule: str,
+    top_fraction: float = 0.05,
+) -> torch.Tensor:
+    """Image-level scores (B,) from the reconstruction and the map, by ``rule``."""
+    if rule == "mse":
+        return ((x - reconstruction) ** 2).flatten(1).mean(1)
+    if rule == "map_mean":
+        return anomaly_map.flatten(1).mean(1)
+    if rule == "map_top":
+        flat = anomaly_map.flatten(1)
+        k = max(1, round(flat.shape[1] * top_fraction))
+        return flat.topk(k, dim=1).values.mean(1)
+    raise ValueError(f"unknown score rule {rule!r}; valid: {', '.join(SCORE_RULES)}")
+
+
+def smoothed_error(x: torch.Tensor, reconstruction: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-smoothed absolute error (B, 1, H, W)."""
+    error = (x - reconstruction).abs()
+    if sigma <= 0:
+        return error
+    smoother = GaussianFilter(spatial_dims=2, sigma=sigma).to(x.device)
+    return torch.as_tensor(smoother(error))
+
+
+class ReconstructionModel(AnomalyModel):
+    """Base of models whose anomaly map is their reconstruction error.
+
+    Subclasses implement `build_network` and, when the loss is not plain MSE,
+    `training_loss`; ``reconstruct`` defaults to ``network(x)``.
+    """
+
+    model_id: ClassVar[str]
+
+    def __init__(self, card: ModelCard, network: nn.Module) -> None:
+        super().__init__(card, network)
+        scoring: dict[str, Any] = card.training.get("scoring", {})
+        self.score_rule = str(scoring.get("rule", "mse"))
+        self.top_fraction = float(scoring.get("top_fraction", 0.05))
+        self.map_sigma = float(scoring.get("map_sigma", 2.0))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> reconstruction (B, 1, H, W); deterministic at inference."""
+        out: torch.Tensor = self.network(x)
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> AnomalyOutput:
+        """Score a (B, 1, H, W) batch in [0, 1]."""
+        x = x.to(self.device)
+        reconstruction = self.reconstruct(x).float()
+        x = x.float()
+        anomaly_map = smoothed_error(x, reconstruction, self.map_sigma)
+        score = image_scores(x, reconstruction, anomaly_map, self.score_rule, self.top_fraction)
+        return AnomalyOutput(score=score, anomaly_map=anomaly_map, reconstruction=reconstruction)
+
+    @classmethod
+    def training_loss(cls, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Loss of one training batch (B, 1, H, W); default: mean squared error."""
+        return torch.mean((network(x) - x) ** 2)

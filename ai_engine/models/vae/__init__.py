@@ -1,0 +1,1 @@
+"""Convolutional variational autoencoder (Baur et al. style baseline, seed 001)."""
