@@ -1,0 +1,291 @@
+"""Node settings: one pydantic-settings model, read from ``DICOM_NODE_*`` environment variables.
+
+Every field can be set as ``DICOM_NODE_<FIELD NAME IN UPPER CASE>``, e.g.
+``DICOM_NODE_AE_TITLE=AINODE``, ``DICOM_NODE_ALLOWED_CALLING_AES=ORTHANC,MODALITY1`` (comma list
+or JSON list), ``DICOM_NODE_ORTHANC_PASSWORD_FILE=/run/secrets/orthanc``. The settings are
+validated when built; `load_settings` turns validation failures into one `ConfigError` whose
+message names every bad field, so the service fails fast at startup.
+
+Secure defaults: the SCP binds 127.0.0.1, only the calling AE ``ORTHANC`` may associate, the
+called AE title must match, and the HTTP API binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dicom_node.errors import ConfigError
+
+ENV_PREFIX = "DICOM_NODE_"
+
+_AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable ASCII without backslash
+_CHECKPOINT_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string for list settings from the environment."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+def validate_ae_title(value: str) -> str:
+    """Check an AE title (PS3.5 AE VR: 1-16 chars, no backslash, not only spaces).
+
+    Args:
+        value: the title.
+
+    Returns:
+        The title without leading/trailing spaces.
+
+    Raises:
+        ValueError: it is not a valid AE title.
+    """
+    title = value.strip()
+    if not title or not _AE_TITLE_RE.fullmatch(title):
+        raise ValueError(
+            f"invalid AE title {value!r}: 1-16 printable ASCII characters, no backslash"
+        )
+    return title
+
+
+class NodeSettings(BaseSettings):
+    """Everything the node needs to run. See the module docstring for the environment names.
+
+    Attributes:
+        ae_title: our AE title (the called AE that peers must use).
+        host: address the Storage SCP binds (127.0.0.1 by default; 0.0.0.0 for all).
+        port: Storage SCP port; 0 binds an ephemeral port (tests).
+        allowed_calling_aes: calling AE titles allowed to associate. Empty refuses everyone
+            unless ``allow_any_calling_ae`` is set.
+        allow_any_calling_ae: switch the calling-AE allow-list off (not recommended).
+        require_called_ae: reject associations whose called AE title is not ``ae_title``.
+        max_associations: concurrent associations accepted.
+        acse_timeout_seconds: association negotiation timeout.
+        dimse_timeout_seconds: DIMSE message timeout.
+        network_timeout_seconds: idle association timeout.
+        min_free_disk_mb: new associations are refused (transient, temporary congestion)
+            while ``data_dir`` has less free space than this.
+        data_dir: root of ``spool/``, ``jobs/`` and ``state.sqlite3``.
+        study_quiet_seconds: a study is complete when nothing arrived for this long and no
+            association that sent it is still open.
+        study_max_wait_seconds: a study is forced complete this long after its first
+            instance arrived, even if instances keep coming.
+        checkpoints: engine checkpoints every routed image is analysed with.
+        poll_interval_seconds: how often router, worker and sender look for work.
+        process_max_attempts: engine runs per job before it is dead-lettered.
+        process_backoff_seconds: first wait before re-running a job; doubles each time.
+        destination: where results go: ``dicomweb`` (STOW-RS) or ``cstore`` (C-STORE SCU).
+        orthanc_url: DICOMweb root of the PACS, e.g. ``http://127.0.0.1:8042/dicom-web``.
+        orthanc_username: HTTP basic-auth user.
+        orthanc_password: HTTP basic-auth password.
+        orthanc_password_file: file holding the password (read at startup, e.g. a secret
+            mount); exclusive with ``orthanc_password``.
+        orthanc_token: bearer token instead of basic auth.
+        http_timeout_seconds: timeout of one STOW-RS request.
+        stow_batch_size: instances per STOW-RS request.
+        cstore_host: C-STORE destination host (``destination=cstore``).
+        cstore_port: C-STORE destination port.
+        cstore_ae_title: C-STORE destination (called) AE title.
+        send_max_attempts: delivery attempts per job before it is dead-lettered.
+        send_backoff_seconds: first wait after a failed delivery; doubles each time.
+        send_backoff_max_seconds: longest wait between delivery attempts.
+        http_host: address of the HTTP API.
+        http_port: port of the HTTP API; 0 disables it.
+        api_token: bearer token required by every API route except ``/health``.
+        api_token_file: file holding the API token; exclusive with ``api_token``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        validate_assignment=True,
+    )
+
+    # --- DICOM receive -------------------------------------------------------------------
+    ae_title: str = "AINODE"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["ORTHANC"])
+    allow_any_calling_ae: bool = False
+    require_called_ae: bool = True
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    acse_timeout_seconds: float = Field(default=30.0, gt=0)
+    dimse_timeout_seconds: float = Field(default=30.0, gt=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+
+    # --- storage, study completion, jobs ---------------------------------------------------
+    data_dir: Path = Path("var/dicom_node")
+    study_quiet_seconds: float = Field(default=10.0, ge=0)
+    study_max_wait_seconds: float = Field(default=600.0, gt=0)
+    checkpoints: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default-cxr"])
+    poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    process_max_attempts: int = Field(default=2, ge=1, le=100)
+    process_backoff_seconds: float = Field(default=10.0, ge=0)
+
+    # --- results back to the PACS ----------------------------------------------------------
+    destination: Literal["dicomweb", "cstore"] = "dicomweb"
+    orthanc_url: str = "http://127.0.0.1:8042/dicom-web"
+    orthanc_username: str | None = None
+    orthanc_password: SecretStr | None = None
+    orthanc_password_file: Path | None = None
+    orthanc_token: SecretStr | None = None
+    http_timeout_seconds: float = Field(default=60.0, gt=0)
+    stow_batch_size: int = Field(default=20, ge=1, le=1000)
+    cstore_host: str = "127.0.0.1"
+    cstore_port: int = Field(default=4242, ge=1, le=65535)
+    cstore_ae_title: str = "ORTHANC"
+    send_max_attempts: int = Field(default=10, ge=1, le=1000)
+    send_backoff_seconds: float = Field(default=5.0, ge=0)
+    send_backoff_max_seconds: float = Field(default=600.0, ge=0)
+
+    # --- HTTP API ------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8099, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+
+    @field_validator("allowed_calling_aes", "checkpoints", mode="before")
+    @classmethod
+    def _lists_from_env(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("ae_title", "cstore_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_calling_aes(cls, value: list[str]) -> list[str]:
+        return [validate_ae_title(v) for v in value]
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _check_checkpoints(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one checkpoint is needed")
+        for name in value:
+            if not _CHECKPOINT_RE.fullmatch(name):
+                raise ValueError(
+                    f"invalid checkpoint name {name!r}: lower case letters, digits, '_.-'"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("checkpoint names repeat")
+        return value
+
+    @field_validator("orthanc_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> NodeSettings:
+        if self.study_max_wait_seconds < self.study_quiet_seconds:
+            raise ValueError(
+                "study_max_wait_seconds must be >= study_quiet_seconds "
+                f"({self.study_max_wait_seconds} < {self.study_quiet_seconds})"
+            )
+        if self.send_backoff_max_seconds < self.send_backoff_seconds:
+            raise ValueError("send_backoff_max_seconds must be >= send_backoff_seconds")
+        if self.orthanc_password is not None and self.orthanc_password_file is not None:
+            raise ValueError("set orthanc_password or orthanc_password_file, not both")
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set api_token or api_token_file, not both")
+        if self.orthanc_token is not None and (
+            self.orthanc_username is not None
+            or self.orthanc_password is not None
+            or self.orthanc_password_file is not None
+        ):
+            raise ValueError("use either orthanc_token (bearer) or username/password, not both")
+        if self.orthanc_password_file is not None:
+            object.__setattr__(
+                self, "orthanc_password", SecretStr(_read_secret(self.orthanc_password_file))
+            )
+            object.__setattr__(self, "orthanc_password_file", None)
+        if self.api_token_file is not None:
+            object.__setattr__(self, "api_token", SecretStr(_read_secret(self.api_token_file)))
+            object.__setattr__(self, "api_token_file", None)
+        if self.api_token is not None and not self.api_token.get_secret_value():
+            raise ValueError("api_token is empty")
+        if (self.orthanc_password is not None) != (self.orthanc_username is not None):
+            raise ValueError("orthanc_username and orthanc_password go together")
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances wait for their study to complete."""
+        return self.data_dir / "spool"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Root of the job state folders."""
+        return self.data_dir / "jobs"
+
+    @property
+    def state_db(self) -> Path:
+        """The sqlite file with the processed-instance index and study scores."""
+        return self.data_dir / "state.sqlite3"
+
+    def calling_ae_allowed(self, calling_ae: str) -> bool:
+        """Whether an association from ``calling_ae`` may be accepted.
+
+        Args:
+            calling_ae: the peer's calling AE title (spaces are ignored at both ends).
+
+        Returns:
+            True if allowed.
+        """
+        if self.allow_any_calling_ae:
+            return True
+        return calling_ae.strip() in self.allowed_calling_aes
+
+
+def _read_secret(path: Path) -> str:
+    """Read a secret from a file (trailing newline removed)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ValueError(f"secret file {path} is empty")
+    return secret
+
+
+def load_settings(**overrides: Any) -> NodeSettings:
+    """Build `NodeSettings` from the environment plus ``overrides``, failing with a clear error.
+
+    Args:
+        **overrides: field values that take precedence over the environment.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: one or more settings are invalid; the message lists each field with
+            its environment variable name and the reason (never the secret values).
+    """
+    try:
+        return NodeSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            env = f" ({ENV_PREFIX}{loc.upper()})" if loc else ""
+            lines.append(f"  {loc or 'settings'}{env}: {err['msg']}")
+        raise ConfigError("invalid dicom_node settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,91 @@
+"""Durable file-system primitives: write-then-rename with fsync of file and directory.
+
+Every stage boundary of the node is a rename on one file system, so a crash (even
+``kill -9`` or a power cut) leaves either the old or the new state, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+#: Prefix and suffix of temporary files; everything named like this is garbage after a crash.
+TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".part"
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (new, renamed or removed names) to stable storage.
+
+    Args:
+        path: the directory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the names `write_durable` uses for its temporary files."""
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def write_durable(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically and durably.
+
+    A temporary file in the same directory is written and fsynced, renamed over ``path``
+    with `os.replace` (atomic on POSIX, so a re-write replaces the old content in one
+    step), then the directory is fsynced so the new name survives a power cut.
+
+    Args:
+        path: the destination; its directory must exist.
+        data: the complete content.
+
+    Raises:
+        OSError: the write failed (disk full, permissions, ...); no partial file is left.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    try:
+        with tmp.open("xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def ensure_dir(path: Path) -> bool:
+    """Create ``path`` (and parents) if missing and make the new entry durable.
+
+    Args:
+        path: the directory.
+
+    Returns:
+        True if it was created by this call.
+    """
+    if path.is_dir():
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def move_durable(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (same file system) and fsync both parent directories.
+
+    Args:
+        src: existing file or directory.
+        dst: new path; an existing file is replaced, an existing non-empty directory is not.
+    """
+    src.replace(dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
