@@ -26,6 +26,7 @@ false rejects HTTP clients that are not on this host, and ``DicomAlwaysAllowStor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -36,7 +37,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +48,7 @@ import requests
 from dicom_node.errors import ConfigError, DicomNodeError
 
 if TYPE_CHECKING:
-    pass
+    from pydicom import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -532,3 +533,664 @@ class OrthancProcess(ManagedProcess):
     def __enter__(self) -> OrthancProcess:
         self.start()
         return self
+
+
+# --------------------------------------------------------------------------- scanner (SCU)
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """Outcome of `send_files`.
+
+    Attributes:
+        sent: files stored with status 0x0000 (or a warning status).
+        failed: (file, status or reason) of the others.
+    """
+
+    sent: list[Path]
+    failed: list[tuple[Path, str]]
+
+
+def send_files(
+    files: Sequence[Path],
+    host: str,
+    port: int,
+    *,
+    calling_ae: str = SAMPLE_SCU_AET,
+    called_ae: str = ORTHANC_AET,
+    timeout: float = 60.0,
+) -> SendReport:
+    """C-STORE DICOM files over one association, each in its own transfer syntax.
+
+    Args:
+        files: Part 10 files.
+        host: the SCP's address.
+        port: its port.
+        calling_ae: our AE title (the "scanner").
+        called_ae: the SCP's AE title.
+        timeout: ACSE/DIMSE/network timeout in seconds.
+
+    Returns:
+        Which files were stored.
+
+    Raises:
+        EmbeddedError: the association was rejected or aborted.
+    """
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    datasets = [(path, dcmread(path)) for path in files]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    contexts = sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _p, ds in datasets}
+    )
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        raise EmbeddedError(
+            f"association {calling_ae} -> {called_ae} at {host}:{port} was rejected or failed"
+        )
+    sent: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    try:
+        for path, ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = int(getattr(status, "Status", -1))
+            if code == 0 or (code >> 12) == 0xB:
+                sent.append(path)
+            else:
+                failed.append((path, f"status 0x{code & 0xFFFF:04X}" if code >= 0 else "no reply"))
+    finally:
+        assoc.release()
+    return SendReport(sent, failed)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SrGroup:
+    """One TID 1501 measurement group of the node's SR.
+
+    Attributes:
+        tracking_id: its tracking identifier ("anomaly study" or "anomaly <SOPInstanceUID>").
+        score: the anomaly score, if present.
+        threshold: the score threshold, if present.
+        status: the code meaning of the anomaly status ("Normal", "Abnormal", "Not analysed").
+        abnormal: whether the status is SCT 263654008 (Abnormal).
+    """
+
+    tracking_id: str
+    score: float | None
+    threshold: float | None
+    status: str | None
+    abnormal: bool
+
+
+def parse_anomaly_sr(ds: Dataset) -> dict[str, SrGroup]:
+    """Read the measurement groups of the node's TID 1500 SR (docs/CONTRACTS.md).
+
+    Args:
+        ds: the SR dataset.
+
+    Returns:
+        Groups keyed by tracking identifier ("anomaly study", "anomaly <SOPInstanceUID>").
+    """
+    groups: dict[str, SrGroup] = {}
+
+    def visit(items: Iterable[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "CONTAINER":
+                group = _read_group(item)
+                if group is not None:
+                    groups[group.tracking_id] = group
+            if "ContentSequence" in item:
+                visit(item.ContentSequence)
+
+    visit(ds.get("ContentSequence", []))
+    return groups
+
+
+def _concept(item: Dataset) -> str:
+    seq = item.get("ConceptNameCodeSequence")
+    return str(seq[0].CodeValue) if seq else ""
+
+
+def _read_group(container: Dataset) -> SrGroup | None:
+    tracking: str | None = None
+    score = threshold = None
+    status: str | None = None
+    abnormal = False
+    for item in container.get("ContentSequence", []):
+        concept = _concept(item)
+        value_type = item.get("ValueType")
+        if value_type in ("TEXT", "UIDREF") and concept == _TRACKING_IDENTIFIER_CODE:
+            tracking = str(item.get("TextValue", ""))
+        elif value_type == "NUM" and concept in (_SCORE_CODE, _THRESHOLD_CODE):
+            measured = item.get("MeasuredValueSequence")
+            value = float(measured[0].NumericValue) if measured else None
+            if concept == _SCORE_CODE:
+                score = value
+            else:
+                threshold = value
+        elif value_type == "CODE" and concept == _STATUS_CODE:
+            code = item.ConceptCodeSequence[0]
+            status = str(code.CodeMeaning)
+            abnormal = str(code.CodeValue) in _ABNORMAL_CODES
+    if tracking is None:
+        return None
+    return SrGroup(tracking, score, threshold, status, abnormal)
+
+
+def find_results(session: requests.Session, orthanc_url: str, study_uid: str) -> list[Dataset]:
+    """The node's result instances (SEG, SR) stored in Orthanc for a study.
+
+    Args:
+        session: authenticated session.
+        orthanc_url: Orthanc's HTTP root.
+        study_uid: StudyInstanceUID.
+
+    Returns:
+        Datasets (read from Orthanc) whose Manufacturer is the node's, SR first.
+
+    Raises:
+        requests.HTTPError: Orthanc answered an error.
+    """
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from ai_engine.dicom_io import markers
+
+    found = session.post(
+        f"{orthanc_url}/tools/find",
+        json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+        timeout=30,
+    )
+    found.raise_for_status()
+    results: list[Dataset] = []
+    for series in found.json():
+        if series["MainDicomTags"].get("Manufacturer") != markers.OUTPUT_MANUFACTURER:
+            continue
+        for instance_id in series["Instances"]:
+            raw = session.get(f"{orthanc_url}/instances/{instance_id}/file", timeout=60)
+            raw.raise_for_status()
+            results.append(dcmread(BytesIO(raw.content)))
+    results.sort(key=lambda d: d.Modality != "SR")
+    return results
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How to run the embedded default.
+
+    Attributes:
+        data_dir: state folder (secrets, Orthanc storage, node spool and jobs, logs).
+        http_port: Orthanc HTTP port.
+        dicom_port: Orthanc DICOM port.
+        node_port: the node's Storage SCP port (binds 127.0.0.1).
+        node_http_port: the node's HTTP API port (binds 127.0.0.1); 0 disables it.
+        viewer_port: the OHIF viewer server's port; 0 disables the viewer.
+        viewer_host: address the viewer server binds.
+        stable_age: Orthanc's StableAge in seconds.
+        quiet_seconds: the node's study quiet period.
+        checkpoints: engine checkpoints.
+        scanners: AEs allowed to C-STORE into Orthanc (besides none: the node sends by
+            STOW-RS).
+        fresh: wipe Orthanc's storage and the node's state first (tests).
+    """
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    http_port: int = 8042
+    dicom_port: int = 4242
+    node_port: int = 11112
+    node_http_port: int = 8099
+    viewer_port: int = 3000
+    viewer_host: str = "127.0.0.1"
+    stable_age: int = 5
+    quiet_seconds: float = 3.0
+    checkpoints: tuple[str, ...] = ("default-cxr",)
+    scanners: tuple[DicomPeer, ...] = (DicomPeer("scanner", SAMPLE_SCU_AET),)
+    fresh: bool = False
+
+
+class EmbeddedStack:
+    """Orthanc + node + viewer server, started in that order and stopped in reverse.
+
+    Use as a context manager. The integration tests use it with free ports inside a
+    loopback-only network namespace; `main` uses it on the host.
+
+    Args:
+        options: ports, folders and timings.
+    """
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.resolve()
+        self.secrets: Secrets | None = None
+        self.orthanc: OrthancProcess | None = None
+        self.node: Any = None
+        self.viewer: ManagedProcess | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def orthanc_url(self) -> str:
+        """Orthanc's HTTP root on loopback."""
+        return f"http://127.0.0.1:{self.options.http_port}"
+
+    @property
+    def viewer_url(self) -> str | None:
+        """The viewer's root URL, or None when no viewer server runs."""
+        if self.viewer is None:
+            return None
+        host = self.options.viewer_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        return f"http://{shown}:{self.options.viewer_port}"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        """Orthanc's HTTP user and password."""
+        if self.secrets is None:
+            raise EmbeddedError("the stack is not started")
+        return (self.secrets.orthanc_user, self.secrets.orthanc_password)
+
+    def session(self) -> requests.Session:
+        """A requests session authenticated to Orthanc."""
+        session = requests.Session()
+        session.auth = self.auth
+        return session
+
+    def __enter__(self) -> EmbeddedStack:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the viewer, the node and Orthanc (in that order)."""
+        self._stack.close()
+
+    def _start(self) -> None:
+        opts = self.options
+        if opts.fresh:
+            for sub in ("orthanc", "node"):
+                shutil.rmtree(self.data_dir / sub, ignore_errors=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = load_or_create_secrets(self.data_dir)
+        for port, what in ((opts.http_port, "--http-port"), (opts.dicom_port, "--dicom-port")):
+            if not port_is_free(port):
+                raise EmbeddedError(f"port {port} is in use: pick another with {what}")
+        config = render_orthanc_config(
+            storage_dir=self.data_dir / "orthanc" / "db",
+            http_port=opts.http_port,
+            dicom_port=opts.dicom_port,
+            users={self.secrets.orthanc_user: self.secrets.orthanc_password},
+            node=DicomPeer(NODE_MODALITY, NODE_AET, "127.0.0.1", opts.node_port),
+            scanners=opts.scanners,
+            stable_age=opts.stable_age,
+        )
+        config_path = write_orthanc_config(self.data_dir / "orthanc", config)
+        self.orthanc = OrthancProcess(config_path, self.orthanc_url, self.auth)
+        self._stack.enter_context(self.orthanc)
+        logger.info("Orthanc is up", extra={"url": self.orthanc_url})
+
+        self.node = self._start_node()
+        self._stack.callback(self.node.stop)
+
+        if opts.viewer_port and VIEWER_SERVER.exists():
+            self.viewer = self._start_viewer()
+            self._stack.enter_context(self.viewer)
+            self._wait_viewer()
+        elif opts.viewer_port:
+            logger.warning("no viewer server at %s; running without the viewer", VIEWER_SERVER)
+
+    def _start_node(self) -> Any:
+        from dicom_node.config import load_settings
+        from dicom_node.service import NodeService
+
+        opts = self.options
+        settings = load_settings(
+            ae_title=NODE_AET,
+            host="127.0.0.1",
+            port=opts.node_port,
+            allowed_calling_aes=[ORTHANC_AET],
+            data_dir=self.data_dir / "node",
+            study_quiet_seconds=opts.quiet_seconds,
+            checkpoints=list(opts.checkpoints),
+            orthanc_url=f"{self.orthanc_url}/dicom-web",
+            orthanc_username=self.auth[0],
+            orthanc_password=self.auth[1],
+            http_host="127.0.0.1",
+            http_port=opts.node_http_port,
+            api_token=self.secrets.api_token if self.secrets else None,
+        )
+        node = NodeService(settings)
+        node.start()
+        return node
+
+    def _start_viewer(self) -> ManagedProcess:
+        password_file = self.data_dir / "orthanc_password"
+        _write_private(password_file, self.auth[1] + "\n")
+        opts = self.options
+        args = [
+            "node",
+            str(VIEWER_SERVER),
+            "--host",
+            opts.viewer_host,
+            "--port",
+            str(opts.viewer_port),
+            "--orthanc",
+            self.orthanc_url,
+            "--user",
+            self.auth[0],
+            "--password-file",
+            str(password_file),
+        ]
+        return ManagedProcess("viewer", args, self.data_dir / "logs" / "viewer.log")
+
+    def _wait_viewer(self, timeout: float = 30.0) -> None:
+        viewer = self.viewer
+        if viewer is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            code = viewer.poll()
+            if code is not None:
+                raise EmbeddedError(
+                    f"viewer server exited with status {code}; log {viewer.log_path}:\n"
+                    f"{viewer.log_tail()}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.viewer_url}/", timeout=2).status_code < 500:
+                    return
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"viewer server not up after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        """Raise if Orthanc or the viewer server has exited.
+
+        Raises:
+            EmbeddedError: a child process ended.
+        """
+        for proc in (self.orthanc, self.viewer):
+            if proc is not None and proc.poll() is not None:
+                raise EmbeddedError(
+                    f"{proc.name} exited (status {proc.poll()}); log {proc.log_path}:\n"
+                    f"{proc.log_tail()}"
+                )
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@dataclass(frozen=True)
+class SampleStudy:
+    """A sample study folder under tests/data/dicom/.
+
+    Attributes:
+        name: folder name.
+        files: its DICOM files.
+        study_uid: StudyInstanceUID.
+        description: StudyDescription (public sample text, no PHI) or the folder name.
+        label: the source's label, if known.
+    """
+
+    name: str
+    files: tuple[Path, ...]
+    study_uid: str
+    description: str
+    label: str
+
+
+def discover_samples(samples_dir: Path = SAMPLES_DIR) -> list[SampleStudy]:
+    """The sample studies (one per folder), with labels from ``samples.json`` when present.
+
+    Args:
+        samples_dir: ``tests/data/dicom``.
+
+    Returns:
+        The studies, sorted by folder name.
+    """
+    from pydicom import dcmread
+
+    labels: dict[str, str] = {}
+    index = samples_dir.parent / "samples.json"
+    if index.exists():
+        labels = {e["study"]: e["label"] for e in json.loads(index.read_text(encoding="utf-8"))}
+    studies = []
+    for folder in sorted(p for p in samples_dir.iterdir() if p.is_dir()):
+        files = tuple(sorted(folder.glob("*.dcm")))
+        if not files:
+            continue
+        head = dcmread(files[0], stop_before_pixels=True)
+        studies.append(
+            SampleStudy(
+                name=folder.name,
+                files=files,
+                study_uid=str(head.StudyInstanceUID),
+                description=str(head.get("StudyDescription") or folder.name),
+                label=labels.get(folder.name, "unknown"),
+            )
+        )
+    return studies
+
+
+@dataclass
+class _Pending:
+    study: SampleStudy
+    sent_at: float
+    done: bool = False
+
+
+def summary_line(study: SampleStudy, groups: Mapping[str, SrGroup], seconds: float) -> str:
+    """One line per study: name, short UID, score, threshold, flag, time taken."""
+    overall = groups.get("anomaly study")
+    short_uid = "…" + study.study_uid[-10:]
+    if overall is None or overall.score is None:
+        return f"{study.name:<24} {short_uid}  SR without a study score  {seconds:6.1f} s"
+    flag = "ABNORMAL" if overall.abnormal else (overall.status or "normal").lower()
+    threshold = f"{overall.threshold:.4g}" if overall.threshold is not None else "?"
+    return (
+        f"{study.name:<24} {short_uid}  score {overall.score:<8.4g} threshold {threshold:<8} "
+        f"{flag:<12} {seconds:6.1f} s  (source label: {study.label})"
+    )
+
+
+def send_samples_and_report(
+    stack: EmbeddedStack,
+    studies: Sequence[SampleStudy],
+    *,
+    timeout: float = 600.0,
+    out: IO[str] | None = None,
+) -> dict[str, float]:
+    """C-STORE each sample study to Orthanc as the scanner and print a line when its SR is in.
+
+    Args:
+        stack: the running stack.
+        studies: the sample studies.
+        timeout: seconds to wait for all results.
+        out: where to print (stdout by default).
+
+    Returns:
+        Seconds from send to results in Orthanc, per study name (those that finished).
+    """
+    import sys
+
+    stream = out or sys.stdout
+    pending: list[_Pending] = []
+    for study in studies:
+        t0 = time.monotonic()
+        report = send_files(study.files, "127.0.0.1", stack.options.dicom_port)
+        if report.failed:
+            print(f"{study.name}: {len(report.failed)} file(s) refused by Orthanc", file=stream)
+        pending.append(_Pending(study, t0))
+    print(
+        f"sent {len(studies)} studies; results appear after Orthanc's StableAge "
+        f"({stack.options.stable_age} s) + the node's quiet period + inference",
+        file=stream,
+        flush=True,
+    )
+    timings: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    with stack.session() as session:
+        while any(not p.done for p in pending) and time.monotonic() < deadline:
+            stack.check_alive()
+            for item in pending:
+                if item.done:
+                    continue
+                results = find_results(session, stack.orthanc_url, item.study.study_uid)
+                srs = [d for d in results if d.Modality == "SR"]
+                if srs:
+                    seconds = time.monotonic() - item.sent_at
+                    item.done = True
+                    timings[item.study.name] = seconds
+                    print(
+                        summary_line(item.study, parse_anomaly_sr(srs[0]), seconds),
+                        file=stream,
+                        flush=True,
+                    )
+            time.sleep(0.5)
+    for item in pending:
+        if not item.done:
+            print(f"{item.study.name}: no results within {timeout:.0f} s", file=stream)
+    return timings
+
+
+def _parse_peer(text: str) -> DicomPeer:
+    """``AET@HOST`` (or ``AET@HOST:PORT``) -> an allowed scanner."""
+    aet, sep, rest = text.partition("@")
+    if not sep or not aet or not rest:
+        raise argparse.ArgumentTypeError(f"expected AET@HOST[:PORT], got {text!r}")
+    host, _, port = rest.partition(":")
+    return DicomPeer(f"scanner-{aet.lower()}", aet, host, int(port or 104))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m dicom_node demo`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dicom_node demo",
+        description="Run the embedded default (Orthanc + AI node + OHIF viewer) and send "
+        "the sample studies through it. Ctrl-C stops everything.",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--no-samples", action="store_true", help="do not send sample studies")
+    parser.add_argument("--samples-dir", type=Path, default=SAMPLES_DIR)
+    parser.add_argument("--quiet-seconds", type=float, default=3.0)
+    parser.add_argument("--stable-age", type=int, default=5)
+    parser.add_argument("--http-port", type=int, default=8042)
+    parser.add_argument("--dicom-port", type=int, default=4242)
+    parser.add_argument("--node-port", type=int, default=11112)
+    parser.add_argument("--node-http-port", type=int, default=8099)
+    parser.add_argument("--viewer-port", type=int, default=3000, help="0: no viewer")
+    parser.add_argument(
+        "--viewer-host",
+        default="127.0.0.1",
+        help="address the viewer binds (0.0.0.0 to reach it from other machines)",
+    )
+    parser.add_argument("--checkpoint", action="append", dest="checkpoints")
+    parser.add_argument(
+        "--allow-scanner",
+        action="append",
+        type=_parse_peer,
+        default=[],
+        metavar="AET@HOST[:PORT]",
+        help="another AE allowed to C-STORE into Orthanc (repeatable)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="wipe Orthanc and node state first")
+    parser.add_argument("--result-timeout", type=float, default=600.0)
+    parser.add_argument("--once", action="store_true", help="exit after the samples' results")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the embedded default until Ctrl-C.
+
+    Args:
+        argv: command-line arguments (without the program name).
+
+    Returns:
+        The exit status.
+    """
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    options = StackOptions(
+        data_dir=args.data_dir,
+        http_port=args.http_port,
+        dicom_port=args.dicom_port,
+        node_port=args.node_port,
+        node_http_port=args.node_http_port,
+        viewer_port=args.viewer_port,
+        viewer_host=args.viewer_host,
+        stable_age=args.stable_age,
+        quiet_seconds=args.quiet_seconds,
+        checkpoints=tuple(args.checkpoints or ("default-cxr",)),
+        scanners=(DicomPeer("scanner", SAMPLE_SCU_AET), *args.allow_scanner),
+        fresh=args.fresh,
+    )
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    t0 = time.monotonic()
+    try:
+        with EmbeddedStack(options) as stack:
+            _print_banner(stack, time.monotonic() - t0)
+            if not args.no_samples:
+                studies = discover_samples(args.samples_dir)
+                timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
+                if stack.viewer_url and studies:
+                    print(
+                        f"open a study: {stack.viewer_url}/viewer?StudyInstanceUIDs="
+                        f"{studies[0].study_uid}"
+                    )
+                if args.once:
+                    return 0 if len(timings) == len(studies) else 1
+            print("running; press Ctrl-C to stop", flush=True)
+            while True:
+                stack.check_alive()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+        return 0
+    except DicomNodeError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+
+
+def _print_banner(stack: EmbeddedStack, startup_seconds: float) -> None:
+    opts = stack.options
+    print(f"started in {startup_seconds:.1f} s; state in {stack.data_dir}")
+    if stack.viewer_url:
+        print(f"viewer:   {stack.viewer_url}/   (OHIF with the AI anomaly panel)")
+    else:
+        print("viewer:   not running (ohif-extension/server/serve.mjs missing or --viewer-port 0)")
+    print(
+        f"Orthanc:  {stack.orthanc_url}/app/explorer.html (this host only; user "
+        f"{stack.auth[0]}, password in {stack.data_dir / 'secrets.json'})"
+    )
+    scanners = ", ".join(f"{p.aet}@{p.host}" for p in opts.scanners)
+    print(f"DICOM:    send to AE {ORTHANC_AET} port {opts.dicom_port} (allowed: {scanners})")
+    print(
+        f"node:     AE {NODE_AET} on 127.0.0.1:{opts.node_port}, "
+        f"API on 127.0.0.1:{opts.node_http_port}"
+    )
