@@ -37,7 +37,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +75,7 @@ _THRESHOLD_CODE = "ANOMALY_THRESHOLD"
 _STATUS_CODE = "ANOMALY_STATUS"
 _TRACKING_IDENTIFIER_CODE = "112039"
 _ABNORMAL_CODES = {"263654008"}
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class EmbeddedError(DicomNodeError):
@@ -92,15 +93,22 @@ class Secrets:
         orthanc_user: Orthanc HTTP user (the node's STOW-RS and the viewer's proxy use it).
         orthanc_password: its password.
         api_token: bearer token of the node's small HTTP API.
+        viewer_user: login of the viewer server when it listens beyond loopback.
+        viewer_password: its password.
     """
 
     orthanc_user: str
     orthanc_password: str
     api_token: str
+    viewer_user: str
+    viewer_password: str
 
 
 def load_or_create_secrets(data_dir: Path) -> Secrets:
     """Read ``<data_dir>/secrets.json``, creating it (mode 0600) with new random values.
+
+    Values missing from an existing file (written by an older version) are generated and
+    the file is rewritten; existing values are kept.
 
     Args:
         data_dir: the embedded default's state folder.
@@ -109,26 +117,30 @@ def load_or_create_secrets(data_dir: Path) -> Secrets:
         The secrets.
 
     Raises:
-        ConfigError: the file exists but is not valid.
+        ConfigError: the file exists but is not a JSON object.
     """
     path = data_dir / "secrets.json"
+    raw: dict[str, Any] = {}
     if path.exists():
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            return Secrets(
-                orthanc_user=str(raw["orthanc_user"]),
-                orthanc_password=str(raw["orthanc_password"]),
-                api_token=str(raw["api_token"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path} is not valid ({exc}); delete it to regenerate") from exc
-    created = Secrets(
-        orthanc_user=ORTHANC_USER,
-        orthanc_password=secrets.token_urlsafe(24),
-        api_token=secrets.token_urlsafe(32),
-    )
-    _write_private(path, json.dumps(created.__dict__, indent=2) + "\n")
-    return created
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); delete it to regenerate") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} is not a JSON object; delete it to regenerate")
+    defaults: dict[str, Callable[[], str]] = {
+        "orthanc_user": lambda: ORTHANC_USER,
+        "orthanc_password": lambda: secrets.token_urlsafe(24),
+        "api_token": lambda: secrets.token_urlsafe(32),
+        "viewer_user": lambda: "radiologist",
+        "viewer_password": lambda: secrets.token_urlsafe(18),
+    }
+    values = {key: str(raw[key]) if raw.get(key) else make() for key, make in defaults.items()}
+    if values != raw:
+        _write_private(path, json.dumps(values, indent=2) + "\n")
+    else:
+        path.chmod(0o600)
+    return Secrets(**values)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -884,9 +896,14 @@ class EmbeddedStack:
         return node
 
     def _start_viewer(self) -> ManagedProcess:
-        password_file = self.data_dir / "orthanc_password"
-        _write_private(password_file, self.auth[1] + "\n")
+        if self.secrets is None:
+            raise EmbeddedError("the stack is not started")
         opts = self.options
+        secret_dir = self.data_dir / "secrets"
+        orthanc_pw = secret_dir / "orthanc_password"
+        token = secret_dir / "node_api_token"
+        _write_private(orthanc_pw, self.secrets.orthanc_password + "\n")
+        _write_private(token, self.secrets.api_token + "\n")
         args = [
             "node",
             str(VIEWER_SERVER),
@@ -896,11 +913,19 @@ class EmbeddedStack:
             str(opts.viewer_port),
             "--orthanc",
             self.orthanc_url,
-            "--user",
-            self.auth[0],
-            "--password-file",
-            str(password_file),
+            "--orthanc-user",
+            self.secrets.orthanc_user,
+            "--orthanc-password-file",
+            str(orthanc_pw),
         ]
+        if opts.node_http_port:
+            args += ["--node-api", f"http://127.0.0.1:{opts.node_http_port}"]
+            args += ["--node-token-file", str(token)]
+        if opts.viewer_host not in _LOOPBACK_HOSTS:
+            viewer_pw = secret_dir / "viewer_password"
+            _write_private(viewer_pw, self.secrets.viewer_password + "\n")
+            args += ["--viewer-user", self.secrets.viewer_user]
+            args += ["--viewer-password-file", str(viewer_pw)]
         return ManagedProcess("viewer", args, self.data_dir / "logs" / "viewer.log")
 
     def _wait_viewer(self, timeout: float = 30.0) -> None:
@@ -1182,6 +1207,11 @@ def _print_banner(stack: EmbeddedStack, startup_seconds: float) -> None:
     print(f"started in {startup_seconds:.1f} s; state in {stack.data_dir}")
     if stack.viewer_url:
         print(f"viewer:   {stack.viewer_url}/   (OHIF with the AI anomaly panel)")
+        if opts.viewer_host not in _LOOPBACK_HOSTS:
+            print(
+                f"          login {stack.secrets.viewer_user if stack.secrets else '?'}, "
+                f"password in {stack.data_dir / 'secrets.json'}"
+            )
     else:
         print("viewer:   not running (ohif-extension/server/serve.mjs missing or --viewer-port 0)")
     print(
