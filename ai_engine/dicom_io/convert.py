@@ -327,7 +327,7 @@ def _encode(ds: Dataset, stored: npt.NDArray[np.uint8], tsyntax: UID) -> None:
         return
     if tsyntax == JPEGBaseline8Bit:
         buf = io.BytesIO()
-        Image.fromarray(stored, mode="L").save(buf, format="JPEG", quality=_JPEG_QUALITY)
+        Image.fromarray(stored).save(buf, format="JPEG", quality=_JPEG_QUALITY)
         frame = buf.getvalue()
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"

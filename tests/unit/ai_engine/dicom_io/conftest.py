@@ -77,7 +77,7 @@ def make_png(path: Path, rows: int = 48, cols: int = 64, seed: int = 0) -> np.nd
     noise = rng.integers(-20, 21, size=(rows, cols))
     img = np.clip(ramp + noise, 0, 255).astype(np.uint8)
     img.flat[:256] = np.arange(256, dtype=np.uint8)
-    Image.fromarray(img, mode="L").save(path)
+    Image.fromarray(img).save(path)
     return img
 
 

@@ -82,7 +82,7 @@ def test_only_given_identifiers_and_new_uids(synthetic_png):
 
 def test_rejects_colour_png(tmp_path):
     path = tmp_path / "rgb.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8), mode="RGB").save(path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     with pytest.raises(UnsupportedInputError, match="greyscale"):
         png_to_dicom(path, patient_id="P1")
 
