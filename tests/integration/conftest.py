@@ -1,0 +1,71 @@
+"""Session fixtures for the integration tests: the embedded stack on loopback.
+
+The whole test run must execute inside a loopback-only network namespace
+(``unshare -n bash -c 'ip link set lo up; ...'``; ``scripts/test.sh`` does this), because
+Orthanc 1.10 cannot bind a single address and would otherwise listen on every interface.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from dicom_node.embedded import (
+    SAMPLE_SCU_AET,
+    DicomPeer,
+    EmbeddedStack,
+    StackOptions,
+    free_port,
+    loopback_only_namespace,
+    network_interfaces,
+)
+
+#: AE title dcmtk's storescu uses in the tests (allowed to store into Orthanc).
+STORESCU_AET = "STORESCU"
+STABLE_AGE = 2
+QUIET_SECONDS = 1.5
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """Orthanc (Debian, DICOMweb, routing plugin, StableAge 2 s) + node + viewer server."""
+    if not loopback_only_namespace():
+        pytest.fail(
+            "integration tests must run in a loopback-only network namespace (Orthanc 1.10 "
+            f"binds every interface); this one has {network_interfaces()}. Run "
+            "scripts/test.sh, or: unshare -n bash -c 'ip link set lo up; .venv/bin/pytest ...'",
+            pytrace=False,
+        )
+    options = StackOptions(
+        data_dir=tmp_path_factory.mktemp("embedded"),
+        http_port=free_port(),
+        dicom_port=free_port(),
+        node_port=free_port(),
+        node_http_port=free_port(),
+        viewer_port=free_port(),
+        stable_age=STABLE_AGE,
+        quiet_seconds=QUIET_SECONDS,
+        scanners=(
+            DicomPeer("scanner", SAMPLE_SCU_AET),
+            DicomPeer("storescu", STORESCU_AET),
+        ),
+        fresh=True,
+    )
+    with EmbeddedStack(options) as running:
+        orthanc_pid = running.orthanc.pid if running.orthanc else None
+        yield running
+    # EmbeddedStack.__exit__ stopped Orthanc's whole process group; make sure of it.
+    if orthanc_pid is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(orthanc_pid, 0)
+
+
+@pytest.fixture(scope="session")
+def dicomweb(stack: EmbeddedStack) -> DICOMwebClient:
+    session = requests.Session()
+    session.auth = stack.auth
+    return DICOMwebClient(url=f"{stack.orthanc_url}/dicom-web", session=session)

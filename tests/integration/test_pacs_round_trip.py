@@ -1,0 +1,256 @@
+"""A study goes scanner -> Orthanc -> (stable, routed) -> node -> STOW-RS -> Orthanc.
+
+Everything is real: the Debian Orthanc with its DICOMweb and Python plugins, the node's
+Storage SCP, the engine, dcmtk's storescu. Results are found by QIDO and read back by WADO-RS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom import Dataset
+
+from dicom_node.embedded import (
+    ORTHANC_AET,
+    EmbeddedError,
+    EmbeddedStack,
+    parse_anomaly_sr,
+    send_files,
+)
+
+pytestmark = pytest.mark.integration
+
+CHECKPOINT = "default-cxr"
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "tests" / "data" / "dicom"
+STORESCU_AET = "STORESCU"  # allowed by the stack fixture (conftest.py)
+#: Generous: the first job loads torch and the model on a busy 2-core machine.
+RESULT_TIMEOUT = 240.0
+
+
+@dataclass
+class Results:
+    study_uid: str
+    source_sop_uids: list[str]
+    seconds: float
+    series: dict[str, list[dict]]  # Modality -> QIDO series records
+
+
+def series_by_modality(client: DICOMwebClient, study_uid: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for record in client.search_for_series(study_uid):
+        modality = record.get("00080060", {}).get("Value", ["?"])[0]
+        out.setdefault(modality, []).append(record)
+    return out
+
+
+def wait_for_results(
+    client: DICOMwebClient, study_uid: str, *, seg: int = 2, sr: int = 1, since: float
+) -> Results:
+    """Poll QIDO until the study has ``seg`` SEG series and ``sr`` SR series."""
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while True:
+        found = series_by_modality(client, study_uid)
+        if len(found.get("SEG", [])) >= seg and len(found.get("SR", [])) >= sr:
+            sources = [
+                i["00080018"]["Value"][0]
+                for i in client.search_for_instances(study_uid)
+                if i.get("00080060", {}).get("Value", [""])[0] not in ("SEG", "SR")
+            ]
+            return Results(study_uid, sources, time.monotonic() - since, found)
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"no results for study {study_uid} within {RESULT_TIMEOUT:.0f} s "
+                f"(series so far: { {k: len(v) for k, v in found.items()} })"
+            )
+        time.sleep(0.5)
+
+
+def sample_file(study: str) -> Path:
+    (path,) = sorted((SAMPLES / study).glob("*.dcm"))
+    return path
+
+
+@cache
+def engine_scores(study: str) -> dict[str, float]:
+    """The engine's own scores for a sample study (ai_engine.pipeline, no network)."""
+    from ai_engine import pipeline
+
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"engine-{os.getpid()}-{study}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "in").mkdir(parents=True)
+    shutil.copy(sample_file(study), work / "in")
+    try:
+        results = pipeline.run(work / "in", work / "out", (CHECKPOINT,))
+        return {
+            image.sop_instance_uid: float(image.score)
+            for result in results
+            for image in result.images
+            if image.score is not None
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def referenced_uids(ds: Dataset) -> set[str]:
+    """Every ReferencedSOPInstanceUID anywhere in a dataset."""
+    found: set[str] = set()
+
+    def visit(item: Dataset) -> None:
+        for element in item:
+            if element.keyword == "ReferencedSOPInstanceUID":
+                found.add(str(element.value))
+            elif element.VR == "SQ":
+                for child in element.value:
+                    visit(child)
+
+    visit(ds)
+    return found
+
+
+def retrieve_series(client: DICOMwebClient, study_uid: str, record: dict) -> list[Dataset]:
+    series_uid = record["0020000E"]["Value"][0]
+    return list(client.retrieve_series(study_uid, series_uid))
+
+
+def check_results(client: DICOMwebClient, results: Results, study: str) -> None:
+    """Both SEGs and the SR reference the source image; the SR's score is the engine's."""
+    (source_uid,) = results.source_sop_uids
+    segs = [
+        ds
+        for rec in results.series["SEG"]
+        for ds in retrieve_series(client, study_uid=results.study_uid, record=rec)
+    ]
+    kinds = sorted(str(ds.SegmentationType) for ds in segs)
+    assert kinds == ["BINARY", "FRACTIONAL"]
+    source = pydicom.dcmread(sample_file(study), stop_before_pixels=True)
+    for seg in segs:
+        assert seg.Manufacturer == "AI Anomaly Node"
+        assert source_uid in referenced_uids(seg)
+        assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+        assert seg.pixel_array.shape[-2:] == (source.Rows, source.Columns)
+
+    (sr_record,) = results.series["SR"]
+    (sr,) = retrieve_series(client, results.study_uid, sr_record)
+    assert source_uid in referenced_uids(sr)
+    report = hd.sr.srread(sr)  # highdicom reads it back as a structured report
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    groups = parse_anomaly_sr(sr)
+    image_group = groups[f"anomaly {source_uid}"]
+    expected = engine_scores(study)[source_uid]
+    assert image_group.score == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert groups["anomaly study"].score == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert image_group.threshold is not None
+    assert image_group.abnormal == (image_group.score >= image_group.threshold)
+
+
+@pytest.fixture(scope="module")
+def pynetdicom_results(stack: EmbeddedStack, dicomweb: DICOMwebClient) -> Results:
+    """kermany_normal_mono2 sent by a pynetdicom SCU; waits for its SEGs and SR."""
+    path = sample_file("kermany_normal_mono2")
+    study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    t0 = time.monotonic()
+    report = send_files([path], "127.0.0.1", stack.options.dicom_port)
+    assert report.failed == []
+    return wait_for_results(dicomweb, study_uid, since=t0)
+
+
+def test_pynetdicom_study_gets_segs_and_sr(
+    dicomweb: DICOMwebClient, pynetdicom_results: Results
+) -> None:
+    check_results(dicomweb, pynetdicom_results, "kermany_normal_mono2")
+
+
+@pytest.mark.parametrize("study", ["kermany_pneumonia_jpeg", "kermany_normal_mono1"])
+def test_dcmtk_storescu_study_gets_segs_and_sr(
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, study: str
+) -> None:
+    path = sample_file(study)
+    study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    t0 = time.monotonic()
+    subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            STORESCU_AET,
+            "-aec",
+            ORTHANC_AET,
+            "127.0.0.1",
+            str(stack.options.dicom_port),
+            str(path),
+        ],
+        check=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        timeout=60,
+    )
+    check_results(dicomweb, wait_for_results(dicomweb, study_uid, since=t0), study)
+
+
+def test_exactly_one_result_set_after_restabilising(
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, pynetdicom_results: Results
+) -> None:
+    # The results made the study change, so it becomes stable again: Orthanc's plugin must
+    # not route it again (and the node would drop a re-send anyway).
+    time.sleep(stack.options.stable_age + stack.options.quiet_seconds + 8)
+    found = series_by_modality(dicomweb, pynetdicom_results.study_uid)
+    assert len(found.get("SR", [])) == 1
+    assert len(found.get("SEG", [])) == 2
+    instances = dicomweb.search_for_instances(pynetdicom_results.study_uid)
+    assert len(instances) == 1 + 2 + 1  # source, two SEGs, one SR
+    assert stack.orthanc is not None
+    log = stack.orthanc.log_path.read_text(encoding="utf-8", errors="replace")
+    assert (
+        f"not routing study {pynetdicom_results.study_uid}: study already contains AI node "
+        "results" in log
+    )
+
+
+def test_unknown_scanner_is_refused(stack: EmbeddedStack) -> None:
+    with pytest.raises(EmbeddedError, match="rejected"):
+        send_files(
+            [sample_file("kermany_normal_mono2")],
+            "127.0.0.1",
+            stack.options.dicom_port,
+            calling_ae="INTRUDER",
+        )
+
+
+def test_orthanc_http_needs_the_generated_password(stack: EmbeddedStack) -> None:
+    assert requests.get(f"{stack.orthanc_url}/system", timeout=5).status_code == 401
+    assert requests.get(f"{stack.orthanc_url}/system", auth=stack.auth, timeout=5).ok
+    for secret_file in (
+        stack.data_dir / "secrets.json",
+        stack.data_dir / "orthanc" / "orthanc.json",
+    ):
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.browser
+def test_ohif_shows_panel_and_overlay(
+    stack: EmbeddedStack, pynetdicom_results: Results, tmp_path: Path
+) -> None:
+    e2e = REPO / "ohif-extension" / "tests" / "e2e.mjs"
+    if not e2e.exists():
+        pytest.fail(f"{e2e.relative_to(REPO)} does not exist yet (the OHIF engineer's e2e script)")
+    assert stack.viewer_url is not None, "the viewer server did not start"
+    proc = subprocess.run(
+        ["node", str(e2e), "--url", stack.viewer_url, "--study", pynetdicom_results.study_uid],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO / "ohif-extension",
+        env={**os.environ, "E2E_ARTIFACTS": str(tmp_path)},
+    )
+    assert proc.returncode == 0, f"e2e failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
