@@ -665,9 +665,14 @@ def parse_anomaly_sr(ds: Dataset) -> dict[str, SrGroup]:
     return groups
 
 
+def _code_value(code: Dataset) -> str:
+    """CodeValue, or LongCodeValue for codes longer than 16 characters (e.g. ANOMALY_THRESHOLD)."""
+    return str(code.get("CodeValue") or code.get("LongCodeValue") or code.get("URNCodeValue") or "")
+
+
 def _concept(item: Dataset) -> str:
     seq = item.get("ConceptNameCodeSequence")
-    return str(seq[0].CodeValue) if seq else ""
+    return _code_value(seq[0]) if seq else ""
 
 
 def _read_group(container: Dataset) -> SrGroup | None:
@@ -690,7 +695,7 @@ def _read_group(container: Dataset) -> SrGroup | None:
         elif value_type == "CODE" and concept == _STATUS_CODE:
             code = item.ConceptCodeSequence[0]
             status = str(code.CodeMeaning)
-            abnormal = str(code.CodeValue) in _ABNORMAL_CODES
+            abnormal = _code_value(code) in _ABNORMAL_CODES
     if tracking is None:
         return None
     return SrGroup(tracking, score, threshold, status, abnormal)

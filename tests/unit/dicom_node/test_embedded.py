@@ -96,7 +96,11 @@ def test_config_rejects_bad_values(kw: dict, match: str) -> None:
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     ds = Dataset()
-    ds.CodeValue, ds.CodingSchemeDesignator, ds.CodeMeaning = value, scheme, meaning
+    if len(value) > 16:  # SH limit: highdicom writes LongCodeValue
+        ds.LongCodeValue = value
+    else:
+        ds.CodeValue = value
+    ds.CodingSchemeDesignator, ds.CodeMeaning = scheme, meaning
     return ds
 
 
