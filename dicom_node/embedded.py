@@ -701,16 +701,22 @@ def _read_group(container: Dataset) -> SrGroup | None:
     return SrGroup(tracking, score, threshold, status, abnormal)
 
 
-def find_results(session: requests.Session, orthanc_url: str, study_uid: str) -> list[Dataset]:
-    """The node's result instances (SEG, SR) stored in Orthanc for a study.
+def find_results(
+    session: requests.Session,
+    orthanc_url: str,
+    study_uid: str,
+    modalities: Iterable[str] = ("SR", "SEG"),
+) -> list[Dataset]:
+    """The node's result instances stored in Orthanc for a study.
 
     Args:
         session: authenticated session.
         orthanc_url: Orthanc's HTTP root.
         study_uid: StudyInstanceUID.
+        modalities: which result series to download (SR first in the answer).
 
     Returns:
-        Datasets (read from Orthanc) whose Manufacturer is the node's, SR first.
+        Datasets (read from Orthanc) whose series' Manufacturer is the node's.
 
     Raises:
         requests.HTTPError: Orthanc answered an error.
@@ -721,6 +727,7 @@ def find_results(session: requests.Session, orthanc_url: str, study_uid: str) ->
 
     from ai_engine.dicom_io import markers
 
+    wanted = set(modalities)
     found = session.post(
         f"{orthanc_url}/tools/find",
         json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
@@ -729,7 +736,10 @@ def find_results(session: requests.Session, orthanc_url: str, study_uid: str) ->
     found.raise_for_status()
     results: list[Dataset] = []
     for series in found.json():
-        if series["MainDicomTags"].get("Manufacturer") != markers.OUTPUT_MANUFACTURER:
+        tags = series["MainDicomTags"]
+        if tags.get("Manufacturer") != markers.OUTPUT_MANUFACTURER:
+            continue
+        if tags.get("Modality") not in wanted:
             continue
         for instance_id in series["Instances"]:
             raw = session.get(f"{orthanc_url}/instances/{instance_id}/file", timeout=60)
@@ -1051,6 +1061,10 @@ def send_samples_and_report(
 ) -> dict[str, float]:
     """C-STORE each sample study to Orthanc as the scanner and print a line when its SR is in.
 
+    A sample study whose results are already in Orthanc (an earlier run on the same data
+    folder) is not sent again: its line is printed at once, marked as such. ``--fresh``
+    wipes the state to run every study through again.
+
     Args:
         stack: the running stack.
         studies: the sample studies.
@@ -1058,43 +1072,48 @@ def send_samples_and_report(
         out: where to print (stdout by default).
 
     Returns:
-        Seconds from send to results in Orthanc, per study name (those that finished).
+        Seconds from send to results in Orthanc per study name (0 for earlier results);
+        studies without results are missing.
     """
     import sys
 
     stream = out or sys.stdout
     pending: list[_Pending] = []
-    for study in studies:
-        t0 = time.monotonic()
-        report = send_files(study.files, "127.0.0.1", stack.options.dicom_port)
-        if report.failed:
-            print(f"{study.name}: {len(report.failed)} file(s) refused by Orthanc", file=stream)
-        pending.append(_Pending(study, t0))
-    print(
-        f"sent {len(studies)} studies; results appear after Orthanc's StableAge "
-        f"({stack.options.stable_age} s) + the node's quiet period + inference",
-        file=stream,
-        flush=True,
-    )
     timings: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
     with stack.session() as session:
+        for study in studies:
+            earlier = find_results(session, stack.orthanc_url, study.study_uid, ("SR",))
+            if earlier:
+                line = summary_line(study, parse_anomaly_sr(earlier[0]), 0.0)
+                print(f"{line}  [from an earlier run]", file=stream, flush=True)
+                timings[study.name] = 0.0
+                continue
+            t0 = time.monotonic()
+            report = send_files(study.files, "127.0.0.1", stack.options.dicom_port)
+            if report.failed:
+                print(f"{study.name}: {len(report.failed)} file(s) refused", file=stream)
+            pending.append(_Pending(study, t0))
+        if pending:
+            print(
+                f"sent {len(pending)} studies as AE {SAMPLE_SCU_AET}; each result needs Orthanc's "
+                f"StableAge ({stack.options.stable_age} s) + the node's quiet period "
+                f"({stack.options.quiet_seconds:g} s) + inference",
+                file=stream,
+                flush=True,
+            )
+        deadline = time.monotonic() + timeout
         while any(not p.done for p in pending) and time.monotonic() < deadline:
             stack.check_alive()
             for item in pending:
                 if item.done:
                     continue
-                results = find_results(session, stack.orthanc_url, item.study.study_uid)
-                srs = [d for d in results if d.Modality == "SR"]
+                srs = find_results(session, stack.orthanc_url, item.study.study_uid, ("SR",))
                 if srs:
                     seconds = time.monotonic() - item.sent_at
                     item.done = True
                     timings[item.study.name] = seconds
-                    print(
-                        summary_line(item.study, parse_anomaly_sr(srs[0]), seconds),
-                        file=stream,
-                        flush=True,
-                    )
+                    line = summary_line(item.study, parse_anomaly_sr(srs[0]), seconds)
+                    print(line, file=stream, flush=True)
             time.sleep(0.5)
     for item in pending:
         if not item.done:
