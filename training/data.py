@@ -84,20 +84,12 @@ def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
     return items
 
 
-def load_png(path: Path) -> np.ndarray:
-    """Greyscale PNG as float32 in [0, 1] (8-bit /255, 16-bit /65535)."""
-    with Image.open(path) as img:
-        if img.mode in ("I;16", "I;16B", "I"):
-            return np.asarray(img, dtype=np.float32) / 65535.0
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-
-
 def load_image(path: Path) -> np.ndarray:
-    """PNG or DICOM as float32 in [0, 1], greyscale, higher = brighter."""
-    if path.suffix.lower() == ".png":
-        return load_png(path)
-    from ai_engine.dicom_io.reader import read_image
+    """PNG or DICOM as float32 in [0, 1], greyscale, higher = brighter (the engine's reader)."""
+    from ai_engine.dicom_io.reader import read_image, read_png
 
+    if path.suffix.lower() == ".png":
+        return read_png(path)
     return read_image(path).pixels
 
 

@@ -21,7 +21,11 @@ def test_every_registered_model_imports_and_implements_the_interface(model_id):
 
 @pytest.mark.parametrize(
     ("size", "channels", "latent"),
-    [((64, 64), (8, 16, 32, 32), 16), ((128, 128), (16, 32, 64, 64), 128), ((96, 160), (4, 8, 8, 8), 8)],
+    [
+        ((64, 64), (8, 16, 32, 32), 16),
+        ((128, 128), (16, 32, 64, 64), 128),
+        ((96, 160), (4, 8, 8, 8), 8),
+    ],
 )
 def test_conv_ae_reconstructs_the_input_shape_in_unit_range(size, channels, latent):
     net = ConvAutoEncoder(image_size=size, channels=channels, latent_dim=latent).eval()
@@ -62,8 +66,19 @@ def test_every_model_trains_a_few_steps_with_finite_loss_and_predicts(model_id):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    card = ModelCard(model_id, "t", "0", ("DX",), (), (), (64, 64), "", "",
-                     Calibration(1.0, "", (0.1,), ("",), 0.2), architecture=args)
+    card = ModelCard(
+        model_id,
+        "t",
+        "0",
+        ("DX",),
+        (),
+        (),
+        (64, 64),
+        "",
+        "",
+        Calibration(1.0, "", (0.1,), ("",), 0.2),
+        architecture=args,
+    )
     out = cls(card, net).eval().predict(x)
     assert out.score.shape == (4,)
     assert out.anomaly_map.shape == (4, 1, 64, 64)

@@ -10,12 +10,16 @@ from safetensors.torch import load_file, save_file
 from ai_engine import checkpoints
 from ai_engine.errors import ModelLoadError
 from ai_engine.pipeline import predict_images
-from training.data import load_png, read_manifest
+from training.data import load_image, read_manifest
 
 
 def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, check=False
+        [sys.executable, "-m", "training", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
     )
 
 
@@ -34,7 +38,7 @@ def test_fit_writes_a_calibrated_checkpoint_with_a_model_card(tiny_checkpoint):
 
 def test_checkpoint_round_trip_gives_the_same_scores(tiny_checkpoint, mini_cxr_manifest):
     items = read_manifest(mini_cxr_manifest, "test")[:4]
-    images = [load_png(i.path) for i in items]
+    images = [load_image(i.path) for i in items]
     a = predict_images(checkpoints.load(tiny_checkpoint, "cpu"), images).score
     b = predict_images(checkpoints.load(tiny_checkpoint, "cpu"), images).score
     assert np.array_equal(a.numpy(), b.numpy())
@@ -57,21 +61,51 @@ def test_unknown_checkpoint_name_says_what_exists():
 
 
 def test_evaluate_prints_the_contract_json_as_last_line(tiny_checkpoint, mini_cxr_manifest):
-    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
-                   str(mini_cxr_manifest), "--split", "test", "--bootstrap", "50")
+    proc = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--manifest",
+        str(mini_cxr_manifest),
+        "--split",
+        "test",
+        "--bootstrap",
+        "50",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("auroc", "auprc", "sensitivity", "specificity", "threshold", "n_normal", "n_abnormal"):
+    for key in (
+        "auroc",
+        "auprc",
+        "sensitivity",
+        "specificity",
+        "threshold",
+        "n_normal",
+        "n_abnormal",
+    ):
         assert key in result
     assert (result["n_normal"], result["n_abnormal"]) == (6, 6)
-    assert result["threshold"] == pytest.approx(checkpoints.read_card(tiny_checkpoint).calibration.threshold)
+    assert result["threshold"] == pytest.approx(
+        checkpoints.read_card(tiny_checkpoint).calibration.threshold
+    )
     assert 0.0 <= result["auroc"] <= 1.0
     assert "pixel_auroc" not in result  # no masks in this manifest
 
 
-def test_evaluate_reports_pixel_metrics_when_the_manifest_has_masks(tiny_checkpoint, mini_brain_manifest):
-    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
-                   str(mini_brain_manifest), "--split", "val", "--bootstrap", "20")
+def test_evaluate_reports_pixel_metrics_when_the_manifest_has_masks(
+    tiny_checkpoint, mini_brain_manifest
+):
+    proc = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--manifest",
+        str(mini_brain_manifest),
+        "--split",
+        "val",
+        "--bootstrap",
+        "20",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["pixel_auroc"] <= 1.0
@@ -86,20 +120,39 @@ def test_evaluate_reports_pixel_metrics_when_the_manifest_has_masks(tiny_checkpo
         (["--split", "nonexistent"], "needs both classes"),
     ],
 )
-def test_evaluate_fails_clearly_on_a_one_class_split(tiny_checkpoint, mini_cxr_manifest, args, message):
-    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
-                   str(mini_cxr_manifest), *args)
+def test_evaluate_fails_clearly_on_a_one_class_split(
+    tiny_checkpoint, mini_cxr_manifest, args, message
+):
+    proc = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--manifest",
+        str(mini_cxr_manifest),
+        *args,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr
 
 
-def test_evaluate_fails_clearly_on_a_bad_manifest_or_checkpoint(tiny_checkpoint, tmp_path, mini_cxr_manifest):
+def test_evaluate_fails_clearly_on_a_bad_manifest_or_checkpoint(
+    tiny_checkpoint, tmp_path, mini_cxr_manifest
+):
     bad = tmp_path / "m.csv"
     bad.write_text("path,label\nx.png,0\n")
-    proc = run_cli("evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest", str(bad), "--split", "test")
+    proc = run_cli(
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest", str(bad), "--split", "test"
+    )
     assert proc.returncode != 0
     assert "lacks column(s) split" in proc.stderr
-    proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "nothing"), "--manifest",
-                   str(mini_cxr_manifest), "--split", "test")
+    proc = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "nothing"),
+        "--manifest",
+        str(mini_cxr_manifest),
+        "--split",
+        "test",
+    )
     assert proc.returncode != 0
     assert "no checkpoint" in proc.stderr

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "tests" / "data" / "mini"
 
 

@@ -1,0 +1,111 @@
+"""The inference pipeline on real sample radiographs, with a tiny checkpoint trained here."""
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from ai_engine.dicom_io.sr_writer import read_sr_scores
+from pydicom.data import get_testdata_file
+
+from ai_engine import pipeline
+from ai_engine.dicom_io.markers import OUTPUT_MANUFACTURER
+from ai_engine.errors import UnsupportedInputError
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "dicom"
+
+
+def copy_study(name: str, dst: Path) -> Path:
+    for f in (DATA / name).glob("*.dcm"):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+@pytest.fixture
+def study_dir(tmp_path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    return copy_study("kermany_pneumonia_mono2", d)
+
+
+def test_writes_binary_seg_fractional_seg_and_sr_that_reference_the_source(
+    tiny_checkpoint, study_dir, tmp_path
+):
+    out = tmp_path / "out"
+    [result] = pipeline.run(study_dir, out, [str(tiny_checkpoint)])
+    source = pydicom.dcmread(next(study_dir.glob("*.dcm")))
+    assert result.study_instance_uid == source.StudyInstanceUID
+    [image] = result.images
+    assert image.score is not None
+    assert image.is_abnormal == (image.score >= image.threshold)
+    assert result.study_score == image.score
+    written = [pydicom.dcmread(f) for f in result.files]
+    kinds = sorted((ds.Modality, str(ds.get("SegmentationType", ""))) for ds in written)
+    assert kinds == [("SEG", "BINARY"), ("SEG", "FRACTIONAL"), ("SR", "")]
+    for ds in written:
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.Manufacturer == OUTPUT_MANUFACTURER
+        assert "research use only" in ds.SeriesDescription
+        assert source.SOPInstanceUID in str(ds)  # referenced somewhere in the object
+    sr = next(ds for ds in written if ds.Modality == "SR")
+    parsed = read_sr_scores(sr)
+    assert parsed["study"]["score"] == pytest.approx(image.score, rel=1e-6)
+    seg = next(ds for ds in written if ds.get("SegmentationType") == "FRACTIONAL")
+    assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+
+
+def test_monochrome1_and_monochrome2_of_the_same_image_score_the_same(tiny_checkpoint, tmp_path):
+    src = pydicom.dcmread(next((DATA / "kermany_normal_mono2").glob("*.dcm")))
+    inverted = copy.deepcopy(src)
+    inverted.PhotometricInterpretation = "MONOCHROME1"
+    inverted.PixelData = (255 - src.pixel_array).astype(np.uint8).tobytes()
+    inverted.SOPInstanceUID = pydicom.uid.generate_uid()
+    d = tmp_path / "in"
+    d.mkdir()
+    src.save_as(d / "a.dcm")
+    inverted.save_as(d / "b.dcm")
+    [result] = pipeline.run(d, tmp_path / "out", [str(tiny_checkpoint)])
+    a, b = (r.score for r in result.images)
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_images_the_model_is_not_for_are_not_analysed_with_a_reason(
+    tiny_checkpoint, study_dir, tmp_path
+):
+    source = pydicom.dcmread(next(study_dir.glob("*.dcm")))
+    lateral = copy.deepcopy(source)
+    lateral.ViewPosition = "LL"
+    lateral.SOPInstanceUID = pydicom.uid.generate_uid()
+    lateral.save_as(study_dir / "lateral.dcm")
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct.StudyInstanceUID = source.StudyInstanceUID
+    ct.save_as(study_dir / "ct.dcm")
+    (study_dir / "notes.txt").write_text("not DICOM")
+    [result] = pipeline.run(study_dir, tmp_path / "out", [str(tiny_checkpoint)])
+    by_uid = {r.sop_instance_uid: r for r in result.images}
+    assert by_uid[source.SOPInstanceUID].score is not None
+    assert by_uid[lateral.SOPInstanceUID].score is None
+    assert "lateral" in by_uid[lateral.SOPInstanceUID].not_analysed_reason
+    assert by_uid[ct.SOPInstanceUID].score is None
+    assert "Modality CT" in by_uid[ct.SOPInstanceUID].not_analysed_reason
+    parsed = read_sr_scores(pydicom.dcmread(next(f for f in result.files if "_sr_" in f)))
+    assert len(parsed["images"]) == 3
+
+
+def test_own_outputs_in_the_input_are_ignored(tiny_checkpoint, study_dir, tmp_path):
+    [first] = pipeline.run(study_dir, tmp_path / "out1", [str(tiny_checkpoint)])
+    for f in first.files:
+        shutil.copy(f, study_dir)
+    [second] = pipeline.run(study_dir, tmp_path / "out2", [str(tiny_checkpoint)])
+    assert len(second.images) == 1
+    assert second.study_score == pytest.approx(first.study_score)
+
+
+def test_a_folder_without_images_raises_a_clear_error(tiny_checkpoint, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "x.dcm").write_bytes(b"garbage")
+    with pytest.raises(UnsupportedInputError, match="no readable DICOM image"):
+        pipeline.run(d, tmp_path / "out", [str(tiny_checkpoint)])
