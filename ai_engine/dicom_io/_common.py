@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+from copy import deepcopy
 from pathlib import Path
 
 from pydicom import Dataset
@@ -77,3 +80,104 @@ def series_description(kind: str) -> str:
     if len(text) > 64:
         raise ValueError(f"SeriesDescription longer than 64 characters: {text!r}")
     return text
+
+
+#: Type 2 patient/study attributes highdicom copies from a source and fails on when absent.
+_TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def prepare_source(source: Dataset) -> Dataset:
+    """A copy of a source image's header that highdicom accepts as a derivation source.
+
+    Tolerant reading meets strict writing here: the copy has no pixel data; missing Type 2
+    patient/study attributes are added empty (highdicom raises AttributeError on them);
+    a PatientAge that is not an Age String is repaired (`repair_age`) or dropped;
+    a PixelSpacing that is not two positive numbers (e.g. 0 and 0 in Clunie's RG1 sample)
+    is removed, so highdicom does not copy an invalid one into the output.
+
+    Args:
+        source: the source image dataset (header or full).
+
+    Returns:
+        A new dataset; ``source`` is not changed.
+
+    Raises:
+        ValueError: the source lacks a UID that any reference needs.
+    """
+    missing = [
+        k
+        for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+        if not source.get(k)
+    ]
+    if missing:
+        raise ValueError(f"source image has no {', '.join(missing)}")
+    copy = Dataset()
+    for elem in source:
+        if elem.tag.group != 0x7FE0:
+            copy.add(deepcopy(elem))
+    if hasattr(source, "file_meta"):
+        copy.file_meta = deepcopy(source.file_meta)
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    if "PixelSpacing" in copy and valid_spacing(copy.PixelSpacing) is None:
+        del copy.PixelSpacing
+    if "PatientAge" in copy:
+        age = repair_age(copy.PatientAge)
+        if age is None:
+            del copy.PatientAge
+        else:
+            copy.PatientAge = age
+    return copy
+
+
+def repair_age(value: object) -> str | None:
+    """A valid Age String (nnnD/W/M/Y) from a source's PatientAge, or None.
+
+    Some sources write a bare number ("81"); highdicom copies it into the SEG, and dciodvfy
+    reports an error. A bare number of at most three digits is read as years.
+
+    Args:
+        value: the source value.
+
+    Returns:
+        e.g. "081Y", the value itself when already valid, or None when it cannot be read.
+    """
+    text = str(value or "").strip().upper()
+    if re.fullmatch(r"\d{3}[DWMY]", text):
+        return text
+    if re.fullmatch(r"\d{1,3}", text):
+        return f"{int(text):03d}Y"
+    if re.fullmatch(r"\d{1,3}[DWMY]", text):
+        return f"{int(text[:-1]):03d}{text[-1]}"
+    return None
+
+
+def valid_spacing(value: object) -> tuple[float, float] | None:
+    """Two positive finite numbers from a PixelSpacing-like value, else None.
+
+    Args:
+        value: e.g. ``ds.get("PixelSpacing")``.
+
+    Returns:
+        (row spacing, column spacing) in mm, or None.
+    """
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        values = [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        return None
+    return values[0], values[1]

@@ -1,0 +1,342 @@
+"""DICOM Segmentations of the anomaly map of one source image (highdicom, strict writing).
+
+Two objects per analysed image (see docs/CONTRACTS.md):
+
+- `write_binary_seg`: a BINARY SEG with one segment per threshold level (nested levels,
+  segment 1 = the calibrated pixel threshold "Anomaly > p99 healthy", further segments
+  stricter). Viewers that only overlay binary SEGs (OHIF 3.13) show the levels as a coarse
+  heat map; segment colours go from yellow (level 1) to red (last level).
+- `write_fractional_seg`: a FRACTIONAL SEG (PROBABILITY, MaximumFractionalValue 255) with one
+  segment holding the anomaly map scaled to [0, 1] (0.5 = the first pixel threshold).
+
+A Parametric Map is not used: it is not a valid IOD for a 2D radiograph without a Frame of
+Reference (stack-notes section 4).
+
+Codes: segmented property category (49755003, SCT, "Morphologically abnormal structure"),
+type (52988006, SCT, "Lesion"); algorithm type AUTOMATIC; algorithm identification with family
+(CID 7162) "Artificial Intelligence", name = model name, version = model version, and
+parameters ``model_id`` and ``weights_sha256`` (the full sha256 of the weights file; it does
+not fit the 64 characters of ContentDescription, which holds model name and version).
+DeviceSerialNumber holds the first 16 hex digits of the sha256.
+
+Provenance on every object: Manufacturer = `markers.OUTPUT_MANUFACTURER`,
+ManufacturerModelName = model name, SoftwareVersions = model version, SeriesDescription
+"AI anomaly region|map (research use only, not for clinical use)", ContentLabel
+"ANOMALY_REGION" / "ANOMALY_MAP", the source image referenced (ReferencedSeriesSequence and
+per-frame DerivationImageSequence / SourceImageSequence).
+
+highdicom pitfalls handled here (highdicom 0.28.2, 2D projection sources):
+
+- PatientOrientation is Type 2C in the SEG but highdicom omits it; it is copied from the source
+  (empty if the source has none), otherwise dciodvfy reports an error.
+- `Segmentation.from_dataset` needs SliceThickness in the Pixel Measures; when the source has
+  a valid PixelSpacing the SEG gets Pixel Measures with that spacing and SliceThickness 1.0 (a
+  placeholder that means nothing for a projection image). A source with only
+  ImagerPixelSpacing (DX) or without any spacing (some CR) gets no Pixel Measures: detector
+  spacing is not patient spacing, and none is better than a wrong one.
+- An invalid source PixelSpacing (0 and 0, as in RG1) is dropped before highdicom copies it.
+- Missing Type 2 patient/study attributes of the source (highdicom raises AttributeError)
+  are written empty.
+- ``omit_empty_frames=False``: every segment has its frame even when empty, so a viewer always
+  finds all levels and an all-clear image still gets a valid SEG.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from itertools import pairwise
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ai_engine.dicom_io import markers
+from ai_engine.dicom_io._common import (
+    new_uid,
+    prepare_source,
+    series_description,
+    valid_spacing,
+)
+from ai_engine.types import AlgorithmInfo
+
+__all__ = [
+    "BINARY_SERIES_NUMBER",
+    "FRACTIONAL_SERIES_NUMBER",
+    "write_binary_seg",
+    "write_fractional_seg",
+]
+
+logger = logging.getLogger(__name__)
+
+BINARY_SERIES_NUMBER = 9001
+FRACTIONAL_SERIES_NUMBER = 9002
+
+#: Placeholder slice thickness (mm) so highdicom can read the Pixel Measures back.
+_SLICE_THICKNESS_PLACEHOLDER = 1.0
+
+#: CIELab colours from yellow (first, widest level) to red (strictest level).
+_YELLOW = (97.1, -21.6, 94.5)
+_RED = (53.2, 80.1, 67.2)
+
+_CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
+_TYPE = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
+
+
+def _algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm.version,
+        source=markers.OUTPUT_MANUFACTURER,
+        parameters={
+            "model_id": algorithm.model_id,
+            "weights_sha256": algorithm.weights_sha256,
+        },
+    )
+
+
+def _colour(index: int, count: int) -> hd.color.CIELabColor:
+    t = 0.0 if count <= 1 else index / (count - 1)
+    lab = [y + t * (r - y) for y, r in zip(_YELLOW, _RED, strict=True)]
+    return hd.color.CIELabColor(lab[0], lab[1], lab[2])
+
+
+def _pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | None:
+    spacing = valid_spacing(source.get("PixelSpacing"))
+    if spacing is None:
+        return None
+    return hd.PixelMeasuresSequence(
+        pixel_spacing=list(spacing), slice_thickness=_SLICE_THICKNESS_PLACEHOLDER
+    )
+
+
+def _check_shape(name: str, array: npt.NDArray[np.generic], source: Dataset) -> None:
+    expected = (int(source.Rows), int(source.Columns))
+    if array.shape != expected:
+        raise ValueError(
+            f"{name} has shape {array.shape}; the source image has (rows, cols) {expected}"
+        )
+
+
+def _content_description(kind: str, algorithm: AlgorithmInfo) -> str:
+    return f"{kind} by {algorithm.name} {algorithm.version}"[:64]
+
+
+def _segmentation(
+    source: Dataset,
+    pixel_array: npt.NDArray[np.generic],
+    segmentation_type: hd.seg.SegmentationTypeValues,
+    descriptions: list[hd.seg.SegmentDescription],
+    algorithm: AlgorithmInfo,
+    *,
+    kind: str,
+    content_label: str,
+    series_instance_uid: str | None,
+    series_number: int,
+    instance_number: int,
+) -> hd.seg.Segmentation:
+    src = prepare_source(source)
+    with warnings.catch_warnings():
+        # The source's PatientName is copied as it is; its form is not ours to judge.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        seg = _build(
+            src,
+            pixel_array,
+            segmentation_type,
+            descriptions,
+            algorithm,
+            kind=kind,
+            content_label=content_label,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            instance_number=instance_number,
+        )
+    # Type 2C that highdicom leaves out for sources without an orientation (dciodvfy error).
+    if "ImageOrientationPatient" not in seg:
+        seg.PatientOrientation = src.get("PatientOrientation", "")
+    logger.debug(
+        "built %s SEG %s for source %s",
+        segmentation_type.value,
+        seg.SOPInstanceUID,
+        src.SOPInstanceUID,
+    )
+    return seg
+
+
+def _build(
+    src: Dataset,
+    pixel_array: npt.NDArray[np.generic],
+    segmentation_type: hd.seg.SegmentationTypeValues,
+    descriptions: list[hd.seg.SegmentDescription],
+    algorithm: AlgorithmInfo,
+    *,
+    kind: str,
+    content_label: str,
+    series_instance_uid: str | None,
+    series_number: int,
+    instance_number: int,
+) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=[src],
+        pixel_array=pixel_array,
+        segmentation_type=segmentation_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid or new_uid(),
+        series_number=series_number,
+        sop_instance_uid=new_uid(),
+        instance_number=instance_number,
+        manufacturer=markers.OUTPUT_MANUFACTURER,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.weights_sha256[:16] or "unknown",
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255,
+        content_description=_content_description(kind, algorithm),
+        content_label=content_label,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        pixel_measures=_pixel_measures(src),
+        omit_empty_frames=False,
+        series_description=series_description(kind),
+    )
+
+
+def write_binary_seg(
+    source: Dataset,
+    levels: Sequence[tuple[str, npt.NDArray[np.bool_]]],
+    algorithm: AlgorithmInfo,
+    *,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+    series_number: int = BINARY_SERIES_NUMBER,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG with one segment per threshold level.
+
+    Args:
+        source: the analysed image (header is enough, e.g. `SourceImage.dataset`).
+        levels: (segment label, mask) pairs, widest level first; each mask is boolean
+            (rows, cols) on the source image grid. Labels are at most 64 characters,
+            e.g. "Anomaly > p99 healthy".
+        algorithm: the model that made the masks.
+        series_instance_uid: series to put the SEG into (one per study and model); new if None.
+        instance_number: InstanceNumber.
+        series_number: SeriesNumber (default 9001).
+
+    Returns:
+        The Segmentation (a pydicom Dataset with file meta; write it with `convert.save`).
+
+    Raises:
+        ValueError: no level, a mask of the wrong shape or not boolean, a bad label, or a
+            source without the UIDs a reference needs.
+    """
+    if not levels:
+        raise ValueError("at least one level is needed for a binary SEG")
+    masks = []
+    descriptions = []
+    for index, (label, mask) in enumerate(levels):
+        if not label or len(label) > 64:
+            raise ValueError(f"segment label must be 1 to 64 characters: {label!r}")
+        array = np.asarray(mask)
+        if array.dtype != np.bool_:
+            if not np.isin(array, (0, 1)).all():
+                raise ValueError(f"mask of level {label!r} is not binary (dtype {array.dtype})")
+            array = array.astype(np.bool_)
+        _check_shape(f"mask of level {label!r}", array, source)
+        masks.append(array)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=index + 1,
+                segment_label=label,
+                segmented_property_category=_CATEGORY,
+                segmented_property_type=_TYPE,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=_algorithm_identification(algorithm),
+                tracking_id=f"anomaly level {index + 1}",
+                tracking_uid=new_uid(),
+                display_color=_colour(index, len(levels)),
+            )
+        )
+    for wider, stricter in pairwise(masks):
+        if np.any(stricter & ~wider):
+            logger.warning("binary SEG levels are not nested")
+            break
+    pixel_array = np.stack(masks, axis=-1)[np.newaxis]  # (1 frame, rows, cols, segments)
+    return _segmentation(
+        source,
+        pixel_array,
+        hd.seg.SegmentationTypeValues.BINARY,
+        descriptions,
+        algorithm,
+        kind="region",
+        content_label="ANOMALY_REGION",
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+    )
+
+
+def write_fractional_seg(
+    source: Dataset,
+    probability: npt.NDArray[np.floating],
+    algorithm: AlgorithmInfo,
+    *,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+    series_number: int = FRACTIONAL_SERIES_NUMBER,
+) -> hd.seg.Segmentation:
+    """A FRACTIONAL SEG (PROBABILITY, max value 255) holding the scaled anomaly map.
+
+    Args:
+        source: the analysed image (header is enough).
+        probability: float (rows, cols) in [0, 1] on the source grid; 0.5 = the first pixel
+            threshold. Values within 1e-6 outside [0, 1] are clipped.
+        algorithm: the model that made the map.
+        series_instance_uid: series to put the SEG into; new if None.
+        instance_number: InstanceNumber.
+        series_number: SeriesNumber (default 9002).
+
+    Returns:
+        The Segmentation (quantised to 1/255 steps).
+
+    Raises:
+        ValueError: wrong shape, not finite, or values outside [0, 1].
+    """
+    array = np.asarray(probability)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"probability must be a float array, not {array.dtype}")
+    _check_shape("probability map", array, source)
+    if not np.isfinite(array).all():
+        raise ValueError("probability map has NaN or infinite values")
+    tolerance = 1e-6
+    if array.size and (array.min() < -tolerance or array.max() > 1 + tolerance):
+        raise ValueError(
+            f"probability map must lie in [0, 1]; found [{array.min()}, {array.max()}]"
+        )
+    array = np.clip(array, 0.0, 1.0).astype(np.float32)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Anomaly map",
+        segmented_property_category=_CATEGORY,
+        segmented_property_type=_TYPE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm_identification(algorithm),
+        tracking_id="anomaly map",
+        tracking_uid=new_uid(),
+        display_color=_colour(1, 2),  # red
+    )
+    return _segmentation(
+        source,
+        array[np.newaxis, :, :, np.newaxis],
+        hd.seg.SegmentationTypeValues.FRACTIONAL,
+        [description],
+        algorithm,
+        kind="map",
+        content_label="ANOMALY_MAP",
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+    )
