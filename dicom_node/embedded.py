@@ -1164,6 +1164,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true", help="wipe Orthanc and node state first")
     parser.add_argument("--result-timeout", type=float, default=600.0)
     parser.add_argument("--once", action="store_true", help="exit after the samples' results")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="console log level (the full INFO log goes to <data-dir>/logs/node.log)",
+    )
     return parser
 
 
@@ -1177,10 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    _configure_logging(args.data_dir.resolve() / "logs", args.log_level)
     options = StackOptions(
         data_dir=args.data_dir,
         http_port=args.http_port,
@@ -1226,9 +1228,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _configure_logging(log_dir: Path, console_level: str) -> None:
+    """Console at ``console_level``; everything from INFO up into ``log_dir/node.log``."""
+    root = logging.getLogger()
+    if root.handlers:  # configured by the caller
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(log_dir / "node.log", encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    file_handler.setLevel(logging.INFO)
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    console.setLevel(console_level.upper())
+    root.addHandler(file_handler)
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
+
+
 def _print_banner(stack: EmbeddedStack, startup_seconds: float) -> None:
     opts = stack.options
     print(f"started in {startup_seconds:.1f} s; state in {stack.data_dir}")
+    print(f"logs:     {stack.data_dir / 'logs'}/ (node.log, viewer.log), orthanc/orthanc.log")
     if stack.viewer_url:
         print(f"viewer:   {stack.viewer_url}/   (OHIF with the AI anomaly panel)")
         if opts.viewer_host not in _LOOPBACK_HOSTS:
