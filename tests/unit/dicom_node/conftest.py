@@ -118,3 +118,122 @@ def instances_dir(tmp_path: Path) -> Path:
     d = tmp_path / "instances"
     d.mkdir()
     return d
+
+
+# --------------------------------------------------------------------------- engine stand-in
+
+SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+class FakeEngine:
+    """Stands in for ai_engine.pipeline.run: one small, real DICOM SR per study and checkpoint."""
+
+    def __init__(self, score: float = 0.7, threshold: float = 0.5) -> None:
+        self.calls: list[tuple[list[str], list[str]]] = []  # (input SOP UIDs, checkpoints)
+        self.score = score
+        self.threshold = threshold
+        self.fail_with: BaseException | None = None
+
+    def __call__(self, input_dir: Path, output_dir: Path, checkpoints) -> list[dict]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        from pydicom.dataset import FileMetaDataset
+
+        studies: dict[str, list[str]] = {}
+        for path in sorted(input_dir.rglob("*.dcm")):
+            ds = dcmread(path, stop_before_pixels=True)
+            studies.setdefault(str(ds.StudyInstanceUID), []).append(str(ds.SOPInstanceUID))
+        self.calls.append(([s for v in studies.values() for s in v], list(checkpoints)))
+        results = []
+        for study_uid, sops in studies.items():
+            for ckpt in checkpoints:
+                out = Dataset()
+                out.SOPClassUID = SR_SOP_CLASS
+                out.SOPInstanceUID = generate_uid()
+                out.StudyInstanceUID = study_uid
+                out.SeriesInstanceUID = generate_uid()
+                out.Modality = "SR"
+                out.Manufacturer = "AI Anomaly Node"
+                out.SeriesDescription = (
+                    "AI anomaly report (research use only, not for clinical use)"
+                )
+                out.file_meta = FileMetaDataset()
+                out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
+                out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+                out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                target = output_dir / f"{out.SOPInstanceUID}.dcm"
+                out.save_as(target, enforce_file_format=True)
+                results.append(
+                    {
+                        "study_instance_uid": study_uid,
+                        "algorithm": {"name": ckpt, "version": "1.0.0"},
+                        "images": [
+                            {
+                                "sop_instance_uid": s,
+                                "score": self.score,
+                                "threshold": self.threshold,
+                            }
+                            for s in sops
+                        ],
+                        "study_score": self.score,
+                        "is_abnormal": self.score >= self.threshold,
+                        "files": [str(target)],
+                    }
+                )
+        return results
+
+
+# --------------------------------------------------------------------------- destination SCP
+
+
+class DestinationSCP:
+    """A real pynetdicom Storage SCP ("ORTHANC") receiving the node's results by C-STORE."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AllStoragePresentationContexts, evt
+
+        self.received: list[tuple[str, str]] = []  # (SOPInstanceUID, Manufacturer)
+        self.ae = AE(ae_title="ORTHANC")
+        for cx in AllStoragePresentationContexts:
+            self.ae.add_supported_context(
+                cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            )
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    def _store(self, event) -> int:
+        ds = event.dataset
+        self.received.append((str(ds.SOPInstanceUID), str(ds.get("Manufacturer", ""))))
+        return 0x0000
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def destination():
+    scp = DestinationSCP()
+    yield scp
+    scp.stop()
+
+
+class NodeTestKit:
+    """Helpers for the tests (``--import-mode=importlib``: tests cannot import conftest)."""
+
+    CALLING_AE = CALLING_AE
+    FakeEngine = FakeEngine
+    free_port = staticmethod(free_port)
+    new_instance = staticmethod(new_instance)
+    associate = staticmethod(associate)
+    send_files = staticmethod(send_files)
+    send_dataset = staticmethod(send_dataset)
+
+
+@pytest.fixture
+def kit() -> NodeTestKit:
+    return NodeTestKit()

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CALLING_AE, associate, new_instance, send_dataset, send_files
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
@@ -29,8 +28,8 @@ def scp(settings: NodeSettings) -> Iterator[StorageSCP]:
     server.stop()
 
 
-def test_echo(scp: StorageSCP) -> None:
-    assoc = associate(scp.port)
+def test_echo(kit, scp: StorageSCP) -> None:
+    assoc = kit.associate(scp.port)
     assert assoc.is_established
     status = assoc.send_c_echo()
     assoc.release()
@@ -38,9 +37,9 @@ def test_echo(scp: StorageSCP) -> None:
 
 
 def test_store_lands_in_spool_byte_identical(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path, mr_path: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path, mr_path: Path
 ) -> None:
-    assert send_files(scp.port, [ct_path, mr_path]) == [0x0000, 0x0000]
+    assert kit.send_files(scp.port, [ct_path, mr_path]) == [0x0000, 0x0000]
     for path in (ct_path, mr_path):
         ds = dcmread(path, stop_before_pixels=True)
         spooled = settings.spool_dir / safe_name(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
@@ -57,45 +56,45 @@ def test_store_lands_in_spool_byte_identical(
 
 
 def test_resend_same_instance_is_idempotent(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path
 ) -> None:
-    assert send_files(scp.port, [ct_path]) == [0]
-    assert send_files(scp.port, [ct_path]) == [0]
+    assert kit.send_files(scp.port, [ct_path]) == [0]
+    assert kit.send_files(scp.port, [ct_path]) == [0]
     files = list(settings.spool_dir.rglob("*.dcm"))
     assert len(files) == 1
 
 
-def test_unknown_calling_ae_rejected(scp: StorageSCP) -> None:
-    assoc = associate(scp.port, calling="INTRUDER")
+def test_unknown_calling_ae_rejected(kit, scp: StorageSCP) -> None:
+    assoc = kit.associate(scp.port, calling="INTRUDER")
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
 
 
-def test_wrong_called_ae_rejected(scp: StorageSCP) -> None:
-    assoc = associate(scp.port, called="SOMEONEELSE")
+def test_wrong_called_ae_rejected(kit, scp: StorageSCP) -> None:
+    assoc = kit.associate(scp.port, called="SOMEONEELSE")
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
 
 
-def test_empty_allow_list_refuses_everyone(settings: NodeSettings) -> None:
+def test_empty_allow_list_refuses_everyone(kit, settings: NodeSettings) -> None:
     settings.allowed_calling_aes = []
     server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
     server.start()
     try:
-        assoc = associate(server.port, calling=CALLING_AE)
+        assoc = kit.associate(server.port, calling=kit.CALLING_AE)
         assert assoc.is_rejected
     finally:
         server.stop()
 
 
-def test_disk_floor_rejects_transiently(settings: NodeSettings) -> None:
+def test_disk_floor_rejects_transiently(kit, settings: NodeSettings) -> None:
     settings.min_free_disk_mb = 10**12  # more than any disk
     server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
     server.start()
     try:
-        assoc = associate(server.port)
+        assoc = kit.associate(server.port)
         assert assoc.is_rejected
         rj = assoc.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x01)
@@ -104,7 +103,7 @@ def test_disk_floor_rejects_transiently(settings: NodeSettings) -> None:
 
 
 def test_own_output_acked_not_spooled(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path
 ) -> None:
     ds = copy.deepcopy(dcmread(ct_path))
     ds.SOPClassUID = SEG_SOP_CLASS
@@ -112,30 +111,30 @@ def test_own_output_acked_not_spooled(
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.Manufacturer = "AI Anomaly Node"
-    assert send_dataset(scp.port, ds) == 0x0000
+    assert kit.send_dataset(scp.port, ds) == 0x0000
     assert not list(settings.spool_dir.rglob("*.dcm"))
     # the same SOP class from another manufacturer is an ordinary input
     ds.Manufacturer = "Someone Else"
     ds.SOPInstanceUID = generate_uid()
-    assert send_dataset(scp.port, ds) == 0x0000
+    assert kit.send_dataset(scp.port, ds) == 0x0000
     assert len(list(settings.spool_dir.rglob("*.dcm"))) == 1
 
 
 def test_dataset_without_study_uid_cannot_be_understood(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path
 ) -> None:
     ds = copy.deepcopy(dcmread(ct_path))
     del ds.StudyInstanceUID
-    assert send_dataset(scp.port, ds) == 0xC210
+    assert kit.send_dataset(scp.port, ds) == 0xC210
     assert not list(settings.spool_dir.rglob("*.dcm"))
 
 
 def test_open_marker_until_release(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path, instances_dir: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path, instances_dir: Path
 ) -> None:
     study = generate_uid()
-    path = new_instance(ct_path, study, instances_dir)
-    assoc = associate(scp.port)
+    path = kit.new_instance(ct_path, study, instances_dir)
+    assoc = kit.associate(scp.port)
     assert assoc.send_c_store(path).Status == 0
     folder = settings.spool_dir / study
     assert [p.name for p in folder.iterdir() if p.name.startswith(".open-")]
@@ -150,11 +149,11 @@ def test_open_marker_until_release(
 
 
 def test_aborted_association_keeps_acked_files(
-    scp: StorageSCP, settings: NodeSettings, ct_path: Path, instances_dir: Path
+    kit, scp: StorageSCP, settings: NodeSettings, ct_path: Path, instances_dir: Path
 ) -> None:
     study = generate_uid()
-    path = new_instance(ct_path, study, instances_dir)
-    assoc = associate(scp.port)
+    path = kit.new_instance(ct_path, study, instances_dir)
+    assoc = kit.associate(scp.port)
     assert assoc.send_c_store(path).Status == 0
     assoc.abort()
     assert len(list((settings.spool_dir / study).glob("*.dcm"))) == 1

@@ -1,0 +1,354 @@
+"""Study completion and routing: spooled studies become jobs, each instance exactly once.
+
+A spooled study is complete when
+
+* an operator asked for it (``POST /studies/<uid>/process-now`` writes a marker), or
+* its first instance arrived more than ``study_max_wait_seconds`` ago (forced), or
+* nothing arrived for ``study_quiet_seconds`` and no association that sent it is open.
+
+Its instances are then routed: the `RoutingRules` say which checkpoints each instance goes
+to, the `StateIndex` says which (instance, checkpoint, version) were already claimed by an
+earlier job. Already-processed instances are dropped from the spool (a study Orthanc sends
+again produces no second result set); new ones are moved (renamed) into a new job's
+``input/``. Instances needing the same checkpoints share one job.
+
+Crash safety: a job is built in ``jobs/staging/`` (job.json first, then the files, then the
+index claims) and renamed into ``jobs/ready/``. `Router.recover` rolls back whatever is
+left in staging: files go back to the spool, claims are released, and the study is routed
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Protocol
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from ai_engine.dicom_io.markers import is_derived_object
+from dicom_node.errors import JobError
+from dicom_node.fsutil import ensure_dir, move_durable
+from dicom_node.index import StateIndex
+from dicom_node.logutil import log_failure
+from dicom_node.metrics import Metrics
+from dicom_node.queue import INPUT_DIR, Job, JobQueue, new_job_id
+from dicom_node.spool import Spool, SpooledStudy
+
+logger = logging.getLogger(__name__)
+
+#: Header attributes the router reads (and the rules may match on).
+HEADER_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "Manufacturer",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "ViewPosition",
+)
+
+UNKNOWN_VERSION = "unknown"
+
+
+class RoutingRules(Protocol):
+    """Decides which checkpoints an instance goes to (the seam for declarative YAML rules)."""
+
+    def checkpoints_for(self, header: Dataset) -> Sequence[str]:
+        """Checkpoint names for one instance.
+
+        Args:
+            header: the instance's header (at least `HEADER_KEYWORDS` when present).
+
+        Returns:
+            Checkpoint names; empty means "not routed" (the instance is dropped).
+        """
+        ...
+
+
+class DefaultRules:
+    """Every image goes to every configured checkpoint; result objects (SEG, SR, PM) to none.
+
+    The engine itself reports images it is not made for (``not_analysed_reason``).
+
+    Args:
+        checkpoints: the configured checkpoint names.
+    """
+
+    def __init__(self, checkpoints: Sequence[str]) -> None:
+        self._checkpoints = tuple(checkpoints)
+
+    def checkpoints_for(self, header: Dataset) -> Sequence[str]:
+        """All checkpoints for images, none for derived objects.
+
+        Args:
+            header: the instance header.
+
+        Returns:
+            The checkpoint names.
+        """
+        if is_derived_object(str(header.get("SOPClassUID", "")) or None):
+            return ()
+        return self._checkpoints
+
+
+def checkpoint_version(name: str) -> str:
+    """The version of a shipped checkpoint, read from its ``card.json`` (no torch import).
+
+    Args:
+        name: checkpoint name.
+
+    Returns:
+        ``card.json``'s ``version``, or ``"unknown"`` when it cannot be read.
+    """
+    spec = find_spec("ai_engine")
+    if spec is None or not spec.submodule_search_locations:
+        return UNKNOWN_VERSION
+    card = Path(next(iter(spec.submodule_search_locations))) / "checkpoints" / name / "card.json"
+    try:
+        version = json.loads(card.read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return UNKNOWN_VERSION
+    return str(version) if version else UNKNOWN_VERSION
+
+
+def read_instance_header(path: Path) -> Dataset:
+    """Read the routing header of a spooled instance (no pixel data).
+
+    Args:
+        path: the Part 10 file.
+
+    Returns:
+        The header.
+    """
+    return dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+
+
+class Router:
+    """Turns complete spooled studies into jobs.
+
+    Args:
+        spool: the spool.
+        queue: the job queue.
+        index: the processed-instance index.
+        metrics: counters.
+        quiet_seconds: quiet period.
+        max_wait_seconds: forced completion.
+        rules: routing rules.
+        version_of: checkpoint name -> version (default: `checkpoint_version`).
+        quarantine_dir: where unreadable spooled files are moved.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        queue: JobQueue,
+        index: StateIndex,
+        metrics: Metrics,
+        *,
+        quiet_seconds: float,
+        max_wait_seconds: float,
+        rules: RoutingRules,
+        quarantine_dir: Path,
+        version_of: Callable[[str], str] = checkpoint_version,
+    ) -> None:
+        self._spool = spool
+        self._queue = queue
+        self._index = index
+        self._metrics = metrics
+        self._quiet = quiet_seconds
+        self._max_wait = max_wait_seconds
+        self._rules = rules
+        self._version_of = version_of
+        self._quarantine = quarantine_dir
+
+    def completion_reason(self, study: SpooledStudy, now: float) -> str | None:
+        """Why a study is complete now, or None if it is not.
+
+        Args:
+            study: the spooled study.
+            now: POSIX time.
+
+        Returns:
+            ``"process-now"``, ``"max-wait"``, ``"quiet"`` or None.
+        """
+        if study.process_now:
+            return "process-now"
+        if now - study.first_arrival >= self._max_wait:
+            return "max-wait"
+        if study.open_associations == 0 and now - study.last_activity >= self._quiet:
+            return "quiet"
+        return None
+
+    def run_once(self, now: float | None = None) -> int:
+        """Route every complete study once.
+
+        Args:
+            now: POSIX time (default: now).
+
+        Returns:
+            Number of jobs created.
+        """
+        now = Spool.now() if now is None else now
+        created = 0
+        for study in self._spool.scan():
+            reason = self.completion_reason(study, now)
+            if reason is None:
+                continue
+            created += len(self.route_study(study, reason))
+        return created
+
+    def route_study(self, study: SpooledStudy, reason: str) -> list[Job]:
+        """Create the jobs for a complete study and clear it from the spool.
+
+        Args:
+            study: the study (its file list as scanned).
+            reason: why it is complete (for the log).
+
+        Returns:
+            The jobs created (none if every instance was processed before).
+        """
+        groups: dict[tuple[str, ...], list[tuple[Path, str]]] = {}
+        study_uid = ""
+        versions: dict[str, str] = {}
+        entries: list[tuple[Path, str, Sequence[str]]] = []
+        for path in study.files:
+            try:
+                header = read_instance_header(path)
+                sop = str(header.SOPInstanceUID)
+                study_uid = study_uid or str(header.StudyInstanceUID)
+            except FileNotFoundError:
+                continue  # replaced concurrently; the new copy is routed next time
+            except (InvalidDicomError, AttributeError, ValueError, OSError) as exc:
+                self._quarantine_file(path, exc)
+                continue
+            checkpoints = self._rules.checkpoints_for(header)
+            for name in checkpoints:
+                if name not in versions:
+                    versions[name] = self._version_of(name)
+            entries.append((path, sop, checkpoints))
+
+        claimed: dict[str, set[str]] = {
+            name: self._index.claimed([sop for _, sop, _ in entries], name, version)
+            for name, version in versions.items()
+        }
+        for path, sop, checkpoints in entries:
+            needed = tuple(c for c in checkpoints if sop not in claimed[c])
+            if needed:
+                groups.setdefault(needed, []).append((path, sop))
+                continue
+            why = "already processed" if checkpoints else "not routed"
+            if checkpoints:
+                self._metrics.inc("duplicates_skipped_total")
+            logger.info(
+                f"instance dropped from spool: {why}",
+                extra={"study_uid": study_uid, "sop_uid": sop},
+            )
+            path.unlink(missing_ok=True)
+
+        jobs = [
+            self._create_job(study_uid, list(ckpts), versions, items, reason)
+            for ckpts, items in groups.items()
+        ]
+        self._spool.clear_process_now(study.path)
+        self._spool.remove_if_empty(study.path)
+        return jobs
+
+    def _create_job(
+        self,
+        study_uid: str,
+        checkpoints: list[str],
+        versions: dict[str, str],
+        items: list[tuple[Path, str]],
+        reason: str,
+    ) -> Job:
+        job = Job(
+            job_id=new_job_id(),
+            study_instance_uid=study_uid,
+            checkpoints=checkpoints,
+            model_versions={c: versions[c] for c in checkpoints},
+            sop_instance_uids=[sop for _, sop in items],
+        )
+        folder = self._queue.stage(job)
+        try:
+            self._queue.save(job, folder)  # first, so an interrupted staging can be undone
+            input_dir = folder / INPUT_DIR
+            for path, _ in items:
+                path.replace(input_dir / path.name)
+            self._index.claim(
+                job.job_id,
+                study_uid,
+                ((sop, c, versions[c]) for _, sop in items for c in checkpoints),
+            )
+            self._queue.commit(job)
+        except BaseException:
+            self._rollback(folder)
+            raise
+        self._metrics.inc("jobs_queued_total")
+        logger.info(
+            "job queued",
+            extra={
+                "job_id": job.job_id,
+                "study_uid": study_uid,
+                "instances": len(items),
+                "model_id": ",".join(checkpoints),
+                "reason": reason,
+            },
+        )
+        return job
+
+    def _quarantine_file(self, path: Path, exc: BaseException) -> None:
+        ensure_dir(self._quarantine)
+        target = self._quarantine / f"{path.parent.name}-{path.name}"
+        log_failure(
+            logger,
+            "unreadable spooled instance moved to quarantine",
+            exc,
+            level=logging.WARNING,
+            file=target.name,
+        )
+        move_durable(path, target)
+
+    def recover(self) -> int:
+        """At startup: roll back jobs left half-created in ``jobs/staging/``.
+
+        Their files go back to the spool and their index claims are released; the study
+        is then routed again as usual.
+
+        Returns:
+            Number of staged jobs rolled back.
+        """
+        count = 0
+        for folder in self._queue.staged_jobs():
+            self._rollback(folder)
+            count += 1
+        return count
+
+    def _rollback(self, folder: Path) -> None:
+        """Undo a staged job: files back to the spool, claims released, folder removed."""
+        try:
+            job: Job | None = self._queue.read_job(folder)
+        except JobError:
+            job = None
+        inputs = sorted((folder / INPUT_DIR).glob("*.dcm"))
+        if inputs:
+            if job is None:
+                # cannot happen (job.json is written before any file moves); keep the data
+                target = self._quarantine / folder.name
+            else:
+                target = self._spool.study_dir(job.study_instance_uid)
+            ensure_dir(target)
+            for path in inputs:
+                move_durable(path, target / path.name)
+        if job is not None:
+            self._index.release(job.job_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("half-created job rolled back", extra={"job_id": folder.name})

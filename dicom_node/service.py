@@ -1,0 +1,337 @@
+"""`NodeService`: the whole node in one process (the embedded default).
+
+Stages talk only through the durable state on disk (spool, job folders, sqlite index);
+each runs in its own thread:
+
+    SCP (pynetdicom server threads) -> spool -> router -> jobs/ready -> worker
+        -> jobs/outbox -> outbox sender -> done | failed
+
+plus the HTTP API. ``start()`` returns at once; ``stop()`` ends everything. Restarting on the
+same ``data_dir`` resumes: temporary spool files and association markers are dropped,
+half-created jobs rolled back, jobs found in ``running/`` queued again, and the outbox
+delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from dicom_node.config import NodeSettings
+from dicom_node.errors import ConfigError
+from dicom_node.fsutil import ensure_dir, write_durable
+from dicom_node.http_api import ApiServer, create_app
+from dicom_node.index import StateIndex
+from dicom_node.logutil import log_failure
+from dicom_node.metrics import Metrics
+from dicom_node.queue import Job, JobQueue
+from dicom_node.router import DefaultRules, Router, RoutingRules
+from dicom_node.scp import StorageSCP
+from dicom_node.sender import Outbox, ResultSender, build_sender
+from dicom_node.spool import Spool
+from dicom_node.worker import EngineFn, Worker
+
+logger = logging.getLogger(__name__)
+
+ResultCallback = Callable[[Job], None]
+
+
+class _Loop:
+    """A daemon thread calling ``step`` until stopped; sleeps ``interval`` when idle."""
+
+    def __init__(self, name: str, step: Callable[[], object], interval: float) -> None:
+        self.name = name
+        self._step = step
+        self._interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name=f"dicom-node-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            logger.warning("stage did not stop in time", extra={"stage": self.name})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.busy = True
+            try:
+                did_work = bool(self._step())
+            except Exception as exc:  # noqa: BLE001 - a stage must never die; state is on disk
+                log_failure(logger, "stage step failed", exc, stage=self.name)
+                did_work = False
+            finally:
+                self.busy = False
+            if not did_work:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+
+
+class NodeService:
+    """The node: SCP, router, worker, outbox sender and HTTP API over one ``data_dir``.
+
+    Args:
+        settings: validated settings.
+        engine: engine function (default: ``ai_engine.pipeline.run``, imported lazily).
+        on_result: called with each job whose results were delivered (e.g. to print one
+            summary line per study: ``job.results[i].score``, ``.is_abnormal``,
+            ``job.processing_seconds``). Runs in the sender thread; keep it short.
+        sender: result destination (default: from the settings, `build_sender`).
+        rules: routing rules (default: `DefaultRules` over ``settings.checkpoints``).
+
+    Example:
+        >>> service = NodeService(load_settings())  # doctest: +SKIP
+        >>> service.start(); ...; service.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        engine: EngineFn | None = None,
+        *,
+        on_result: ResultCallback | None = None,
+        sender: ResultSender | None = None,
+        rules: RoutingRules | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_result = on_result
+        self.metrics = Metrics()
+        self._engine = engine
+        self._sender = sender
+        self._rules = rules or DefaultRules(settings.checkpoints)
+        self._started = False
+        self._loops: list[_Loop] = []
+        self._http: ApiServer | None = None
+        self.scp: StorageSCP | None = None
+        self.spool: Spool | None = None
+        self.queue: JobQueue | None = None
+        self.index: StateIndex | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover the state on disk and start all stages (returns at once).
+
+        Raises:
+            ConfigError: the data folder is not usable, or an address cannot be bound.
+        """
+        if self._started:
+            return
+        s = self.settings
+        self._check_data_dir(s.data_dir)
+        spool = self.spool = Spool(s.spool_dir)
+        queue = self.queue = JobQueue(s.jobs_dir)
+        index = self.index = StateIndex(s.state_db)
+        router = Router(
+            spool,
+            queue,
+            index,
+            self.metrics,
+            quiet_seconds=s.study_quiet_seconds,
+            max_wait_seconds=s.study_max_wait_seconds,
+            rules=self._rules,
+            quarantine_dir=s.data_dir / "quarantine",
+        )
+        spool.clear_stale()
+        router.recover()
+        queue.recover()
+        worker = Worker(s, queue, index, self.metrics, self._engine)
+        outbox = Outbox(
+            s, queue, index, self.metrics, self._sender or build_sender(s), self._on_done
+        )
+        interval = s.poll_interval_seconds
+        outbox_loop = _Loop("outbox", outbox.run_once, interval)
+
+        def work() -> bool:
+            did = worker.run_once()
+            if did:
+                outbox_loop.wake()
+            return did
+
+        worker_loop = _Loop("worker", work, interval)
+
+        def route() -> bool:
+            if router.run_once():
+                worker_loop.wake()
+            return False  # routing is time-driven: always wait for the next tick
+
+        router_loop = _Loop("router", route, interval)
+        self._loops = [router_loop, worker_loop, outbox_loop]
+        self.scp = StorageSCP(s, spool, self.metrics, on_activity=None)
+        try:
+            self.scp.start()
+        except OSError as exc:
+            index.close()
+            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
+        for loop in self._loops:
+            loop.start()
+        if s.http_port:
+            app = create_app(
+                api_token=s.api_token.get_secret_value() if s.api_token else None,
+                queue=queue,
+                spool=spool,
+                index=index,
+                metrics=self.metrics,
+                readiness=self.readiness,
+            )
+            try:
+                self._http = ApiServer(app, s.http_host, s.http_port)
+            except OSError as exc:
+                self._stop_stages(5.0)
+                raise ConfigError(
+                    f"cannot listen on {s.http_host}:{s.http_port}: {exc.strerror}"
+                ) from exc
+            self._http.start()
+        self._started = True
+        logger.info(
+            "node started",
+            extra={"ae_title": s.ae_title, "port": self.scp_port, "http_port": self.http_port},
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the SCP, the stages and the HTTP API. A job being processed finishes first.
+
+        Args:
+            timeout: seconds to wait for each stage.
+        """
+        if not self._started:
+            return
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        self._stop_stages(timeout)
+        self._started = False
+        logger.info("node stopped")
+
+    def _stop_stages(self, timeout: float) -> None:
+        if self.scp is not None:
+            self.scp.stop()
+        for loop in self._loops:
+            loop.stop(timeout)
+        if self.index is not None:
+            self.index.close()
+
+    def __enter__(self) -> NodeService:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @staticmethod
+    def _check_data_dir(data_dir: Path) -> None:
+        try:
+            ensure_dir(data_dir)
+            write_durable(data_dir / ".write-test", b"ok")
+            (data_dir / ".write-test").unlink()
+        except OSError as exc:
+            raise ConfigError(f"data_dir {data_dir} is not writable: {exc.strerror}") from exc
+
+    # --- information -------------------------------------------------------------------------
+
+    @property
+    def scp_port(self) -> int:
+        """The SCP's bound port (0 before `start`)."""
+        return self.scp.port if self.scp is not None else 0
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP API's bound port (0 when disabled or not started)."""
+        return self._http.port if self._http is not None else 0
+
+    def readiness(self) -> dict[str, bool]:
+        """Named readiness checks (all True when the node can take studies)."""
+        data_dir = self.settings.data_dir
+        try:
+            free_ok = (
+                shutil.disk_usage(data_dir).free >= self.settings.min_free_disk_mb * 1024 * 1024
+            )
+        except OSError:
+            free_ok = False
+        return {
+            "scp_listening": self.scp_port > 0,
+            "data_dir_writable": data_dir.is_dir() and _writable(data_dir),
+            "free_disk_above_floor": free_ok,
+        }
+
+    def is_idle(self) -> bool:
+        """Nothing spooled, no active job, no open association, no stage mid-step."""
+        if not self._started or self.spool is None or self.queue is None:
+            return True
+        if self.scp is not None and self.scp.active_associations():
+            return False
+        if any(loop.busy for loop in self._loops):
+            return False
+        return self.queue.active_count() == 0 and self.spool.pending_count() == 0
+
+    def wait_until_idle(self, timeout: float = 30.0, settle: float = 0.0) -> bool:
+        """Wait until `is_idle` (jobs whose delivery waits for a retry count as active).
+
+        Args:
+            timeout: seconds to wait at most.
+            settle: the node must stay idle this long (covers a C-STORE about to arrive).
+
+        Returns:
+            True if idle, False on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        idle_since: float | None = None
+        while time.monotonic() < deadline:
+            if self.is_idle():
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= settle:
+                    return True
+            else:
+                idle_since = None
+            time.sleep(0.02)
+        return False
+
+    def process_now(self, study_uid: str) -> bool:
+        """Ask for a spooled study to be processed without waiting (see the HTTP route).
+
+        Args:
+            study_uid: StudyInstanceUID.
+
+        Returns:
+            True if instances of it were waiting.
+        """
+        if self.spool is None:
+            return False
+        accepted = self.spool.request_process_now(study_uid)
+        if accepted:
+            for loop in self._loops:
+                loop.wake()
+        return accepted
+
+    def _on_done(self, job: Job) -> None:
+        if self.on_result is not None:
+            self.on_result(job)
+
+
+def _writable(path: Path) -> bool:
+    probe = path / ".ready-probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return False
+    return True

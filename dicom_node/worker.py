@@ -1,0 +1,195 @@
+"""The worker: runs the engine on a job folder and records the verdicts in ``job.json``.
+
+The engine is ``ai_engine.pipeline.run(input_dir, output_dir, checkpoints)``, imported only
+when the first job runs (it pulls torch and takes seconds). It is injectable (`EngineFn`),
+so tests can run the node with a small stand-in engine.
+
+Failures: an `ai_engine.errors.AiEngineError` (unreadable input, unknown model, weights that
+do not load) is deterministic and dead-letters the job at once; anything else (memory,
+I/O, a missing engine module) is retried with backoff up to ``process_max_attempts``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ai_engine.errors import AiEngineError
+from dicom_node.config import NodeSettings
+from dicom_node.index import STATE_FAILED, StateIndex
+from dicom_node.logutil import log_failure
+from dicom_node.metrics import Metrics
+from dicom_node.queue import (
+    INPUT_DIR,
+    OUTPUT_DIR,
+    Job,
+    JobQueue,
+    JobStageValues,
+    JobStateValues,
+    StudyOutcome,
+)
+
+logger = logging.getLogger(__name__)
+
+#: ``(input_dir, output_dir, checkpoints) -> results``; results are StudyResult-like objects
+#: (attributes) or mappings with the same field names.
+EngineFn = Callable[[Path, Path, Sequence[str]], Sequence[Any]]
+
+
+def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> Sequence[Any]:
+    """Call ``ai_engine.pipeline.run``, importing it on first use.
+
+    Args:
+        input_dir: folder with the study's DICOM files.
+        output_dir: empty folder for the result DICOM files.
+        checkpoints: checkpoint names.
+
+    Returns:
+        The engine's ``StudyResult`` list.
+    """
+    pipeline = importlib.import_module("ai_engine.pipeline")
+    results: Sequence[Any] = pipeline.run(input_dir, output_dir, tuple(checkpoints))
+    return results
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def outcome_from_result(result: Any, output_dir: Path) -> StudyOutcome:
+    """Read the fields the node needs from one engine result.
+
+    Result files listed outside ``output_dir`` are copied into it (the sender delivers
+    everything in ``output/``).
+
+    Args:
+        result: a ``StudyResult`` (or a mapping with its field names).
+        output_dir: the job's ``output/``.
+
+    Returns:
+        The node's record of it.
+    """
+    algorithm = _field(result, "algorithm")
+    images = list(_field(result, "images", ()) or ())
+    analysed = [i for i in images if _field(i, "score") is not None]
+    threshold = next(
+        (_field(i, "threshold") for i in analysed if _field(i, "threshold") is not None), None
+    )
+    files: list[str] = []
+    for item in _field(result, "files", ()) or ():
+        path = Path(item)
+        if not path.is_absolute():
+            path = output_dir / path
+        try:
+            files.append(str(path.resolve().relative_to(output_dir.resolve())))
+        except ValueError:
+            target = output_dir / path.name
+            shutil.copy2(path, target)
+            files.append(target.name)
+    score = _field(result, "study_score")
+    is_abnormal = _field(result, "is_abnormal")
+    return StudyOutcome(
+        study_instance_uid=str(_field(result, "study_instance_uid", "")),
+        model=str(_field(algorithm, "name") or _field(algorithm, "model_id") or ""),
+        model_version=str(_field(algorithm, "version") or ""),
+        score=None if score is None else float(score),
+        is_abnormal=None if is_abnormal is None else bool(is_abnormal),
+        threshold=None if threshold is None else float(threshold),
+        images=len(images),
+        images_analysed=len(analysed),
+        files=files,
+    )
+
+
+class Worker:
+    """Takes ready jobs, runs the engine, moves them to the outbox.
+
+    Args:
+        settings: node settings (retry policy).
+        queue: the job queue.
+        index: the processed-instance index (claims released when a job fails).
+        metrics: counters.
+        engine: the engine function (default: `default_engine`).
+    """
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        queue: JobQueue,
+        index: StateIndex,
+        metrics: Metrics,
+        engine: EngineFn | None = None,
+    ) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._index = index
+        self._metrics = metrics
+        self._engine: EngineFn = engine or default_engine
+
+    def run_once(self) -> bool:
+        """Process one due job, if any.
+
+        Returns:
+            True if a job was processed (successfully or not).
+        """
+        job = self._queue.claim()
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def process(self, job: Job) -> None:
+        """Run the engine on a claimed job (state ``running``).
+
+        Args:
+            job: the job.
+        """
+        folder = self._queue.job_dir(job)
+        input_dir, output_dir = folder / INPUT_DIR, folder / OUTPUT_DIR
+        shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an interrupted run
+        output_dir.mkdir()
+        ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
+        logger.info("job running", extra={**ctx, "model_id": ",".join(job.checkpoints)})
+        started = time.monotonic()
+        try:
+            results = list(self._engine(input_dir, output_dir, job.checkpoints))
+            outcomes = [outcome_from_result(r, output_dir) for r in results]
+        except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
+            self._failed(job, exc, retryable=not isinstance(exc, AiEngineError))
+            return
+        job.processing_seconds = round(time.monotonic() - started, 3)
+        job.results = outcomes
+        job.failed_stage = None
+        self._queue.move(job, JobStateValues.SENDING)
+        self._metrics.inc("jobs_processed_total")
+        logger.info(
+            "job processed",
+            extra={**ctx, "seconds": job.processing_seconds, "results": len(outcomes)},
+        )
+
+    def _failed(self, job: Job, exc: BaseException, *, retryable: bool) -> None:
+        retry = self._queue.record_failure(
+            job,
+            JobStageValues.PROCESS,
+            exc,
+            retryable=retryable,
+            max_attempts=self._settings.process_max_attempts,
+            backoff_seconds=self._settings.process_backoff_seconds,
+        )
+        ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
+        if retry:
+            self._metrics.inc("process_retries_total")
+            log_failure(logger, "engine failed; job will be retried", exc, **ctx)
+        else:
+            self._index.set_state(job.job_id, STATE_FAILED)
+            self._metrics.inc("jobs_failed_total")
+            log_failure(logger, "engine failed; job moved to failed", exc, **ctx)
