@@ -1,0 +1,378 @@
+"""Comprehensive SR (TID 1500) with the anomaly scores of one study and one model.
+
+Layout, as docs/CONTRACTS.md prescribes (what the OHIF extension parses):
+
+- Root CONTAINER (126000, DCM, "Imaging Measurement Report") built by highdicom
+  `MeasurementReport`; observer = the device (name and model = model name, manufacturer =
+  `markers.OUTPUT_MANUFACTURER`, serial number = first 16 hex digits of the weights sha256);
+  procedure reported (363679005, SCT, "Imaging procedure").
+- One TID 1501 `MeasurementsAndQualitativeEvaluations` group per source image (in the order of
+  ``study.images``): tracking identifier "anomaly <SOPInstanceUID>" with a new tracking UID, the
+  source image referenced, algorithm identification (model name, version, parameters
+  ``model_id=...`` and ``weights_sha256=...``), then
+
+  - NUM (ANOMALY_SCORE, 99AINODE, "Anomaly score"), unit ({score}, UCUM, "score")
+  - NUM (ANOMALY_THRESHOLD, 99AINODE, "Anomaly score threshold"), unit ({score}, UCUM, "score")
+  - NUM (HEALTHY_PERCENTILE, 99AINODE, "Healthy reference percentile"), unit (%, UCUM,
+    "percent")
+  - CODE (ANOMALY_STATUS, 99AINODE, "Anomaly status") = (263654008, SCT, "Abnormal"),
+    (17621005, SCT, "Normal") or (NOT_ANALYSED, 99AINODE, "Not analysed").
+
+  A value that is unknown (not analysed, or a NaN percentile when the model card has no
+  healthy scores) is left out rather than written as a made-up number.
+- **Images that were not analysed** get status "Not analysed", no NUMs, and the reason as a
+  TEXT item (121106, DCM, "Comment") = "Not analysed: <reason>", inside their group, so any
+  SR viewer shows it and `read_sr_scores` returns it as ``reason``.
+- One more group with tracking identifier "anomaly study": NUM "Anomaly score" = the study
+  score (maximum over the analysed images), NUM threshold, status of the study ("Not
+  analysed" when no image was analysed).
+
+The private coding scheme 99AINODE is declared in CodingSchemeIdentificationSequence.
+SeriesDescription "AI anomaly report (research use only, not for clinical use)", series
+number 9003, Manufacturer / ManufacturerModelName / SoftwareVersions as for the SEGs.
+dciodvfy passes it with warnings only (it does not know the private scheme 99AINODE).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from ai_engine.dicom_io import markers
+from ai_engine.dicom_io._common import new_uid, prepare_source, series_description
+from ai_engine.types import AlgorithmInfo, ImageResult, StudyResult
+
+__all__ = [
+    "ANOMALY_SCORE",
+    "ANOMALY_STATUS",
+    "ANOMALY_THRESHOLD",
+    "CODING_SCHEME",
+    "HEALTHY_PERCENTILE",
+    "SR_SERIES_NUMBER",
+    "STATUS_ABNORMAL",
+    "STATUS_NORMAL",
+    "STATUS_NOT_ANALYSED",
+    "STUDY_TRACKING_ID",
+    "read_sr_scores",
+    "write_sr",
+]
+
+logger = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9003
+CODING_SCHEME = "99AINODE"
+STUDY_TRACKING_ID = "anomaly study"
+_IMAGE_TRACKING_PREFIX = "anomaly "
+
+ANOMALY_SCORE = hd.sr.CodedConcept("ANOMALY_SCORE", CODING_SCHEME, "Anomaly score")
+ANOMALY_THRESHOLD = hd.sr.CodedConcept(
+    "ANOMALY_THRESHOLD", CODING_SCHEME, "Anomaly score threshold"
+)
+HEALTHY_PERCENTILE = hd.sr.CodedConcept(
+    "HEALTHY_PERCENTILE", CODING_SCHEME, "Healthy reference percentile"
+)
+ANOMALY_STATUS = hd.sr.CodedConcept("ANOMALY_STATUS", CODING_SCHEME, "Anomaly status")
+STATUS_ABNORMAL = hd.sr.CodedConcept("263654008", "SCT", "Abnormal")
+STATUS_NORMAL = hd.sr.CodedConcept("17621005", "SCT", "Normal")
+STATUS_NOT_ANALYSED = hd.sr.CodedConcept("NOT_ANALYSED", CODING_SCHEME, "Not analysed")
+
+_SCORE_UNIT = hd.sr.CodedConcept("{score}", "UCUM", "score")
+_PERCENT_UNIT = hd.sr.CodedConcept("%", "UCUM", "percent")
+_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+_IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+_NOT_ANALYSED_PREFIX = "Not analysed: "
+
+_STATUS_BY_CODE = {
+    (STATUS_ABNORMAL.scheme_designator, STATUS_ABNORMAL.value): STATUS_ABNORMAL.meaning,
+    (STATUS_NORMAL.scheme_designator, STATUS_NORMAL.value): STATUS_NORMAL.meaning,
+    (STATUS_NOT_ANALYSED.scheme_designator, STATUS_NOT_ANALYSED.value): (
+        STATUS_NOT_ANALYSED.meaning
+    ),
+}
+_NUM_KEYS = {
+    ANOMALY_SCORE.value: "score",
+    ANOMALY_THRESHOLD.value: "threshold",
+    HEALTHY_PERCENTILE.value: "healthy_percentile",
+}
+
+
+def _status(is_abnormal: bool | None) -> hd.sr.CodedConcept:
+    if is_abnormal is None:
+        return STATUS_NOT_ANALYSED
+    return STATUS_ABNORMAL if is_abnormal else STATUS_NORMAL
+
+
+def _known(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=[
+            f"model_id={algorithm.model_id}",
+            f"weights_sha256={algorithm.weights_sha256}",
+        ],
+    )
+
+
+def _group(
+    identifier: str,
+    algorithm: AlgorithmInfo,
+    *,
+    score: float | None,
+    threshold: float | None,
+    percentile: float | None,
+    status: hd.sr.CodedConcept,
+    source: Dataset | None,
+    reason: str | None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    measurements = [
+        hd.sr.Measurement(name=name, value=float(value), unit=unit)
+        for name, value, unit in (
+            (ANOMALY_SCORE, score, _SCORE_UNIT),
+            (ANOMALY_THRESHOLD, threshold, _SCORE_UNIT),
+            (HEALTHY_PERCENTILE, percentile, _PERCENT_UNIT),
+        )
+        if value is not None and _known(value)
+    ]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=identifier),
+        algorithm_id=_algorithm_id(algorithm),
+        measurements=measurements or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(ANOMALY_STATUS, status)],
+        source_images=(
+            [hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
+            if source is not None
+            else None
+        ),
+    )
+    if reason:
+        container = group[0]
+        container.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=_COMMENT,
+                value=f"{_NOT_ANALYSED_PREFIX}{reason}"[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+def _image_group(
+    image: ImageResult, source: Dataset, algorithm: AlgorithmInfo
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    analysed = image.score is not None
+    reason = None
+    if not analysed:
+        reason = image.not_analysed_reason or "no reason given"
+    return _group(
+        f"{_IMAGE_TRACKING_PREFIX}{image.sop_instance_uid}",
+        algorithm,
+        score=image.score,
+        threshold=image.threshold if analysed else None,
+        percentile=image.healthy_percentile if analysed else None,
+        status=_status(image.is_abnormal if analysed else None),
+        source=source,
+        reason=reason,
+    )
+
+
+def _study_group(
+    study: StudyResult, algorithm: AlgorithmInfo
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    scored = [i for i in study.images if i.score is not None]
+    top = max(scored, key=lambda i: -math.inf if i.score is None else i.score, default=None)
+    analysed = study.study_score is not None
+    return _group(
+        STUDY_TRACKING_ID,
+        algorithm,
+        score=study.study_score,
+        threshold=top.threshold if top is not None else None,
+        percentile=None,
+        status=_status(study.is_abnormal if analysed else None),
+        source=None,
+        reason=None if analysed else "no image of the study was analysed",
+    )
+
+
+def write_sr(
+    sources: Sequence[Dataset],
+    study: StudyResult,
+    *,
+    series_instance_uid: str | None = None,
+    series_number: int = SR_SERIES_NUMBER,
+) -> hd.sr.ComprehensiveSR:
+    """The study's anomaly report as a Comprehensive SR (TID 1500; see the module docstring).
+
+    Args:
+        sources: headers of the study's source images (at least every image in
+            ``study.images``); they become the SR's evidence and are referenced by the groups.
+        study: the engine's result for this study and model.
+        series_instance_uid: series of the SR; new if None.
+        series_number: SeriesNumber (default 9003).
+
+    Returns:
+        The SR (a pydicom Dataset with file meta; write it with `convert.save`).
+
+    Raises:
+        ValueError: no source, an image result whose source is missing, or sources of
+            another study.
+    """
+    if not sources:
+        raise ValueError("write_sr needs at least one source image")
+    prepared = [prepare_source(s) for s in sources]
+    by_uid = {str(s.SOPInstanceUID): s for s in prepared}
+    other_studies = {str(s.StudyInstanceUID) for s in prepared} - {study.study_instance_uid}
+    if other_studies:
+        raise ValueError(
+            f"sources of other studies than {study.study_instance_uid}: {sorted(other_studies)}"
+        )
+    missing = [i.sop_instance_uid for i in study.images if i.sop_instance_uid not in by_uid]
+    if missing:
+        raise ValueError(f"no source header for image results {missing}")
+
+    algorithm = study.algorithm
+    groups = [_image_group(i, by_uid[i.sop_instance_uid], algorithm) for i in study.images]
+    groups.append(_study_group(study, algorithm))
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[algorithm.model_id, algorithm.weights_sha256]),
+        name=algorithm.name,
+        manufacturer_name=markers.OUTPUT_MANUFACTURER,
+        model_name=algorithm.name,
+        serial_number=algorithm.weights_sha256[:16] or None,
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=_IMAGING_PROCEDURE,
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    with warnings.catch_warnings():
+        # The sources' PatientName is copied as it is; its form is not ours to judge.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        sr = hd.sr.ComprehensiveSR(
+            evidence=prepared,
+            content=report[0],
+            series_instance_uid=series_instance_uid or new_uid(),
+            series_number=series_number,
+            sop_instance_uid=new_uid(),
+            instance_number=1,
+            manufacturer=markers.OUTPUT_MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=series_description("report"),
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            device_serial_number=algorithm.weights_sha256[:16] or None,
+            coding_schemes=[
+                hd.coding_schemes.CodingSchemeIdentificationItem(
+                    designator=CODING_SCHEME,
+                    name="AI Anomaly Node private codes",
+                    responsible_organization=markers.OUTPUT_MANUFACTURER,
+                )
+            ],
+        )
+    logger.debug("built SR %s with %d image groups", sr.SOPInstanceUID, len(study.images))
+    return sr
+
+
+def _code_key(item: Dataset, keyword: str) -> tuple[str, str] | None:
+    seq = item.get(keyword)
+    if not seq:
+        return None
+    code = seq[0]
+    value = code.get("CodeValue") or code.get("LongCodeValue") or code.get("URNCodeValue")
+    return str(code.get("CodingSchemeDesignator", "")), str(value or "")
+
+
+def _parse_group(group: Dataset) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(tracking identifier, referenced SOP UID, values) of one measurement group."""
+    identifier: str | None = None
+    referenced: str | None = None
+    values: dict[str, Any] = {
+        "score": None,
+        "threshold": None,
+        "healthy_percentile": None,
+        "status": None,
+        "reason": None,
+    }
+    for item in group.get("ContentSequence", []):
+        name = _code_key(item, "ConceptNameCodeSequence")
+        value_type = item.get("ValueType")
+        if value_type == "TEXT" and name == ("DCM", "112039"):  # Tracking Identifier
+            identifier = str(item.TextValue)
+        elif value_type == "TEXT" and name == ("DCM", "121106"):  # Comment
+            text = str(item.TextValue)
+            values["reason"] = text.removeprefix(_NOT_ANALYSED_PREFIX)
+        elif value_type == "IMAGE" and "ReferencedSOPSequence" in item:
+            referenced = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        elif value_type == "NUM" and name is not None and name[0] == CODING_SCHEME:
+            key = _NUM_KEYS.get(name[1])
+            measured = item.get("MeasuredValueSequence")
+            if key and measured:
+                values[key] = float(measured[0].NumericValue)
+        elif value_type == "CODE" and name == (CODING_SCHEME, ANOMALY_STATUS.value):
+            code = _code_key(item, "ConceptCodeSequence")
+            values["status"] = _STATUS_BY_CODE.get(code) if code else None
+    return identifier, referenced, values
+
+
+def read_sr_scores(ds: Dataset) -> dict[str, Any]:
+    """Parse the scores back from an SR written by `write_sr` (plain pydicom, tolerant).
+
+    Args:
+        ds: the SR dataset (e.g. ``pydicom.dcmread(path)``).
+
+    Returns:
+        ``{"study": {"score", "threshold", "status"}, "images": {sop_instance_uid: {"score",
+        "threshold", "healthy_percentile", "status", "reason"}}, "algorithm": {"name",
+        "version"}}``. Status is "Abnormal", "Normal" or "Not analysed"; a missing value is
+        None.
+
+    Raises:
+        ValueError: ``ds`` is not an imaging measurement report.
+    """
+    if _code_key(ds, "ConceptNameCodeSequence") != ("DCM", "126000"):
+        raise ValueError("not an Imaging Measurement Report (TID 1500) SR")
+    study: dict[str, Any] = {"score": None, "threshold": None, "status": None}
+    images: dict[str, dict[str, Any]] = {}
+    for container in ds.get("ContentSequence", []):
+        if _code_key(container, "ConceptNameCodeSequence") != ("DCM", "126010"):
+            continue  # not "Imaging Measurements"
+        for group in container.get("ContentSequence", []):
+            if _code_key(group, "ConceptNameCodeSequence") != ("DCM", "125007"):
+                continue  # not a "Measurement Group"
+            identifier, referenced, values = _parse_group(group)
+            if identifier == STUDY_TRACKING_ID:
+                study = {k: values[k] for k in ("score", "threshold", "status")}
+                continue
+            sop_uid = referenced
+            if sop_uid is None and identifier and identifier.startswith(_IMAGE_TRACKING_PREFIX):
+                sop_uid = identifier.removeprefix(_IMAGE_TRACKING_PREFIX)
+            if sop_uid is not None:
+                images[sop_uid] = values
+    return {
+        "study": study,
+        "images": images,
+        "algorithm": {
+            "name": str(ds.get("ManufacturerModelName", "")),
+            "version": str(ds.get("SoftwareVersions", "")),
+        },
+    }
