@@ -51,7 +51,10 @@ window.config = {
       routes: {
         0: {
           layoutInstance: {
-            props: { rightPanels: { $unshift: ['ainode-anomaly.panelModule.anomaly'] } },
+            props: {
+              rightPanels: { $unshift: ['ainode-anomaly.panelModule.anomaly'] },
+              rightPanelClosed: { $set: false },
+            },
           },
         },
       },

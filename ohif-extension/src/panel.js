@@ -1,0 +1,221 @@
+// The right-side "AI anomaly" panel, rendered as vanilla DOM from the store.
+import { formatScore } from './sr.js';
+import { HEAT_STOPS } from './seg.js';
+import { store } from './store.js';
+import { applyVisibility } from './region.js';
+
+const C = {
+  text: '#e5e7eb',
+  muted: '#9ca3af',
+  line: '#1f2a44',
+  red: '#dc2626',
+  green: '#15803d',
+  grey: '#4b5563',
+  amber: '#f59e0b',
+};
+
+function el(tag, style = {}, text) {
+  const e = document.createElement(tag);
+  Object.assign(e.style, style);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+const STATUS_LABEL = {
+  abnormal: ['ANOMALY FLAGGED', C.red],
+  normal: ['No anomaly flagged', C.green],
+  not_analysed: ['Not analysed', C.grey],
+  unknown: ['Status unknown', C.grey],
+};
+
+function row(label, value, testId) {
+  const r = el('div', { display: 'flex', justifyContent: 'space-between', gap: '8px', padding: '2px 0' });
+  r.append(el('span', { color: C.muted }, label));
+  const v = el('span', { color: C.text, textAlign: 'right', fontVariantNumeric: 'tabular-nums' }, value);
+  if (testId) v.dataset.testid = testId;
+  r.append(v);
+  return r;
+}
+
+function formatDateTime(key) {
+  if (!key) return '';
+  return `${key.slice(0, 4)}-${key.slice(4, 6)}-${key.slice(6, 8)} ${key.slice(8, 10)}:${key.slice(10, 12)}`;
+}
+
+function imageLabel(services, sopUID) {
+  const sets = services?.displaySetService?.getActiveDisplaySets?.() || [];
+  for (const ds of sets) {
+    const inst = ds.instances?.find((i) => i.SOPInstanceUID === sopUID);
+    if (inst) {
+      const desc = ds.SeriesDescription ? ` ${ds.SeriesDescription}` : '';
+      return `${ds.Modality || ''} S${ds.SeriesNumber ?? '?'}${desc} · image ${inst.InstanceNumber ?? 1}`;
+    }
+  }
+  return `image …${String(sopUID || '').slice(-8)}`;
+}
+
+function renderReport(report, services) {
+  const box = el('div', { padding: '10px 0', borderBottom: `1px solid ${C.line}` });
+  box.dataset.testid = 'ai-report';
+  const { study } = report;
+  const [label, colour] = STATUS_LABEL[study.status] || STATUS_LABEL.unknown;
+  const badge = el('div', {
+    display: 'inline-block',
+    background: colour,
+    color: '#fff',
+    fontWeight: '700',
+    padding: '3px 10px',
+    borderRadius: '4px',
+    fontSize: '14px',
+    letterSpacing: '0.02em',
+  }, label);
+  badge.dataset.testid = 'ai-flag';
+  badge.dataset.status = study.status || 'unknown';
+  box.append(badge);
+  if (study.status === 'not_analysed') {
+    box.append(el('div', { color: C.text, padding: '6px 0' }, `not analysed: ${study.reason || 'no reason given'}`));
+  } else {
+    const score = el('div', { fontSize: '28px', fontWeight: '700', color: C.text, padding: '6px 0 2px' });
+    score.append(el('span', { fontSize: '13px', color: C.muted, fontWeight: '400', marginRight: '8px' }, 'Score'));
+    const s = el('span', {}, formatScore(study.score));
+    s.dataset.testid = 'ai-score';
+    score.append(s);
+    box.append(score);
+    box.append(row('Threshold', formatScore(study.threshold), 'ai-threshold'));
+  }
+  const imgs = report.images;
+  const pct = imgs.length === 1 ? imgs[0].healthyPercentile : undefined;
+  if (pct !== undefined) box.append(row('Healthy reference percentile', `${pct.toFixed(1)} %`, 'ai-percentile'));
+  box.append(row('Model', [report.modelName, report.modelVersion].filter(Boolean).join(' ') || '–', 'ai-model'));
+  if (report.contentDateTime) box.append(row('Analysed', formatDateTime(report.contentDateTime)));
+  if (imgs.length) {
+    const list = el('div', { marginTop: '8px' });
+    list.append(el('div', { color: C.muted, fontSize: '12px', textTransform: 'uppercase', marginBottom: '2px' }, `Images (${imgs.length})`));
+    for (const g of imgs) {
+      const line = el('div', { display: 'flex', justifyContent: 'space-between', gap: '6px', padding: '2px 0', fontSize: '13px' });
+      line.dataset.testid = 'ai-image-line';
+      line.append(el('span', { color: C.text, overflow: 'hidden', textOverflow: 'ellipsis', whiteSpace: 'nowrap' }, imageLabel(services, g.sopInstanceUID)));
+      let v;
+      if (g.status === 'not_analysed') v = `not analysed: ${g.reason || 'no reason given'}`;
+      else {
+        const pctText = g.healthyPercentile !== undefined && imgs.length > 1 ? `, p${g.healthyPercentile.toFixed(0)}` : '';
+        v = `${formatScore(g.score)}${g.status === 'abnormal' ? ' ⚠' : ''}${pctText}`;
+      }
+      line.append(el('span', { color: g.status === 'abnormal' ? '#f87171' : C.text, whiteSpace: 'nowrap' }, v));
+      list.append(line);
+    }
+    box.append(list);
+  }
+  return box;
+}
+
+function colourBar() {
+  const wrap = el('div', { marginTop: '6px' });
+  wrap.dataset.testid = 'ai-colour-bar';
+  const stops = HEAT_STOPS.map(([x, [r, g, b]]) => {
+    const a = Math.min(1, Math.max(0, (x - 0.15) / 0.35));
+    return `rgba(${r},${g},${b},${a.toFixed(2)}) ${(x * 100).toFixed(0)}%`;
+  });
+  const bar = el('div', {
+    height: '12px',
+    borderRadius: '2px',
+    border: `1px solid ${C.line}`,
+    background: `linear-gradient(to right, ${stops.join(', ')}), repeating-conic-gradient(#333 0% 25%, #222 0% 50%) 0 0 / 8px 8px`,
+  });
+  const ticks = el('div', { position: 'relative', height: '16px', fontSize: '11px', color: C.muted });
+  const tick = (x, text) => {
+    const t = el('span', { position: 'absolute', left: `${x}%`, transform: x === 0 ? 'none' : x === 100 ? 'translateX(-100%)' : 'translateX(-50%)' }, text);
+    ticks.append(t);
+  };
+  tick(0, '0');
+  tick(50, '▲ pixel threshold');
+  tick(100, '1');
+  wrap.append(bar, ticks);
+  return wrap;
+}
+
+function controls(services) {
+  const box = el('div', { padding: '10px 0', borderBottom: `1px solid ${C.line}` });
+  box.append(el('div', { color: C.text, fontWeight: '600', marginBottom: '4px' }, 'Anomaly map'));
+  const status = el('div', { color: C.muted, fontSize: '12px', marginBottom: '4px' });
+  status.dataset.testid = 'ai-map-status';
+  const mk = (labelText, key, testId) => {
+    const lab = el('label', { display: 'flex', alignItems: 'center', gap: '6px', color: C.text, cursor: 'pointer', padding: '2px 0' });
+    const cb = document.createElement('input');
+    cb.type = 'checkbox';
+    cb.checked = store.get()[key];
+    cb.dataset.testid = testId;
+    cb.addEventListener('change', () => {
+      store.set({ [key]: cb.checked });
+      if (key === 'regionVisible') applyVisibility(services);
+    });
+    lab.append(cb, document.createTextNode(labelText));
+    return lab;
+  };
+  const opacity = el('label', { display: 'flex', alignItems: 'center', gap: '6px', color: C.text, padding: '2px 0' });
+  const range = document.createElement('input');
+  range.type = 'range';
+  range.min = '0';
+  range.max = '100';
+  range.value = String(Math.round(store.get().heatOpacity * 100));
+  range.dataset.testid = 'ai-heat-opacity';
+  range.style.flex = '1';
+  range.addEventListener('input', () => store.set({ heatOpacity: Number(range.value) / 100 }));
+  opacity.append(document.createTextNode('Opacity'), range);
+  box.append(status, mk('Heat map', 'heatVisible', 'ai-heat-toggle'), opacity, colourBar(), mk('Thresholded region (SEG)', 'regionVisible', 'ai-region-toggle'));
+  const update = (s) => {
+    const parts = [];
+    if (s.heatmap.status === 'ok') parts.push('heat map loaded');
+    else if (s.heatmap.status === 'loading') parts.push('heat map loading…');
+    else if (s.heatmap.status === 'error') parts.push(`heat map error: ${s.heatmap.message}`);
+    else parts.push('no heat map');
+    if (s.region.status === 'ok') parts.push('region loaded');
+    else if (s.region.status === 'loading') parts.push('region loading…');
+    else if (s.region.status === 'error') parts.push(`region error: ${s.region.message}`);
+    status.textContent = parts.join(' · ');
+  };
+  update(store.get());
+  return { box, update };
+}
+
+/**
+ * Render the panel into `root` and keep it up to date; returns the cleanup function.
+ * @param {HTMLElement} root
+ * @param {object} services OHIF services
+ * @returns {() => void}
+ */
+export function mountPanel(root, services) {
+  Object.assign(root.style, { color: C.text, fontSize: '14px', lineHeight: '1.35', padding: '8px 12px', overflowY: 'auto', height: '100%' });
+  root.dataset.testid = 'ai-anomaly-panel';
+  root.replaceChildren();
+  root.append(el('div', { fontWeight: '700', fontSize: '15px', color: C.text }, 'AI anomaly detection'));
+  const result = el('div');
+  const ctl = controls(services);
+  const notice = el('div', { color: C.amber, fontSize: '12px', padding: '10px 0' },
+    'Research use only — not for clinical use. Unsupervised model trained on healthy images: the score and map show how unusual the image is, not a diagnosis.');
+  notice.dataset.testid = 'ai-notice';
+  root.append(result, ctl.box, notice);
+  let last = null;
+  const render = (s) => {
+    ctl.update(s);
+    ctl.box.style.display = s.result.status === 'ok' ? '' : 'none';
+    if (s.result === last) return;
+    last = s.result;
+    result.replaceChildren();
+    result.dataset.status = s.result.status;
+    result.dataset.testid = 'ai-result';
+    if (s.result.status === 'loading' || s.result.status === 'idle') {
+      result.append(el('div', { color: C.muted, padding: '10px 0' }, 'Looking for an AI result…'));
+    } else if (s.result.status === 'error') {
+      result.append(el('div', { color: '#f87171', padding: '10px 0' }, `Could not read the AI result: ${s.result.error}`));
+    } else if (s.result.status === 'none') {
+      const none = el('div', { color: C.text, padding: '10px 0' }, 'No AI result for this study.');
+      none.dataset.testid = 'ai-none';
+      result.append(none, el('div', { color: C.muted, fontSize: '12px' }, 'The node has not analysed it (yet), or it is not a study type the model is for.'));
+    } else {
+      for (const r of s.result.reports) result.append(renderReport(r, services));
+    }
+  };
+  render(store.get());
+  return store.subscribe(render);
+}
