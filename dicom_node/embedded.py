@@ -1210,9 +1210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 studies = discover_samples(args.samples_dir)
                 timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
                 if stack.viewer_url and studies:
+                    shown = next((st for st in studies if st.label == "abnormal"), studies[0])
                     print(
-                        f"open a study: {stack.viewer_url}/viewer?StudyInstanceUIDs="
-                        f"{studies[0].study_uid}"
+                        f"open a study ({shown.name}): {stack.viewer_url}/viewer?"
+                        f"StudyInstanceUIDs={shown.study_uid}"
                     )
                 if args.once:
                     return 0 if len(timings) == len(studies) else 1

@@ -77,8 +77,12 @@ def wait_for_results(
         time.sleep(0.5)
 
 
+def sample_files(study: str) -> list[Path]:
+    return sorted((SAMPLES / study).glob("*.dcm"))
+
+
 def sample_file(study: str) -> Path:
-    (path,) = sorted((SAMPLES / study).glob("*.dcm"))
+    (path,) = sample_files(study)
     return path
 
 
@@ -90,7 +94,8 @@ def engine_scores(study: str) -> dict[str, float]:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"engine-{os.getpid()}-{study}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "in").mkdir(parents=True)
-    shutil.copy(sample_file(study), work / "in")
+    for path in sample_files(study):
+        shutil.copy(path, work / "in")
     try:
         results = pipeline.run(work / "in", work / "out", (CHECKPOINT,))
         return {
@@ -125,34 +130,46 @@ def retrieve_series(client: DICOMwebClient, study_uid: str, record: dict) -> lis
 
 
 def check_results(client: DICOMwebClient, results: Results, study: str) -> None:
-    """Both SEGs and the SR reference the source image; the SR's score is the engine's."""
-    (source_uid,) = results.source_sop_uids
+    """Per source image one binary and one fractional SEG and a TID 1501 group in the one SR,
+    all referencing it; the SR's scores are the engine's own for the same files."""
+    sources = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in sample_files(study))
+    }
+    assert sorted(results.source_sop_uids) == sorted(sources)
     segs = [
         ds
-        for rec in results.series["SEG"]
-        for ds in retrieve_series(client, study_uid=results.study_uid, record=rec)
+        for record in results.series["SEG"]
+        for ds in retrieve_series(client, results.study_uid, record)
     ]
-    kinds = sorted(str(ds.SegmentationType) for ds in segs)
-    assert kinds == ["BINARY", "FRACTIONAL"]
-    source = pydicom.dcmread(sample_file(study), stop_before_pixels=True)
-    for seg in segs:
-        assert seg.Manufacturer == "AI Anomaly Node"
-        assert source_uid in referenced_uids(seg)
-        assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
-        assert seg.pixel_array.shape[-2:] == (source.Rows, source.Columns)
+    for source_uid, source in sources.items():
+        mine = [seg for seg in segs if source_uid in referenced_uids(seg)]
+        assert sorted(str(seg.SegmentationType) for seg in mine) == ["BINARY", "FRACTIONAL"]
+        for seg in mine:
+            assert seg.Manufacturer == "AI Anomaly Node"
+            assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+            assert seg.pixel_array.shape[-2:] == (source.Rows, source.Columns)
+    assert len(segs) == 2 * len(sources)
 
     (sr_record,) = results.series["SR"]
     (sr,) = retrieve_series(client, results.study_uid, sr_record)
-    assert source_uid in referenced_uids(sr)
     report = hd.sr.srread(sr)  # highdicom reads it back as a structured report
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert sr.Manufacturer == "AI Anomaly Node"
     groups = parse_anomaly_sr(sr)
-    image_group = groups[f"anomaly {source_uid}"]
-    expected = engine_scores(study)[source_uid]
-    assert image_group.score == pytest.approx(expected, rel=1e-5, abs=1e-9)
-    assert groups["anomaly study"].score == pytest.approx(expected, rel=1e-5, abs=1e-9)
-    assert image_group.threshold is not None
-    assert image_group.abnormal == (image_group.score >= image_group.threshold)
+    expected = engine_scores(study)
+    assert sorted(expected) == sorted(sources)
+    for source_uid in sources:
+        assert source_uid in referenced_uids(sr)
+        group = groups[f"anomaly {source_uid}"]
+        assert group.score == pytest.approx(expected[source_uid], rel=1e-5, abs=1e-9)
+        assert group.threshold is not None
+        assert group.abnormal == (group.score >= group.threshold)
+    study_group = groups["anomaly study"]
+    assert study_group.score == pytest.approx(max(expected.values()), rel=1e-5, abs=1e-9)
+    assert study_group.abnormal == any(
+        g.abnormal for k, g in groups.items() if k != "anomaly study"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -172,26 +189,34 @@ def test_pynetdicom_study_gets_segs_and_sr(
     check_results(dicomweb, pynetdicom_results, "kermany_normal_mono2")
 
 
-@pytest.mark.parametrize("study", ["kermany_pneumonia_jpeg", "kermany_normal_mono1"])
+@pytest.mark.parametrize(
+    ("study", "propose"),
+    [
+        ("kermany_pneumonia_jpeg", ["-xy"]),  # JPEG baseline (8-bit lossy)
+        ("kermany_normal_mono1", []),  # MONOCHROME1, uncompressed
+        ("original_rg1_cr", ["-xw"]),  # real CR, MONOCHROME1 15-bit: uncompressed + JPEG 2000
+    ],
+)
 def test_dcmtk_storescu_study_gets_segs_and_sr(
-    stack: EmbeddedStack, dicomweb: DICOMwebClient, study: str
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, study: str, propose: list[str]
 ) -> None:
-    path = sample_file(study)
-    study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    paths = sample_files(study)
+    study_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
     t0 = time.monotonic()
     subprocess.run(
         [
             "storescu",
+            *propose,
             "-aet",
             STORESCU_AET,
             "-aec",
             ORTHANC_AET,
             "127.0.0.1",
             str(stack.options.dicom_port),
-            str(path),
+            *map(str, paths),
         ],
         check=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
+        env={**os.environ, "TCP_NODELAY": "1"},  # Debian's dcmtk leaves Nagle on otherwise
         capture_output=True,
         timeout=60,
     )
