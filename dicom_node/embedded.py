@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -76,6 +77,7 @@ _STATUS_CODE = "ANOMALY_STATUS"
 _TRACKING_IDENTIFIER_CODE = "112039"
 _ABNORMAL_CODES = {"263654008"}
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedError(DicomNodeError):
@@ -369,6 +371,7 @@ class ManagedProcess:
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(  # noqa: S603 - fixed, trusted command lines
             self.args,
+            preexec_fn=_die_with_parent,  # no orphan Orthanc even if we are SIGKILLed
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -423,6 +426,13 @@ class ManagedProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -1203,30 +1213,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()
+    stack = EmbeddedStack(options)
     try:
-        with EmbeddedStack(options) as stack:
-            _print_banner(stack, time.monotonic() - t0)
-            if not args.no_samples:
-                studies = discover_samples(args.samples_dir)
-                timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
-                if stack.viewer_url and studies:
-                    shown = next((st for st in studies if st.label == "abnormal"), studies[0])
-                    print(
-                        f"open a study ({shown.name}): {stack.viewer_url}/viewer?"
-                        f"StudyInstanceUIDs={shown.study_uid}"
-                    )
-                if args.once:
-                    return 0 if len(timings) == len(studies) else 1
-            print("running; press Ctrl-C to stop", flush=True)
-            while True:
-                stack.check_alive()
-                time.sleep(1)
+        stack.__enter__()
+        _print_banner(stack, time.monotonic() - t0)
+        if not args.no_samples:
+            studies = discover_samples(args.samples_dir)
+            timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
+            if stack.viewer_url and studies:
+                shown = next((st for st in studies if st.label == "abnormal"), studies[0])
+                print(
+                    f"open a study ({shown.name}): {stack.viewer_url}/viewer?"
+                    f"StudyInstanceUIDs={shown.study_uid}"
+                )
+            if args.once:
+                return 0 if len(timings) == len(studies) else 1
+        print("running; press Ctrl-C to stop", flush=True)
+        while True:
+            stack.check_alive()
+            time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)
         return 0
     except DicomNodeError as exc:
         print(f"error: {exc}", flush=True)
         return 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and orphan Orthanc.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+        print(f"stopped (Orthanc, node and viewer) after {time.monotonic() - t0:.0f} s", flush=True)
 
 
 def _configure_logging(log_dir: Path, console_level: str) -> None:
