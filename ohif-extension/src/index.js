@@ -194,7 +194,10 @@ const extension = {
   },
 
   getCustomizationModule() {
-    return [{ name: 'global', value: { 'workList.columns': { $apply: withAiColumn } } }];
+    const value = { 'workList.columns': { $apply: withAiColumn } };
+    // OHIF's first-visit tour covers the viewport (and the AI overlay) until dismissed.
+    if (aiConfig().showOhifTours !== true) value['ohif.tours'] = { $set: [] };
+    return [{ name: 'global', value }];
   },
 
   onModeEnter({ servicesManager }) {

@@ -1,0 +1,57 @@
+// Study-list scores (node API and QIDO fallback) and the flagged-first order.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { cellText, compareEntries, scoresFromNode, scoresFromQido, sortKey } from '../src/worklist.js';
+import { withAiColumn } from '../src/index.js';
+
+const fixture = (name) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8'));
+
+test('node API rows combine per study (any model flagged, highest score)', () => {
+  const m = scoresFromNode([
+    { study_instance_uid: '1', score: 0.4, is_abnormal: false, threshold: 0.5, model: 'a', finished_at: '2026-01-01T00:00:00Z' },
+    { study_instance_uid: '1', score: 0.9, is_abnormal: true, threshold: 0.6, model: 'b', finished_at: '2026-01-02T00:00:00Z' },
+    { study_instance_uid: '2', score: null, is_abnormal: null, model: 'a' },
+  ]);
+  assert.deepEqual(m.get('1'), { score: 0.9, abnormal: true, threshold: 0.6, models: ['a', 'b'], finishedAt: '2026-01-02T00:00:00Z', source: 'node' });
+  assert.equal(m.get('2').score, undefined);
+  assert.equal(scoresFromNode({ studies: [{ study_instance_uid: '3', score: 1 }] }).get('3').score, 1);
+});
+
+test('QIDO fallback marks the studies with our SR (recorded Orthanc answer)', () => {
+  const m = scoresFromQido(fixture('qido_series_sr_all.json'));
+  assert.equal(m.size, 2);
+  for (const e of m.values()) {
+    assert.equal(e.source, 'qido');
+    assert.deepEqual(e.models, ['default-cxr']);
+    assert.equal(cellText(e).text, 'AI ✓');
+  }
+});
+
+test('flagged first, by score, then normal, then analysed without score, then no result', () => {
+  const rows = {
+    none: undefined,
+    qido: { score: undefined, abnormal: undefined },
+    normalLow: { score: 0.1, abnormal: false },
+    normalHigh: { score: 0.45, abnormal: false },
+    flagLow: { score: 0.55, abnormal: true },
+    flagHigh: { score: 3.2, abnormal: true },
+    negative: { score: -2, abnormal: false },
+  };
+  const order = Object.keys(rows).sort((a, b) => -compareEntries(rows[a], rows[b]));
+  assert.deepEqual(order, ['flagHigh', 'flagLow', 'normalHigh', 'normalLow', 'negative', 'qido', 'none']);
+  assert.ok(sortKey({ score: 1e9, abnormal: false }) < sortKey({ score: -1e9, abnormal: true }));
+});
+
+test('cell text', () => {
+  assert.deepEqual(cellText({ score: 0.871, abnormal: true, models: ['m'] }), { text: '0.87 ⚠', title: 'AI: anomalous (m)', level: 'abnormal' });
+  assert.equal(cellText({ score: 0.2, abnormal: false }).text, '0.20');
+  assert.equal(cellText(undefined).level, 'none');
+});
+
+test('the AI column goes after the study date, once', () => {
+  const cols = [{ id: 'patientName' }, { id: 'studyDateTime' }, { id: 'modalities' }];
+  const out = withAiColumn(withAiColumn(cols));
+  assert.deepEqual(out.map((c) => c.id), ['patientName', 'studyDateTime', 'aiAnomaly', 'modalities']);
+  assert.equal(out[2].meta.label, 'AI anomaly');
+});
