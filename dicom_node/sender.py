@@ -225,6 +225,16 @@ class CStoreSender:
                 assoc.release()
 
 
+def _is_part10(path: Path) -> bool:
+    """Whether a file is in the DICOM file format (``DICM`` after the 128-byte preamble)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _transient_reject(assoc: Any) -> bool:
     primitive = getattr(assoc.acceptor, "primitive", None)
     return getattr(primitive, "result", None) == 0x02
@@ -307,7 +317,14 @@ class Outbox:
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
         job.attempts[JobStageValues.SEND] = job.attempts.get(JobStageValues.SEND, 0) + 1
         self._queue.save(job)
-        files = self._queue.output_files(job)
+        files = []
+        for path in self._queue.output_files(job):
+            if _is_part10(path):
+                files.append(path)
+            else:
+                logger.warning(
+                    "non-DICOM file in job output not sent", extra={**ctx, "file": path.name}
+                )
         try:
             self._sender.send(files)
         except SendError as exc:
