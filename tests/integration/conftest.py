@@ -7,6 +7,7 @@ Orthanc 1.10 cannot bind a single address and would otherwise listen on every in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from dicom_node.embedded import (
 STORESCU_AET = "STORESCU"
 STABLE_AGE = 2
 QUIET_SECONDS = 1.5
+#: The engine checkpoint the node runs. Override to try the tests with another checkpoint
+#: (a name the engine resolves: shipped, or a folder of that name in the working directory).
+CHECKPOINT = os.environ.get("AI_NODE_TEST_CHECKPOINT", "default-cxr")
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         viewer_port=free_port(),
         stable_age=STABLE_AGE,
         quiet_seconds=QUIET_SECONDS,
+        checkpoints=(CHECKPOINT,),
         scanners=(
             DicomPeer("scanner", SAMPLE_SCU_AET),
             DicomPeer("storescu", STORESCU_AET),

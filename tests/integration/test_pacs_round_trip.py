@@ -31,7 +31,6 @@ from dicom_node.embedded import (
 
 pytestmark = pytest.mark.integration
 
-CHECKPOINT = "default-cxr"
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "dicom"
 STORESCU_AET = "STORESCU"  # allowed by the stack fixture (conftest.py)
@@ -87,7 +86,7 @@ def sample_file(study: str) -> Path:
 
 
 @cache
-def engine_scores(study: str) -> dict[str, float]:
+def engine_scores(study: str, checkpoint: str) -> dict[str, float]:
     """The engine's own scores for a sample study (ai_engine.pipeline, no network)."""
     from ai_engine import pipeline
 
@@ -97,7 +96,7 @@ def engine_scores(study: str) -> dict[str, float]:
     for path in sample_files(study):
         shutil.copy(path, work / "in")
     try:
-        results = pipeline.run(work / "in", work / "out", (CHECKPOINT,))
+        results = pipeline.run(work / "in", work / "out", (checkpoint,))
         return {
             image.sop_instance_uid: float(image.score)
             for result in results
@@ -129,7 +128,7 @@ def retrieve_series(client: DICOMwebClient, study_uid: str, record: dict) -> lis
     return list(client.retrieve_series(study_uid, series_uid))
 
 
-def check_results(client: DICOMwebClient, results: Results, study: str) -> None:
+def check_results(client: DICOMwebClient, results: Results, study: str, checkpoint: str) -> None:
     """Per source image one binary and one fractional SEG and a TID 1501 group in the one SR,
     all referencing it; the SR's scores are the engine's own for the same files."""
     sources = {
@@ -153,11 +152,11 @@ def check_results(client: DICOMwebClient, results: Results, study: str) -> None:
 
     (sr_record,) = results.series["SR"]
     (sr,) = retrieve_series(client, results.study_uid, sr_record)
-    report = hd.sr.srread(sr)  # highdicom reads it back as a structured report
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)  # highdicom reads it back
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert sr.Manufacturer == "AI Anomaly Node"
     groups = parse_anomaly_sr(sr)
-    expected = engine_scores(study)
+    expected = engine_scores(study, checkpoint)
     assert sorted(expected) == sorted(sources)
     for source_uid in sources:
         assert source_uid in referenced_uids(sr)
@@ -184,9 +183,11 @@ def pynetdicom_results(stack: EmbeddedStack, dicomweb: DICOMwebClient) -> Result
 
 
 def test_pynetdicom_study_gets_segs_and_sr(
-    dicomweb: DICOMwebClient, pynetdicom_results: Results
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, pynetdicom_results: Results
 ) -> None:
-    check_results(dicomweb, pynetdicom_results, "kermany_normal_mono2")
+    check_results(
+        dicomweb, pynetdicom_results, "kermany_normal_mono2", stack.options.checkpoints[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -220,7 +221,8 @@ def test_dcmtk_storescu_study_gets_segs_and_sr(
         capture_output=True,
         timeout=60,
     )
-    check_results(dicomweb, wait_for_results(dicomweb, study_uid, since=t0), study)
+    results = wait_for_results(dicomweb, study_uid, since=t0)
+    check_results(dicomweb, results, study, stack.options.checkpoints[0])
 
 
 def test_exactly_one_result_set_after_restabilising(
