@@ -85,7 +85,7 @@ function renderReport(report, services) {
   }
   const imgs = report.images;
   const pct = imgs.length === 1 ? imgs[0].healthyPercentile : undefined;
-  if (pct !== undefined) box.append(row('Healthy reference percentile', `${pct.toFixed(1)} %`, 'ai-percentile'));
+  if (pct !== undefined) box.append(row('Healthy images scoring lower', `${pct.toFixed(1)} %`, 'ai-percentile'));
   box.append(row('Model', [report.modelName, report.modelVersion].filter(Boolean).join(' ') || '–', 'ai-model'));
   if (report.contentDateTime) box.append(row('Analysed', formatDateTime(report.contentDateTime)));
   if (imgs.length) {
@@ -101,7 +101,9 @@ function renderReport(report, services) {
         const pctText = g.healthyPercentile !== undefined && imgs.length > 1 ? `, p${g.healthyPercentile.toFixed(0)}` : '';
         v = `${formatScore(g.score)}${g.status === 'abnormal' ? ' ⚠' : ''}${pctText}`;
       }
-      line.append(el('span', { color: g.status === 'abnormal' ? '#f87171' : C.text, whiteSpace: 'nowrap' }, v));
+      const na = g.status === 'not_analysed';
+      if (na) line.style.flexWrap = 'wrap';
+      line.append(el('span', { color: g.status === 'abnormal' ? '#f87171' : na ? C.muted : C.text, whiteSpace: na ? 'normal' : 'nowrap' }, v));
       list.append(line);
     }
     box.append(list);
@@ -198,7 +200,8 @@ export function mountPanel(root, services) {
   let last = null;
   const render = (s) => {
     ctl.update(s);
-    ctl.box.style.display = s.result.status === 'ok' ? '' : 'none';
+    const anyMap = s.heatmap.status !== 'none' || s.region.status !== 'none';
+    ctl.box.style.display = s.result.status === 'ok' && anyMap ? '' : 'none';
     if (s.result === last) return;
     last = s.result;
     result.replaceChildren();

@@ -77,7 +77,8 @@ export function parseGroup(group) {
       out.frameNumber = num(ref, TAG.ReferencedFrameNumber);
     } else if (type === 'TEXT' && !CONTEXT_CONCEPTS.has(conceptValue)) {
       // e.g. a "Reason" / "Comment" text next to status NOT_ANALYSED
-      out.reason = [out.reason, first(item, TAG.TextValue)].filter(Boolean).join('; ');
+      const text = String(first(item, TAG.TextValue) || '').replace(/^Not analysed:\s*/i, '');
+      out.reason = [out.reason, text].filter(Boolean).join('; ');
     }
   }
   if (!out.sopInstanceUID && /^anomaly\s+\d[\d.]*$/.test(out.trackingId || '')) {

@@ -21,7 +21,7 @@ test('abnormal study: score, threshold, flag, model and per-image group from the
   assert.match(img.sopInstanceUID, /^[0-9.]+$/);
   assert.equal(img.trackingId, `anomaly ${img.sopInstanceUID}`);
   assert.equal(img.status, 'abnormal');
-  assert.equal(img.healthyPercentile, 97.5);
+  assert.equal(img.healthyPercentile, 99.4);
   assert.ok(r.contentDateTime.length >= 14);
 });
 
@@ -85,4 +85,13 @@ test('newest report per model wins', () => {
 test('formatScore', () => {
   assert.equal(formatScore(0.8712), '0.87');
   assert.equal(formatScore(undefined), '–');
+});
+
+test('not analysed study from the real SR writer: status and reason, no score', () => {
+  const [inst] = fixture('not_analysed_sr_metadata.json');
+  const r = parseAnomalySr(inst);
+  assert.equal(r.study.status, 'not_analysed');
+  assert.equal(r.study.score, undefined);
+  assert.equal(r.images[0].status, 'not_analysed');
+  assert.equal(r.images[0].reason, 'image too small for the model (64 px)');
 });

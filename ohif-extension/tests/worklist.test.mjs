@@ -20,7 +20,7 @@ test('node API rows combine per study (any model flagged, highest score)', () =>
 
 test('QIDO fallback marks the studies with our SR (recorded Orthanc answer)', () => {
   const m = scoresFromQido(fixture('qido_series_sr_all.json'));
-  assert.equal(m.size, 2);
+  assert.equal(m.size, 3);
   for (const e of m.values()) {
     assert.equal(e.source, 'qido');
     assert.deepEqual(e.models, ['default-cxr']);
