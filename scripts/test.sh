@@ -4,7 +4,8 @@
 # `node --test`. pytest and node run inside a loopback-only network namespace (unshare -n),
 # because Orthanc 1.10 cannot bind a single address. Extra arguments go to pytest.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+cd "$(dirname "$self")/.."
 
 if [ "${AI_NODE_TEST_NETNS:-}" != "1" ]; then
   t0=$SECONDS
@@ -17,7 +18,7 @@ if [ "${AI_NODE_TEST_NETNS:-}" != "1" ]; then
   userns=()
   if [ "$(id -u)" -ne 0 ]; then userns=(-r); fi
   rc=0
-  AI_NODE_TEST_NETNS=1 unshare "${userns[@]}" -n "$0" "$@" || rc=$?
+  AI_NODE_TEST_NETNS=1 unshare "${userns[@]}" -n "$self" "$@" || rc=$?
   if [ "$rc" -eq 0 ]; then
     echo "== all checks passed in $((SECONDS - t0)) s"
   else
