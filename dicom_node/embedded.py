@@ -1048,6 +1048,19 @@ class _Pending:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class SampleOutcome:
+    """What happened to one sample study.
+
+    Attributes:
+        seconds: from the C-STORE to the SR being in Orthanc (0 for an earlier run's result).
+        abnormal: the node's study-level flag.
+    """
+
+    seconds: float
+    abnormal: bool
+
+
 def summary_line(study: SampleStudy, groups: Mapping[str, SrGroup], seconds: float) -> str:
     """One line per study: name, short UID, score, threshold, flag, time taken."""
     overall = groups.get("anomaly study")
@@ -1068,7 +1081,7 @@ def send_samples_and_report(
     *,
     timeout: float = 600.0,
     out: IO[str] | None = None,
-) -> dict[str, float]:
+) -> dict[str, SampleOutcome]:
     """C-STORE each sample study to Orthanc as the scanner and print a line when its SR is in.
 
     A sample study whose results are already in Orthanc (an earlier run on the same data
@@ -1082,21 +1095,26 @@ def send_samples_and_report(
         out: where to print (stdout by default).
 
     Returns:
-        Seconds from send to results in Orthanc per study name (0 for earlier results);
-        studies without results are missing.
+        The outcome per study name; studies without results are missing.
     """
     import sys
 
     stream = out or sys.stdout
     pending: list[_Pending] = []
-    timings: dict[str, float] = {}
+    timings: dict[str, SampleOutcome] = {}
     with stack.session() as session:
         for study in studies:
             earlier = find_results(session, stack.orthanc_url, study.study_uid, ("SR",))
             if earlier:
-                line = summary_line(study, parse_anomaly_sr(earlier[0]), 0.0)
-                print(f"{line}  [from an earlier run]", file=stream, flush=True)
-                timings[study.name] = 0.0
+                groups = parse_anomaly_sr(earlier[0])
+                line = summary_line(study, groups, 0.0)
+                model = str(earlier[0].get("ManufacturerModelName", "?"))
+                print(
+                    f"{line}  [earlier run, model {model}; --fresh re-analyses]",
+                    file=stream,
+                    flush=True,
+                )
+                timings[study.name] = SampleOutcome(0.0, _study_abnormal(groups))
                 continue
             t0 = time.monotonic()
             report = send_files(study.files, "127.0.0.1", stack.options.dicom_port)
@@ -1121,14 +1139,20 @@ def send_samples_and_report(
                 if srs:
                     seconds = time.monotonic() - item.sent_at
                     item.done = True
-                    timings[item.study.name] = seconds
-                    line = summary_line(item.study, parse_anomaly_sr(srs[0]), seconds)
+                    groups = parse_anomaly_sr(srs[0])
+                    timings[item.study.name] = SampleOutcome(seconds, _study_abnormal(groups))
+                    line = summary_line(item.study, groups, seconds)
                     print(line, file=stream, flush=True)
             time.sleep(0.5)
     for item in pending:
         if not item.done:
             print(f"{item.study.name}: no results within {timeout:.0f} s", file=stream)
     return timings
+
+
+def _study_abnormal(groups: Mapping[str, SrGroup]) -> bool:
+    overall = groups.get("anomaly study")
+    return bool(overall and overall.abnormal)
 
 
 def _parse_peer(text: str) -> DicomPeer:
@@ -1221,7 +1245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             studies = discover_samples(args.samples_dir)
             timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
             if stack.viewer_url and studies:
-                shown = next((st for st in studies if st.label == "abnormal"), studies[0])
+                flagged = [st for st in studies if st.name in timings and timings[st.name].abnormal]
+                shown = (flagged or studies)[0]
                 print(
                     f"open a study ({shown.name}): {stack.viewer_url}/viewer?"
                     f"StudyInstanceUIDs={shown.study_uid}"
