@@ -51,6 +51,8 @@ from dicom_node.errors import ConfigError, DicomNodeError
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+    from dicom_node.service import NodeService
+
 logger = logging.getLogger(__name__)
 
 #: Repository root (this file is dicom_node/embedded.py; the project runs from a checkout).
@@ -777,8 +779,8 @@ class StackOptions:
         stable_age: Orthanc's StableAge in seconds.
         quiet_seconds: the node's study quiet period.
         checkpoints: engine checkpoints.
-        scanners: AEs allowed to C-STORE into Orthanc (besides none: the node sends by
-            STOW-RS).
+        scanners: AEs allowed to C-STORE into Orthanc (the node is not one of them: it
+            sends its results by STOW-RS).
         fresh: wipe Orthanc's storage and the node's state first (tests).
     """
 
@@ -811,7 +813,7 @@ class EmbeddedStack:
         self.data_dir = options.data_dir.resolve()
         self.secrets: Secrets | None = None
         self.orthanc: OrthancProcess | None = None
-        self.node: Any = None
+        self.node: NodeService | None = None
         self.viewer: ManagedProcess | None = None
         self._stack = contextlib.ExitStack()
 
@@ -896,7 +898,7 @@ class EmbeddedStack:
         elif opts.viewer_port:
             logger.warning("no viewer server at %s; running without the viewer", VIEWER_SERVER)
 
-    def _start_node(self) -> Any:
+    def _start_node(self) -> NodeService:
         from dicom_node.config import load_settings
         from dicom_node.service import NodeService
 
