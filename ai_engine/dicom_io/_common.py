@@ -6,13 +6,17 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.uid import UID, generate_uid
 
 from ai_engine.dicom_io import markers
+from ai_engine.errors import UnsupportedInputError
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +185,85 @@ def valid_spacing(value: object) -> tuple[float, float] | None:
     if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
         return None
     return values[0], values[1]
+
+
+def require_frame_of_reference(sources: Sequence[Dataset], what: str) -> None:
+    """Check that single-frame sources of one study, series and frame of reference have planes.
+
+    Args:
+        sources: source slice headers.
+        what: the object to be written, for the message (e.g. "a Parametric Map").
+
+    Raises:
+        UnsupportedInputError: a source without FrameOfReferenceUID, ImagePositionPatient or
+            ImageOrientationPatient (a projection radiograph: use a FRACTIONAL SEG), a
+            multi-frame source, a repeated source, or sources that differ in study, series
+            or frame of reference.
+    """
+    for src in sources:
+        uid = src.get("SOPInstanceUID", "?")
+        if not src.get("FrameOfReferenceUID"):
+            raise UnsupportedInputError(
+                f"source {uid} (Modality {src.get('Modality', '?')}) has no Frame of Reference; "
+                f"{what} needs one (for projection radiographs write a FRACTIONAL SEG instead)"
+            )
+        missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient") if not src.get(k)]
+        if missing:
+            raise UnsupportedInputError(
+                f"source {uid} has no {' or '.join(missing)}; {what} needs the slice's plane"
+            )
+        if int(src.get("NumberOfFrames", 1) or 1) > 1:
+            raise UnsupportedInputError(
+                f"source {uid} is multi-frame; {what} is written from single-frame slices"
+            )
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        found = {str(s.get(keyword)) for s in sources}
+        if len(found) > 1:
+            raise UnsupportedInputError(f"sources of {what} differ in {keyword}: {sorted(found)}")
+    uids = [str(s.get("SOPInstanceUID")) for s in sources]
+    if len(set(uids)) != len(uids):
+        raise UnsupportedInputError(f"a source slice is given twice for {what}")
+
+
+def laterality_from_sources(sources: Sequence[Dataset]) -> str:
+    """General Series Laterality for an output derived from ``sources``.
+
+    Args:
+        sources: the source headers.
+
+    Returns:
+        "R" or "L" when every source that states a side (Laterality, else ImageLaterality)
+        states the same one; "" (Type 2: unknown) otherwise.
+    """
+    sides = set()
+    for src in sources:
+        side = str(src.get("Laterality", "") or src.get("ImageLaterality", "") or "").upper()
+        if side:
+            sides.add(side)
+    if len(sides) == 1 and sides <= {"R", "L"}:
+        return sides.pop()
+    return ""
+
+
+def check_unit_interval(name: str, array: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    """A finite float array in [0, 1] as float32; values within 1e-6 outside are clipped.
+
+    Args:
+        name: what the array is, for the message.
+        array: the values.
+
+    Returns:
+        A float32 copy clipped to [0, 1].
+
+    Raises:
+        ValueError: not a float array, NaN/infinite values, or values outside [0, 1].
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array, not {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has NaN or infinite values")
+    tolerance = 1e-6
+    if array.size and (array.min() < -tolerance or array.max() > 1 + tolerance):
+        raise ValueError(f"{name} must lie in [0, 1]; found [{array.min()}, {array.max()}]")
+    clipped: npt.NDArray[np.float32] = np.clip(array, 0.0, 1.0).astype(np.float32)
+    return clipped

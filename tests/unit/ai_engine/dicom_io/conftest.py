@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -11,6 +12,8 @@ import numpy as np
 import pydicom.config
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
@@ -110,3 +113,59 @@ def png_factory(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
         return path, make_png(path, **kwargs)
 
     return make
+
+
+#: Slices of the synthetic CT series (`ct_series`); slice k has pixel values raw + 7 * k.
+CT_SERIES_SLICES = 5
+CT_SERIES_PIXEL_STEP = 7
+CT_SERIES_SLICE_STEP_MM = 2.5
+
+
+def _ct_series(folder: Path, n: int) -> tuple[list[pydicom.Dataset], list[Path]]:
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series_uid = generate_uid()
+    x, y, z = (float(v) for v in template.ImagePositionPatient)
+    raw = template.pixel_array
+    datasets = []
+    for k in range(n):
+        ds = copy.deepcopy(template)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient = [x, y, z + CT_SERIES_SLICE_STEP_MM * k]
+        ds.SliceLocation = z + CT_SERIES_SLICE_STEP_MM * k
+        ds.InstanceNumber = n - k  # instance order is the reverse of the position order
+        ds.SpacingBetweenSlices = CT_SERIES_SLICE_STEP_MM
+        ds.PixelData = (raw + CT_SERIES_PIXEL_STEP * k).astype(raw.dtype).tobytes()
+        datasets.append(ds)
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(3).permutation(n)
+    paths: list[Path] = [folder] * n
+    for name_index, k in enumerate(order):  # file names do not follow the slice order
+        path = folder / f"slice{name_index:02d}.dcm"
+        datasets[k].save_as(path, enforce_file_format=True)
+        paths[k] = path
+    return datasets, paths
+
+
+@pytest.fixture
+def ct_series(tmp_path: Path) -> tuple[list[pydicom.Dataset], list[Path]]:
+    """A 5-slice CT series made from pydicom's CT_small, written to disk in shuffled order.
+
+    Returns (datasets, paths), both in anatomical order (ImagePositionPatient z ascending by
+    2.5 mm). InstanceNumber runs the other way (5..1), file names are shuffled, and slice k
+    stores CT_small's pixels + 7 * k.
+    """
+    return _ct_series(tmp_path / "ct_series", CT_SERIES_SLICES)
+
+
+@pytest.fixture
+def ct_small() -> pydicom.Dataset:
+    """pydicom's CT_small.dcm (offline test file), read fresh for each test."""
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+
+
+@pytest.fixture
+def mr_small() -> pydicom.Dataset:
+    """pydicom's MR_small.dcm (offline test file), read fresh for each test."""
+    return pydicom.dcmread(get_testdata_file("MR_small.dcm"))

@@ -1,0 +1,222 @@
+"""Parametric Map of the anomaly map of CT/MR slices (highdicom, strict writing).
+
+A Parametric Map (PM) carries the continuous anomaly map as 32-bit float pixels on the
+source grid. It needs a Frame of Reference and plane positions, so it is written for sources
+that have them (CT/MR slices); a 2D radiograph (DX/CR, no Frame of Reference) gets the
+FRACTIONAL SEG of `seg_writer.write_fractional_seg` instead, and `write_parametric_map`
+raises `UnsupportedInputError` for it (stack-notes section 4: a PM is not a valid IOD there,
+and highdicom 0.28.2 fails on it).
+
+Layout:
+
+- One frame per source slice. ``values[k]`` belongs to ``sources[k]``; highdicom takes each
+  frame's plane position and orientation from its source and references the source per
+  frame (DerivationImageSequence / SourceImageSequence).
+- PITFALL: highdicom 0.28.2 *always* stores the frames in its own spatial order (sorted
+  along the normal of its volume convention; for an axial series sorted feet-to-head, as
+  `volume.read_series` returns it, that is head-to-feet, i.e. reversed), with
+  DimensionOrganizationType 3D. Pixels, positions and references move together, so the
+  object is consistent, but frame ``i`` of the file is not ``sources[i]``: a reader must map
+  frames by their source reference or plane position (as viewers and highdicom's
+  ``get_volume`` do), never by index. `frame_sources` lists the mapping.
+- ContentQualification RESEARCH; image flavour VOLUME, derived pixel contrast QUANTITY.
+- Real World Value Mapping: stored value = real world value, range 0..1, unit
+  (1, UCUM, "no units"), LUT label "ANOMALY", explanation
+  "anomaly map, 0.5 = pixel threshold" (0.5 = the first calibrated pixel threshold, as in the
+  fractional SEG).
+- VOI window center 0.5, width 1 so a viewer without a heat-map mode shows 0..1 as
+  black..white.
+- Provenance: Manufacturer = `markers.OUTPUT_MANUFACTURER`, ManufacturerModelName = model
+  name, SoftwareVersions = model version, DeviceSerialNumber = first 16 hex digits of the
+  weights sha256, ContentLabel "ANOMALY_MAP", ContentDescription "map by <name> <version>",
+  and every frame's derivation item has a DerivationDescription with model id, name,
+  version and the full weights sha256 (a PM has no Algorithm Identification Sequence).
+  SeriesDescription "AI anomaly map (research use only, not for clinical use)", series
+  number 9004.
+
+highdicom pitfalls handled here (highdicom 0.28.2):
+
+- General Series Laterality is Type 2C and highdicom leaves it out; dciodvfy then reports
+  an error for every PM. It is copied from the source's Laterality, else from an
+  ImageLaterality of R or L; otherwise it is written empty ("unknown", which dciodvfy
+  accepts with a warning; "absent" would be an error, and a made-up side would be wrong).
+- Missing Type 2 patient/study attributes and invalid PixelSpacing of the sources are
+  repaired by `_common.prepare_source`, as for the SEGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ai_engine.dicom_io import markers
+from ai_engine.dicom_io._common import (
+    check_unit_interval,
+    laterality_from_sources,
+    new_uid,
+    prepare_source,
+    require_frame_of_reference,
+    series_description,
+)
+from ai_engine.types import AlgorithmInfo
+
+__all__ = ["PARAMETRIC_MAP_SERIES_NUMBER", "frame_sources", "write_parametric_map"]
+
+logger = logging.getLogger(__name__)
+
+PARAMETRIC_MAP_SERIES_NUMBER = 9004
+
+#: LUT label (SH, 16 characters) and explanation of the real world value mapping.
+LUT_LABEL = "ANOMALY"
+LUT_EXPLANATION = "anomaly map, 0.5 = pixel threshold"
+
+_NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+def _derivation_description(algorithm: AlgorithmInfo) -> str:
+    return (
+        f"Anomaly map by {algorithm.name} {algorithm.version} "
+        f"(model_id {algorithm.model_id}; weights sha256 {algorithm.weights_sha256 or 'unknown'})"
+    )
+
+
+def _as_frames(
+    values: npt.NDArray[np.generic], sources: Sequence[Dataset]
+) -> npt.NDArray[np.float32]:
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"values must be a float array, not {array.dtype}")
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.ndim != 3:
+        raise ValueError(f"values must be (frames, rows, cols) or (rows, cols); got {array.shape}")
+    if array.shape[0] != len(sources):
+        raise ValueError(
+            f"values have {array.shape[0]} frames; one per source slice is needed "
+            f"({len(sources)} sources)"
+        )
+    for index, src in enumerate(sources):
+        expected = (int(src.Rows), int(src.Columns))
+        if array.shape[1:] != expected:
+            raise ValueError(
+                f"values have (rows, cols) {array.shape[1:]}; source {index} has {expected}"
+            )
+    return check_unit_interval("anomaly map", array)
+
+
+def write_parametric_map(
+    sources: Sequence[Dataset],
+    values: npt.NDArray[np.floating],
+    algorithm: AlgorithmInfo,
+    *,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+    series_number: int = PARAMETRIC_MAP_SERIES_NUMBER,
+) -> hd.pm.ParametricMap:
+    """A Parametric Map (float32, one frame per source slice) holding the anomaly map.
+
+    Args:
+        sources: the analysed slices (headers are enough, e.g. `SourceImage.dataset` or
+            `Volume.datasets`), single-frame images of one series with a Frame of
+            Reference; ``sources[k]`` is the slice of ``values[k]``.
+        values: float (frames, rows, cols), or (rows, cols) for one slice, in [0, 1] on the
+            source grid; 0.5 = the first pixel threshold. Values within 1e-6 outside [0, 1]
+            are clipped.
+        algorithm: the model that made the map.
+        series_instance_uid: series to put the PM into; new if None.
+        instance_number: InstanceNumber.
+        series_number: SeriesNumber (default 9004).
+
+    Returns:
+        The ParametricMap (a pydicom Dataset with file meta; write it with `convert.save`).
+        Its frames are in highdicom's spatial order (see the module docstring and
+        `frame_sources`).
+
+    Raises:
+        UnsupportedInputError: a source without Frame of Reference or plane position
+            (e.g. a radiograph: write a FRACTIONAL SEG instead), a multi-frame source, or
+            sources of different studies, frames of reference or series.
+        ValueError: no source, values of the wrong shape or type, not finite, or outside
+            [0, 1].
+    """
+    if not sources:
+        raise ValueError("write_parametric_map needs at least one source slice")
+    require_frame_of_reference(sources, "a Parametric Map")
+    frames = _as_frames(values, sources)
+    prepared = [prepare_source(s) for s in sources]
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=LUT_LABEL,
+        lut_explanation=LUT_EXPLANATION,
+        unit=_NO_UNITS,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+    )
+    with warnings.catch_warnings():
+        # The sources' PatientName is copied as it is; its form is not ours to judge.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        pm = hd.pm.ParametricMap(
+            source_images=prepared,
+            pixel_array=frames,
+            series_instance_uid=series_instance_uid or new_uid(),
+            series_number=series_number,
+            sop_instance_uid=new_uid(),
+            instance_number=instance_number,
+            manufacturer=markers.OUTPUT_MANUFACTURER,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            device_serial_number=algorithm.weights_sha256[:16] or "unknown",
+            contains_recognizable_visual_features=any(
+                str(s.get("RecognizableVisualFeatures", "")).upper() == "YES" for s in prepared
+            ),
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            content_description=f"map by {algorithm.name} {algorithm.version}"[:64],
+            content_label="ANOMALY_MAP",
+            content_qualification=hd.ContentQualificationValues.RESEARCH,
+            series_description=series_description("map"),
+        )
+    # Type 2C that highdicom leaves out (dciodvfy error); see the module docstring.
+    pm.Laterality = laterality_from_sources(prepared)
+    description = _derivation_description(algorithm)[:1024]
+    for frame_item in pm.PerFrameFunctionalGroupsSequence:
+        for derivation in frame_item.get("DerivationImageSequence", []):
+            derivation.DerivationDescription = description
+    logger.debug(
+        "built parametric map %s with %d frames for series %s",
+        pm.SOPInstanceUID,
+        frames.shape[0],
+        prepared[0].SeriesInstanceUID,
+    )
+    return pm
+
+
+def frame_sources(ds: Dataset) -> list[str]:
+    """SOP Instance UID of the source slice of each frame of a PM or SEG, in frame order.
+
+    Args:
+        ds: an enhanced multi-frame object whose frames reference their source image in
+            DerivationImageSequence / SourceImageSequence (as written by this package).
+
+    Returns:
+        One UID per frame ("" for a frame without a source reference).
+    """
+    uids = []
+    for item in ds.get("PerFrameFunctionalGroupsSequence", []):
+        uid = ""
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                break
+            if uid:
+                break
+        uids.append(uid)
+    return uids
