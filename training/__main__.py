@@ -1,4 +1,4 @@
-"""Command line: ``python -m training fit|evaluate|manifest``.
+"""Command line: ``python -m training fit|evaluate|manifest|export``.
 
 - ``fit --config training/configs/<model_id>.yaml --out DIR``: train on the manifest's train
   split (normal images), calibrate on val, write a checkpoint folder with its model card.
@@ -6,6 +6,8 @@
   print, as the last line, one JSON object (auroc, auprc, sensitivity, specificity, threshold,
   n_normal, n_abnormal, pixel_auroc/dice when the manifest has masks, ...).
 - ``manifest --dicom-dir DIR --out CSV [--labels CSV]``: a manifest from a folder of DICOM.
+- ``export --checkpoint NAME_OR_PATH --out FILE.onnx``: ONNX export of the network; prints
+  one JSON line with the path and the max torch vs ONNX Runtime score difference.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p_man.add_argument(
         "--labels", type=Path, default=None, help="CSV with SOPInstanceUID or path, label[, split]"
     )
+    p_exp = sub.add_parser("export", help="export to ONNX, print the torch vs ORT score difference")
+    p_exp.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
+    p_exp.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p_exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -81,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                 scores_csv=args.scores_csv,
             )
             print(json.dumps(result))
+        elif args.command == "export":
+            from ai_engine.export import DEFAULT_OPSET, export_onnx, parity_images, score_difference
+
+            opset = args.opset or DEFAULT_OPSET
+            path = export_onnx(args.checkpoint, args.out, opset=opset)
+            images = parity_images()
+            diff = score_difference(path, args.checkpoint, images)
+            print(json.dumps({"onnx": str(path), "opset": opset, "n_images": len(images), **diff}))
         else:
             from training.manifest import build_manifest
 
