@@ -1,0 +1,389 @@
+"""DICOM ingest rate: the node's SCP vs dcmtk storescp vs Orthanc's C-STORE SCP (issue 10).
+
+    .venv/bin/python bench/ingest.py [--files 200] [--reps 3] [--associations 1,4]
+        [--source tests/data/dicom/kermany_normal_mono2/kermany_normal_mono2.dcm]
+
+Receivers, each on an ephemeral loopback port:
+
+- ``node``: `dicom_node.service.NodeService` in this process (pynetdicom SCP; every instance
+  written to the spool with fsync of the file and its folder before the C-STORE response).
+  The quiet period is one hour and the engine a no-op, so no job runs during the bench.
+- ``storescp``: dcmtk ``storescp --fork`` (one process per association; writes files, no fsync).
+- ``orthanc``: the Debian Orthanc with the project's configuration (``SyncStorageArea``
+  default: fsync), routing off.
+
+Senders: dcmtk ``storescu +sd DIR`` processes, one per association, all started together,
+with ``TCP_NODELAY=1`` (Debian's dcmtk leaves Nagle on; stack-notes section 5); Orthanc is
+started with ``TCP_NODELAY=1`` too. The files are copies of one sample DX with new Study,
+Series and SOP Instance UIDs; with A associations each sends ``files / A`` of them, as its own
+study. Every receiver gets the very same files; a fresh set is made per (repetition,
+association count), so no receiver sees an instance twice. Rate = files received / wall time
+from starting the storescu processes until the last one exits (process start and association
+set-up included). Cells run receiver-interleaved; the table shows the median over ``--reps``.
+
+Runs only inside a network namespace whose only interface is ``lo``: when started outside one
+it re-executes itself under ``unshare -n`` (``-r`` when not root) after ``ip link set lo up``,
+like scripts/test.sh. Prints tables, then, as the last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dicom_node.embedded import (
+    DicomPeer,
+    ManagedProcess,
+    OrthancProcess,
+    free_port,
+    loopback_only_namespace,
+    render_orthanc_config,
+    write_orthanc_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = (
+    REPO / "tests" / "data" / "dicom" / "kermany_normal_mono2" / "kermany_normal_mono2.dcm"
+)
+NETNS_MARKER = "AI_NODE_BENCH_NETNS"
+SCU_AET = "BENCH"
+SEND_TIMEOUT = 300.0
+
+
+def ensure_loopback_namespace(argv: Sequence[str]) -> None:
+    """Re-exec this script in a loopback-only network namespace unless already in one."""
+    if loopback_only_namespace():
+        return
+    if os.environ.get(NETNS_MARKER) == "1":
+        raise SystemExit("not in a loopback-only network namespace even after unshare -n")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        raise SystemExit("needs unshare (util-linux) and ip (iproute2) for a loopback-only netns")
+    userns = ["-r"] if os.getuid() != 0 else []
+    os.environ[NETNS_MARKER] = "1"
+    command = [
+        "unshare",
+        *userns,
+        "-n",
+        "--",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$@"',
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *argv,
+    ]
+    sys.stdout.flush()
+    os.execvp("unshare", command)  # noqa: S606 - fixed command line
+
+
+# --------------------------------------------------------------------------- files
+
+
+def make_files(source: Path, root: Path, n_files: int, associations: int) -> list[Path]:
+    """Copies of ``source`` with new UIDs, split into one folder (one study) per association."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    template = dcmread(source)
+    per_assoc = n_files // associations
+    folders = []
+    for a in range(associations):
+        folder = root / f"assoc{a}"
+        folder.mkdir(parents=True)
+        study, series = generate_uid(), generate_uid()
+        for i in range(per_assoc):
+            ds = template.copy()
+            ds.StudyInstanceUID = study
+            ds.SeriesInstanceUID = series
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = i + 1
+            ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+        folders.append(folder)
+    return folders
+
+
+def send(folders: Sequence[Path], port: int, called_ae: str) -> tuple[float, list[str]]:
+    """Run one storescu per folder concurrently; wall seconds and any failure messages."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", SCU_AET, "-aec", called_ae, "127.0.0.1", str(port), "+sd", str(f)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for f in folders
+    ]
+    problems = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=SEND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            problems.append("storescu timed out")
+        if proc.returncode != 0:
+            problems.append(
+                f"storescu exit {proc.returncode}: {out.decode(errors='replace')[-300:]}"
+            )
+    return time.perf_counter() - started, problems
+
+
+# --------------------------------------------------------------------------- receivers
+
+
+class Receiver:
+    """A started SCP: its name, port, called AE title and a received-instance counter."""
+
+    def __init__(
+        self, name: str, port: int, aet: str, count: Callable[[], int], stop: Callable[[], None]
+    ) -> None:
+        self.name, self.port, self.aet = name, port, aet
+        self.count, self.stop = count, stop
+
+
+def start_node(work: Path) -> Receiver:
+    from dicom_node.config import NodeSettings
+    from dicom_node.service import NodeService
+
+    settings = NodeSettings(
+        ae_title="AINODE",
+        host="127.0.0.1",
+        port=0,
+        allowed_calling_aes=[SCU_AET],
+        http_port=0,
+        data_dir=work / "node",
+        study_quiet_seconds=3600,
+        study_max_wait_seconds=3600,
+        min_free_disk_mb=0,
+    )
+    service = NodeService(settings, engine=lambda _i, _o, _c: [])
+    service.start()
+
+    def count() -> int:
+        return service.metrics.snapshot()["instances_received_total"]
+
+    return Receiver("node", service.scp_port, "AINODE", count, service.stop)
+
+
+def wait_listening(port: int, proc: ManagedProcess, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.name} exited: {proc.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{proc.name} not listening on {port} after {timeout} s")
+
+
+def start_storescp(work: Path) -> Receiver:
+    out = work / "storescp"
+    out.mkdir()
+    port = free_port()
+    proc = ManagedProcess(
+        "storescp",
+        ["storescp", "--fork", "-aet", "STORESCP", "-od", str(out), "-fe", ".dcm", str(port)],
+        work / "storescp.log",
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    proc.start()
+    wait_listening(port, proc)
+    return Receiver(
+        "storescp", port, "STORESCP", lambda: sum(1 for _ in out.glob("*.dcm")), proc.stop
+    )
+
+
+def start_orthanc(work: Path) -> Receiver:
+    password = secrets.token_urlsafe(16)
+    dicom_port = free_port()
+    config = render_orthanc_config(
+        storage_dir=work / "orthanc" / "db",
+        http_port=free_port(),
+        dicom_port=dicom_port,
+        users={"bench": password},
+        node=DicomPeer("ainode", "AINODE", port=free_port()),
+        scanners=[DicomPeer("bench", SCU_AET)],
+        stable_age=3600,
+        routing_enabled=False,
+    )
+    orthanc = OrthancProcess.from_config(write_orthanc_config(work / "orthanc", config), config)
+    orthanc.start()
+    session = orthanc.session()
+
+    def count() -> int:
+        stats = session.get(f"{orthanc.http_url}/statistics", timeout=30)
+        stats.raise_for_status()
+        return int(stats.json()["CountInstances"])
+
+    def stop() -> None:
+        session.close()
+        orthanc.stop()
+
+    return Receiver("orthanc", dicom_port, config["DicomAet"], count, stop)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=200, help="instances per cell")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--associations", default="1,4")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--receivers", default="node,storescp,orthanc")
+    args = parser.parse_args(argv)
+    ensure_loopback_namespace(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install dcmtk")
+
+    assoc_counts = [int(a) for a in args.associations.split(",")]
+    names = args.receivers.split(",")
+    starters = {"node": start_node, "storescp": start_storescp, "orthanc": start_orthanc}
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    receivers: list[Receiver] = []
+    results: list[dict[str, Any]] = []
+    try:
+        for name in names:
+            (work / name).mkdir(exist_ok=True)
+            receivers.append(starters[name](work / name))
+        source_kb = args.source.stat().st_size // 1024
+        print(
+            f"{args.files} copies of {args.source.name} ({source_kb} KB) per cell, "
+            f"{args.reps} reps, receivers {names}, in a loopback-only netns"
+        )
+        for rep in range(args.reps):
+            for n_assoc in assoc_counts:
+                folders = make_files(
+                    args.source, work / f"files-r{rep}-a{n_assoc}", args.files, n_assoc
+                )
+                n_sent = sum(len(list(f.glob("*.dcm"))) for f in folders)
+                order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
+                for rx in order:
+                    before = rx.count()
+                    seconds, problems = send(folders, rx.port, rx.aet)
+                    received = rx.count() - before
+                    row = {
+                        "receiver": rx.name,
+                        "associations": n_assoc,
+                        "rep": rep,
+                        "sent": n_sent,
+                        "received": received,
+                        "seconds": round(seconds, 3),
+                        "inst_per_s": round(received / seconds, 1),
+                        "problems": problems,
+                    }
+                    results.append(row)
+                    note = f" {problems}" if problems else ""
+                    print(
+                        f"  rep {rep} {rx.name:<9} x{n_assoc}: {row['inst_per_s']:>7.1f} inst/s "
+                        f"({received}/{n_sent} in {seconds:.2f} s){note}",
+                        file=sys.stderr,
+                    )
+                shutil.rmtree(work / f"files-r{rep}-a{n_assoc}")
+    finally:
+        for rx in receivers:
+            rx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary: dict[str, dict[int, float]] = {}
+    print()
+    print("| receiver | associations | inst/s (median) | all reps | received/sent |")
+    print("|---|---:|---:|---|---:|")
+    for rx_name in names:
+        for n_assoc in assoc_counts:
+            rows = [r for r in results if r["receiver"] == rx_name and r["associations"] == n_assoc]
+            median = statistics.median(r["inst_per_s"] for r in rows)
+            summary.setdefault(rx_name, {})[n_assoc] = median
+            received = sum(r["received"] for r in rows)
+            sent = sum(r["sent"] for r in rows)
+            reps = ", ".join(f"{r['inst_per_s']:.0f}" for r in rows)
+            print(f"| {rx_name} | {n_assoc} | {median:.1f} | {reps} | {received}/{sent} |")
+
+    goals: dict[str, Any] = {}
+    node = summary.get("node", {})
+    if 1 in node and 1 in summary.get("orthanc", {}):
+        ratio = node[1] / summary["orthanc"][1]
+        goals["node_vs_orthanc_1assoc"] = {
+            "ratio": round(ratio, 2),
+            "goal": ">= 1.0",
+            "met": ratio >= 1.0,
+        }
+    if 4 in node and 4 in summary.get("storescp", {}):
+        ratio = node[4] / summary["storescp"][4]
+        goals["node_vs_storescp_4assoc"] = {
+            "ratio": round(ratio, 2),
+            "goal": ">= 0.5",
+            "met": ratio >= 0.5,
+        }
+    if 1 in node and 4 in node:
+        ratio = node[4] / node[1]
+        goals["node_4assoc_vs_1assoc"] = {
+            "ratio": round(ratio, 2),
+            "goal": "no collapse (>= 0.9)",
+            "met": ratio >= 0.9,
+        }
+    if goals:
+        print()
+        print("| goal (issue 10) | ratio | target | met |")
+        print("|---|---:|---|---|")
+        for goal_name, g in goals.items():
+            print(
+                f"| {goal_name} | {g['ratio']:.2f} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
+            )
+    failures = [r for r in results if r["problems"] or r["received"] != r["sent"]]
+    print(
+        json.dumps(
+            {
+                "bench": "ingest",
+                "files_per_cell": args.files,
+                "source": str(
+                    args.source.relative_to(REPO)
+                    if args.source.is_relative_to(REPO)
+                    else args.source
+                ),
+                "source_kb": source_kb,
+                "reps": args.reps,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "loadavg_start": load_start,
+                    "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+                },
+                "median_inst_per_s": {
+                    k: {str(a): v for a, v in d.items()} for k, d in summary.items()
+                },
+                "goals": goals,
+                "runs": results,
+                "failures": len(failures),
+            }
+        )
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
