@@ -25,8 +25,9 @@ Pixel pipeline of `read_image` (PS3.3 C.11, in this order):
    on top: in the image IODs it only restates MONOCHROME1 (INVERSE) or MONOCHROME2 (IDENTITY).
 
 Multi-frame: `read_image` returns one frame (``frame=0`` by default); `read_frames` returns
-all. A 3D volume assembled from a series folder (CT/MR slices) is not handled here yet; it
-needs slice sorting by ImagePositionPatient and is left to a later issue.
+all. A 3D volume assembled from the single-frame slices of a CT/MR series (sorted by
+ImagePositionPatient) is read by `ai_engine.dicom_io.volume.read_series`, with the same
+rules except that step 4's min/max is taken over the whole volume.
 """
 
 from __future__ import annotations
@@ -434,9 +435,34 @@ def _linear(values: npt.NDArray[np.float64], lo: float, hi: float, invert: bool)
 
 def _to_display(stored: npt.NDArray[Any], ds: Dataset, frame: int) -> FloatArray:
     """Modality LUT, VOI, normalisation and MONOCHROME1 inversion of one frame."""
-    invert = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+    invert = _is_monochrome1(ds)
     values, eight_bit_range = _modality(stored, ds, frame)
+    shown = _apply_voi(values, ds, frame, invert, eight_bit_range)
+    if shown is not None:
+        return shown
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        logger.warning("constant image: all pixels are %s", lo)
+    return _linear(values, lo, hi, invert)
 
+
+def _is_monochrome1(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+
+
+def _apply_voi(
+    values: npt.NDArray[np.float64],
+    ds: Dataset,
+    frame: int,
+    invert: bool,
+    eight_bit_range: tuple[float, float] | None,
+) -> FloatArray | None:
+    """Steps 3-5 of the module docstring for modality values, or None for the min/max rule.
+
+    Returns None when the image has no usable VOI LUT or window and is not 8-bit: the caller
+    then scales by a min/max of its choice (the image's own in `read_image`, the whole
+    volume's in `volume.read_series`).
+    """
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         item = ds.VOILUTSequence[0]
         lut_bits = int(item.LUTDescriptor[2]) if "LUTDescriptor" in item else 16
@@ -465,8 +491,4 @@ def _to_display(stored: npt.NDArray[Any], ds: Dataset, frame: int) -> FloatArray
 
     if eight_bit_range is not None:
         return _linear(values, eight_bit_range[0], eight_bit_range[1], invert)
-
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        logger.warning("constant image: all pixels are %s", lo)
-    return _linear(values, lo, hi, invert)
+    return None
