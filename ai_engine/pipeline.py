@@ -136,6 +136,7 @@ def run(
     """
     from pydicom.uid import generate_uid
 
+    from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.reader import read_image
     from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
     from ai_engine.dicom_io.sr_writer import write_sr
@@ -190,14 +191,27 @@ def run(
                     series_instance_uid=seg_series,
                     instance_number=i + 1,
                 )
-                fractional = write_fractional_seg(
-                    dataset,
-                    fractional_map(source_map, cal),
-                    algorithm,
-                    series_instance_uid=frac_series,
-                    instance_number=i + 1,
-                )
-                for kind, ds in (("seg", binary), ("map", fractional)):
+                # continuous map: Parametric Map where the source has a frame of reference
+                # (CT/MR), FRACTIONAL SEG on projection radiographs (a PM is not valid there)
+                scaled = fractional_map(source_map, cal)
+                continuous: Dataset
+                if dataset.get("FrameOfReferenceUID"):
+                    continuous = write_parametric_map(
+                        [dataset],
+                        scaled,
+                        algorithm,
+                        series_instance_uid=frac_series,
+                        instance_number=i + 1,
+                    )
+                else:
+                    continuous = write_fractional_seg(
+                        dataset,
+                        scaled,
+                        algorithm,
+                        series_instance_uid=frac_series,
+                        instance_number=i + 1,
+                    )
+                for kind, ds in (("seg", binary), ("map", continuous)):
                     path = output_dir / f"{card.name}_{kind}_{ds.SOPInstanceUID}.dcm"
                     ds.save_as(path, enforce_file_format=True)
                     files.append(str(path))

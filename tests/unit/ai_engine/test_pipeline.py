@@ -109,3 +109,30 @@ def test_a_folder_without_images_raises_a_clear_error(tiny_checkpoint, tmp_path)
     (d / "x.dcm").write_bytes(b"garbage")
     with pytest.raises(UnsupportedInputError, match="no readable DICOM image"):
         pipeline.run(d, tmp_path / "out", [str(tiny_checkpoint)])
+
+
+def test_mr_source_gets_a_parametric_map_instead_of_a_fractional_seg(tmp_path):
+    """An MR slice (it has a frame of reference) analysed by an MR model gets a Parametric Map."""
+    import dataclasses
+    import json
+
+    from ai_engine import checkpoints
+
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    d = tmp_path / "in"
+    d.mkdir()
+    mr.save_as(d / "mr.dcm")
+    # the shipped CXR model refuses MR; a copy of it whose card accepts MR scores it
+    ckpt = tmp_path / "mr-model"
+    shutil.copytree(checkpoints.resolve("default-cxr"), ckpt)
+    card = checkpoints.read_card(ckpt)
+    card = dataclasses.replace(card, name="mr-test", modalities=("MR",), body_parts=(), views=())
+    (ckpt / "card.json").write_text(json.dumps(checkpoints.card_to_dict(card)))
+    [result] = pipeline.run(d, tmp_path / "out", [str(ckpt)])
+    assert result.images[0].score is not None
+    sop_classes = sorted(pydicom.dcmread(f).SOPClassUID.name for f in result.files)
+    assert sop_classes == [
+        "Comprehensive SR Storage",
+        "Parametric Map Storage",
+        "Segmentation Storage",
+    ]
