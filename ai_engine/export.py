@@ -210,6 +210,7 @@ def onnx_model(
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int = 0,
+    allow_spinning: bool = False,
 ) -> OnnxReconstructionModel:
     """An ONNX Runtime model that scores like ``ai_engine.checkpoints.load(checkpoint)``.
 
@@ -218,6 +219,9 @@ def onnx_model(
         checkpoint: shipped checkpoint name or folder (its card gives scoring and calibration).
         providers: ONNX Runtime execution providers, in order of preference.
         intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose.
+        allow_spinning: let ONNX Runtime's idle threads busy-wait for the next run. Off by
+            default: the pre- and post-processing run in torch in the same process, and
+            spinning threads take the cores from it (measured on 2 cores: see bench/).
 
     Returns:
         The model (use it with `ai_engine.pipeline.predict_images`).
@@ -237,6 +241,9 @@ def onnx_model(
         raise OnnxExportError(f"no ONNX file {onnx_path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+    )
     load_errors = (
         ort_state.Fail,
         ort_state.InvalidArgument,

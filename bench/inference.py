@@ -7,7 +7,10 @@
    scoring path) for torch on CPU, ONNX Runtime on CPU (the checkpoint exported with
    `ai_engine.export.export_onnx`) and torch on CUDA when there is a GPU (with the autocast the
    pipeline uses there). For each batch size B the pipeline's batch size is set to B and
-   ``predict_images`` gets B images per call, so one call is one batch.
+   ``predict_images`` gets the next B of the decoded samples per call (cycling, so every B
+   sees the same mix of source sizes, 224^2 to 1024^2), so one call is one batch.
+   ONNX Runtime runs with spinning off (`ai_engine.export.onnx_model`'s default);
+   ``--ort-spinning`` adds a row with ONNX Runtime's own default (idle threads busy-wait).
    ``pipeline img/s`` includes preprocessing from the source size (MONAI area resize of the
    decoded radiographs); ``model img/s`` is ``model.predict`` on a ready (B, 1, H, W) tensor.
 2. End to end: `ai_engine.pipeline.run` on a one-image study (read DICOM, score, write the
@@ -31,6 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,13 +102,20 @@ def throughput(
         for name, model in backends.items():
             size = model.card.image_size
             for bs in batch_sizes:
-                batch_images = [images[i % len(images)] for i in range(bs)]
-                tensor = torch.stack([model_input(img, size) for img in batch_images])
+                # Every call takes the next bs images (cycling), so each batch size sees the
+                # same mix of source sizes (224^2 ... 1024^2).
+                batches = [
+                    [images[(j * bs + i) % len(images)] for i in range(bs)]
+                    for j in range(len(images))
+                ]
+                tensor = torch.stack([model_input(img, size) for img in batches[0]])
                 tensor = tensor.to(model.device)
                 pipeline.BATCH_SIZE = bs  # one predict_images call = one batch of bs
+                ring = deque(batches)
 
-                def run_pipeline(imgs: list[np.ndarray] = batch_images, m: Any = model) -> object:
-                    return pipeline.predict_images(m, imgs).score
+                def run_pipeline(r: deque[list[np.ndarray]] = ring, m: Any = model) -> object:
+                    r.rotate(-1)
+                    return pipeline.predict_images(m, r[0]).score
 
                 def run_model(x: torch.Tensor = tensor, m: Any = model) -> object:
                     use_amp = m.device.type == "cuda"
@@ -176,9 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30, help="end-to-end runs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="also measure ONNX Runtime with its idle threads spinning (its own default)",
+    )
     parser.add_argument("--no-e2e", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # torch.export's own deprecation notice inside torch 2.13 (nothing to act on here).
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
 
     from ai_engine import checkpoints as ckpt
     from ai_engine.dicom_io.reader import read_image
@@ -210,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             backends["onnxruntime-cpu"] = onnx_model(
                 onnx_path, args.checkpoint, intra_op_threads=args.threads
             )
+            if args.ort_spinning:
+                backends["onnxruntime-cpu-spin"] = onnx_model(
+                    onnx_path, args.checkpoint, intra_op_threads=args.threads, allow_spinning=True
+                )
         if torch.cuda.is_available():
             backends["torch-cuda-amp"] = ckpt.load(args.checkpoint, device="cuda")
         rows = throughput(backends, images, batch_sizes, args.seconds)
