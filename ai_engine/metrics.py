@@ -141,3 +141,103 @@ def image_report(
         ci[key] = list(bootstrap_ci(metric, y, s, n_boot, seed))
     report["ci95"] = ci
     return report
+
+
+def fppi(
+    boxes_true: Sequence[Sequence[Sequence[float]]],
+    boxes_pred: Sequence[Sequence[Sequence[float]]],
+    iou_threshold: float = 0.1,
+) -> dict[str, float]:
+    """False positives per image and lesion sensitivity for boxes ``[x0, y0, x1, y1]``.
+
+    A predicted box is a true positive when its IoU with a not-yet-matched true box reaches
+    ``iou_threshold`` (greedy, in the given order); every other predicted box is a false positive.
+
+    Args:
+        boxes_true: per image, the ground-truth boxes.
+        boxes_pred: per image, the predicted boxes (e.g. connected components of the
+            thresholded map).
+        iou_threshold: match criterion.
+
+    Returns:
+        ``fppi`` (false positives / images) and ``lesion_sensitivity`` (matched / true boxes).
+    """
+    false_pos = matched = n_true = 0
+    for truth, pred in zip(boxes_true, boxes_pred, strict=True):
+        n_true += len(truth)
+        used: set[int] = set()
+        for box in pred:
+            best = max(
+                ((_box_iou(box, t), k) for k, t in enumerate(truth) if k not in used),
+                default=(0.0, -1),
+            )
+            if best[0] >= iou_threshold:
+                used.add(best[1])
+                matched += 1
+            else:
+                false_pos += 1
+    n_images = len(boxes_true)
+    return {
+        "fppi": false_pos / n_images if n_images else float("nan"),
+        "lesion_sensitivity": matched / n_true if n_true else float("nan"),
+    }
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def fid(features_a: npt.NDArray[Any], features_b: npt.NDArray[Any]) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D).
+
+    With the project's own feature extractor (see `ai_engine.features`) the value is *not*
+    comparable with published Inception FIDs; compare only numbers made with the same extractor.
+    """
+    from scipy import linalg
+
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = np.real(covmean)
+    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * covmean))
+    return max(value, 0.0)
+
+
+def kid(
+    features_a: npt.NDArray[Any],
+    features_b: npt.NDArray[Any],
+    n_subsets: int = 50,
+    subset_size: int = 100,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance (unbiased MMD², cubic polynomial kernel): mean and std.
+
+    Subsets are drawn without replacement, of ``min(subset_size, len(a), len(b))`` samples.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    dim = a.shape[1]
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx = (x @ x.T / dim + 1) ** 3
+        kyy = (y @ y.T / dim + 1) ** 3
+        kxy = (x @ y.T / dim + 1) ** 3
+        mmd = (
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
+        values.append(mmd)
+    return float(np.mean(values)), float(np.std(values))

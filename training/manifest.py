@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from ai_engine.dicom_io.reader import read_header
-
 from ai_engine.errors import UnsupportedInputError
 
 COLUMNS = [

@@ -49,8 +49,16 @@ def test_pixel_metrics_on_known_masks():
 
 def test_image_report_has_the_contract_keys():
     report = metrics.image_report(LABELS, SCORES, 0.5, n_boot=50)
-    for key in ("auroc", "auprc", "sensitivity", "specificity", "threshold", "n_normal",
-                "n_abnormal", "ci95"):
+    for key in (
+        "auroc",
+        "auprc",
+        "sensitivity",
+        "specificity",
+        "threshold",
+        "n_normal",
+        "n_abnormal",
+        "ci95",
+    ):
         assert key in report
     assert report["n_normal"] == 5
     assert report["n_abnormal"] == 5
@@ -59,3 +67,46 @@ def test_image_report_has_the_contract_keys():
 def test_bad_labels_are_refused():
     with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
         metrics.auroc([0, 2], [0.1, 0.2])
+
+
+def test_fppi_counts_unmatched_predictions_per_image():
+    truth = [[[0, 0, 10, 10]], []]
+    pred = [[[1, 1, 10, 10], [50, 50, 60, 60]], [[0, 0, 5, 5]]]
+    out = metrics.fppi(truth, pred, iou_threshold=0.5)
+    assert out == {"fppi": 1.0, "lesion_sensitivity": 1.0}
+
+
+def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 4))
+    assert metrics.fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Gaussians with equal covariance: FID = squared mean shift
+    assert metrics.fid(a, a + 2.0) == pytest.approx(16.0, rel=1e-6)
+
+
+def test_kid_is_near_zero_for_samples_of_one_distribution_and_positive_otherwise():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    same, _ = metrics.kid(a, b, n_subsets=20)
+    shifted, _ = metrics.kid(a, b + 1.0, n_subsets=20)
+    assert abs(same) < 0.05
+    assert shifted > 10 * abs(same)
+
+
+def test_encoder_features_of_the_default_model_separate_noise_from_radiographs():
+    from pathlib import Path
+
+    from ai_engine.dicom_io.reader import read_png
+    from ai_engine.features import encoder_features
+
+    pngs = sorted(
+        (Path(__file__).resolve().parents[2] / "data" / "mini" / "cxr_kermany_pediatric").rglob(
+            "*.png"
+        )
+    )
+    xrays = [read_png(p) for p in pngs[:20]]
+    noise = [np.random.default_rng(i).random((224, 224), dtype=np.float32) for i in range(20)]
+    extract = encoder_features("default-cxr")
+    fx, fn = extract(xrays), extract(noise)
+    assert fx.shape == (20, 128)
+    assert metrics.fid(fx[:10], fx[10:]) < metrics.fid(fx, fn)
