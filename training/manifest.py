@@ -43,6 +43,16 @@ def _labels(path: Path | None) -> dict[str, dict[str, str]]:
     return out
 
 
+def _age_years(age: str) -> str:
+    """DICOM AS ("033Y", "006M", "010W", "003D") -> years as in the data manifests ("33")."""
+    per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+    age = age.strip().upper()
+    if len(age) < 2 or age[-1] not in per_year or not age[:-1].isdigit():
+        return ""
+    years = int(age[:-1]) / per_year[age[-1]]
+    return str(int(years)) if age[-1] == "Y" else f"{years:.2f}"
+
+
 def build_manifest(dicom_dir: Path, out: Path, labels_csv: Path | None = None) -> int:
     """Write ``out`` for every readable DICOM image under ``dicom_dir``; return the row count.
 
@@ -71,7 +81,7 @@ def build_manifest(dicom_dir: Path, out: Path, labels_csv: Path | None = None) -
                     "label": row.get("label", ""),
                     "finding": row.get("finding", ""),
                     "patient_id": hashlib.sha256(pid.encode()).hexdigest()[:12] if pid else "",
-                    "age": str(ds.get("PatientAge", "") or "").lstrip("0"),
+                    "age": _age_years(str(ds.get("PatientAge", "") or "")),
                     "sex": str(ds.get("PatientSex", "") or ""),
                     "view": str(ds.get("ViewPosition", "") or ""),
                     "bbox": "",
