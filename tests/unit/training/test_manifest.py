@@ -45,6 +45,7 @@ def test_manifest_from_a_dicom_folder_takes_demographics_from_headers_and_labels
     assert (row["label"], row["split"]) == ("1", "test")
     assert row["sex"] == ds.PatientSex
     assert row["age"] == str(int(ds.PatientAge.rstrip("Y")))
-    assert row["patient_id"] and row["patient_id"] != ds.PatientID  # pseudonymised
+    assert row["patient_id"]
+    assert row["patient_id"] != ds.PatientID  # pseudonymised
     other = next(r for name, r in rows.items() if name != nih.name)
     assert (other["label"], other["split"]) == ("", "")  # unlabelled rows go in no split
