@@ -30,13 +30,16 @@ SIZE = (64, 64)
 # torch.export's own deprecation inside torch 2.13 (nothing this project can change).
 pytestmark = pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)`:FutureWarning")
 ARCH = {"image_size": SIZE, "channels": (4, 8, 8, 8), "latent_dim": 8}
+#: Tiny init_args per model id (a model with other constructor arguments adds its own here).
+TINY_ARCH: dict[str, dict] = {"conv_ae": ARCH, "vae": ARCH}
 
 
 def tiny_checkpoint(folder: Path, model_id: str, rule: str = "mse", seed: int = 0) -> Path:
     """An untrained tiny network of ``model_id`` saved as a checkpoint folder."""
     torch.manual_seed(seed)
     cls = registry.get(model_id)
-    net = cls.build_network(**ARCH)
+    arch = TINY_ARCH.get(model_id, ARCH)
+    net = cls.build_network(**arch)
     # Non-trivial BatchNorm statistics, so eval-mode export is really tested.
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -54,7 +57,7 @@ def tiny_checkpoint(folder: Path, model_id: str, rule: str = "mse", seed: int = 
         "",
         Calibration(1.0, "", (0.1,), ("",), 0.2),
         training={"scoring": {"rule": rule, "top_fraction": 0.05, "map_sigma": 2.0}},
-        architecture=ARCH,
+        architecture=arch,
     )
     ckpt.save(folder, card, net.state_dict())
     return folder
@@ -76,6 +79,11 @@ def sample_images() -> list[np.ndarray]:
 )
 def test_onnx_runtime_scores_equal_torch_scores(model_id, rule, tmp_path, sample_images):
     folder = tiny_checkpoint(tmp_path / "ckpt", model_id, rule)
+    reason = exportability(ckpt.load(folder, device="cpu"))
+    if reason is not None:  # a model whose ops do not allow it must say so clearly
+        with pytest.raises(OnnxExportError, match="cannot export"):
+            export_onnx(folder, tmp_path / "model.onnx")
+        return
     onnx_path = export_onnx(folder, tmp_path / "model.onnx")
     assert onnx_path.is_file()
 
@@ -157,8 +165,8 @@ def test_a_model_that_is_not_a_reconstruction_model_is_not_exportable():
     assert "not a reconstruction model" in reason
 
 
-@pytest.mark.parametrize("model_id", registry.list_ids())
-def test_every_registered_model_is_exportable(model_id, tmp_path):
+@pytest.mark.parametrize("model_id", ["conv_ae", "vae"])
+def test_the_reconstruction_baselines_are_exportable(model_id, tmp_path):
     model = ckpt.load(tiny_checkpoint(tmp_path / "c", model_id), device="cpu")
     assert exportability(model) is None
 
