@@ -43,8 +43,12 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest: no tests were collected (exit 5); not a failure"
   rc=0
 fi
-[ "$rc" -eq 0 ] || exit "$rc"
+js_rc=0
 if [ -f ohif-extension/package.json ] && [ -d ohif-extension/tests ]; then
   echo "== node --test (ohif-extension)"
-  (cd ohif-extension && node --test tests/)
+  (cd ohif-extension && node --test tests/) || js_rc=$?
 fi
+[ "$rc" -ne 0 ] && echo "== pytest failed (exit $rc)"
+[ "$js_rc" -ne 0 ] && echo "== node --test failed (exit $js_rc)"
+if [ "$rc" -ne 0 ]; then exit "$rc"; fi
+exit "$js_rc"

@@ -283,11 +283,11 @@ def test_ohif_shows_panel_and_overlay(stack: EmbeddedStack, pynetdicom_results: 
             "--screenshots",
             str(screenshots),
             "--timeout",
-            "180",
+            "120",
         ],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=300,
         cwd=REPO / "ohif-extension",
     )
     output = f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
