@@ -1248,6 +1248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings = send_samples_and_report(stack, studies, timeout=args.result_timeout)
             if stack.viewer_url and studies:
                 flagged = [st for st in studies if st.name in timings and timings[st.name].abnormal]
+                flagged.sort(
+                    key=lambda st: st.label != "abnormal"
+                )  # agreeing with the source first
                 shown = (flagged or studies)[0]
                 print(
                     f"open a study ({shown.name}): {stack.viewer_url}/viewer?"
