@@ -1199,7 +1199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fresh", action="store_true", help="wipe Orthanc and node state first")
     parser.add_argument("--result-timeout", type=float, default=600.0)
-    parser.add_argument("--once", action="store_true", help="exit after the samples' results")
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the samples' results (or at once)"
+    )
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -1258,6 +1260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.once:
                 return 0 if len(timings) == len(studies) else 1
+        if args.once:
+            return 0
         print("running; press Ctrl-C to stop", flush=True)
         while True:
             stack.check_alive()

@@ -6,6 +6,7 @@ Storage SCP, the engine, dcmtk's storescu. Results are found by QIDO and read ba
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -25,9 +26,13 @@ from dicom_node.embedded import (
     ORTHANC_AET,
     EmbeddedError,
     EmbeddedStack,
+    discover_samples,
+    free_port,
     parse_anomaly_sr,
     send_files,
+    send_samples_and_report,
 )
+from dicom_node.embedded import main as embedded_main
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +298,39 @@ def test_ohif_shows_panel_and_overlay(stack: EmbeddedStack, pynetdicom_results: 
     output = f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"e2e failed (screenshots in {screenshots}):\n{output}"
     assert "E2E PASS" in proc.stdout, output
+
+
+def test_demo_report_prints_one_line_per_study(stack: EmbeddedStack) -> None:
+    study = next(s for s in discover_samples() if s.name == "nih_pneumonia_1")
+    out = io.StringIO()
+    outcomes = send_samples_and_report(stack, [study], timeout=RESULT_TIMEOUT, out=out)
+    assert set(outcomes) == {study.name}
+    line = next(line for line in out.getvalue().splitlines() if line.startswith(study.name))
+    assert "score" in line
+    assert ("ABNORMAL" in line) == outcomes[study.name].abnormal
+    # A second report finds the results of the first instead of sending again.
+    again = io.StringIO()
+    send_samples_and_report(stack, [study], timeout=10, out=again)
+    assert "earlier run" in again.getvalue()
+
+
+def test_demo_command_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    ports = [str(free_port()) for _ in range(5)]
+    argv = ["--once", "--no-samples", "--data-dir", str(tmp_path), "--http-port", ports[0]]
+    argv += ["--dicom-port", ports[1], "--node-port", ports[2], "--node-http-port", ports[3]]
+    argv += ["--viewer-port", ports[4]]
+    assert embedded_main(argv) == 0
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert not _processes_mentioning(str(tmp_path)), "a child outlived the demo command"
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if text in args:
+            found.append(args)
+    return found
