@@ -106,12 +106,20 @@ def _colour(index: int, count: int) -> hd.color.CIELabColor:
     return hd.color.CIELabColor(lab[0], lab[1], lab[2])
 
 
-def _pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | None:
-    spacing = valid_spacing(source.get("PixelSpacing"))
-    if spacing is None:
-        return None
+def _pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence:
+    """Pixel measures for the SEG, always present.
+
+    OHIF 3.13's SEG loader crashes (blank viewer) on a SEG without a Pixel Measures Sequence,
+    and highdicom needs SliceThickness to read one back. Spacing: PixelSpacing when the source
+    has a valid one; else ImagerPixelSpacing (projection radiographs: detector plane); else a
+    nominal 1 mm, which only tells viewers the grid is square.
+    """
+    spacing = valid_spacing(source.get("PixelSpacing")) or valid_spacing(
+        source.get("ImagerPixelSpacing")
+    )
     return hd.PixelMeasuresSequence(
-        pixel_spacing=list(spacing), slice_thickness=_SLICE_THICKNESS_PLACEHOLDER
+        pixel_spacing=list(spacing) if spacing is not None else [1.0, 1.0],
+        slice_thickness=_SLICE_THICKNESS_PLACEHOLDER,
     )
 
 

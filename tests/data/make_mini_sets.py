@@ -14,8 +14,20 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1].parent / "shared" / "data"
 PLAN = {
     # set: {(split, label): n}
-    "cxr_kermany_pediatric": {("train", 0): 16, ("val", 0): 6, ("val", 1): 6, ("test", 0): 6, ("test", 1): 6},
-    "brain_lgg_flair": {("train", 0): 8, ("val", 0): 4, ("val", 1): 4, ("test", 0): 4, ("test", 1): 4},
+    "cxr_kermany_pediatric": {
+        ("train", 0): 16,
+        ("val", 0): 6,
+        ("val", 1): 6,
+        ("test", 0): 6,
+        ("test", 1): 6,
+    },
+    "brain_lgg_flair": {
+        ("train", 0): 8,
+        ("val", 0): 4,
+        ("val", 1): 4,
+        ("test", 0): 4,
+        ("test", 1): 4,
+    },
 }
 
 

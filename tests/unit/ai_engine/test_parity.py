@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from ai_engine.dicom_io.sr_writer import read_sr_scores
 
 from ai_engine import pipeline
+from ai_engine.dicom_io.sr_writer import read_sr_scores
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PAIRS = {"kermany_normal_mono2": 0, "kermany_pneumonia_mono2": 1}

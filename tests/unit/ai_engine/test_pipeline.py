@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from ai_engine.dicom_io.sr_writer import read_sr_scores
 from pydicom.data import get_testdata_file
 
 from ai_engine import pipeline
 from ai_engine.dicom_io.markers import OUTPUT_MANUFACTURER
+from ai_engine.dicom_io.sr_writer import read_sr_scores
 from ai_engine.errors import UnsupportedInputError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "dicom"

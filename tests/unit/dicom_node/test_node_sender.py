@@ -138,7 +138,7 @@ def test_stow_retries_503_then_delivers_once(
 
 def test_bearer_token(kit, stow: StowServer, ct_path: Path, tmp_path: Path) -> None:
     stow.statuses = []
-    sender = DicomWebSender(stow.url, token="tok-123")  # noqa: S106 - test value
+    sender = DicomWebSender(stow.url, token="tok-123")
     sender.send([ct_path])
     assert stow.requests[0]["headers"]["Authorization"] == "Bearer tok-123"
 

@@ -15,7 +15,7 @@ from dicom_node.config import NodeSettings
 from dicom_node.queue import INPUT_DIR, Job, JobQueue, JobStateValues, new_job_id
 from dicom_node.service import NodeService
 
-TOKEN = "test-token-0123456789"  # noqa: S105 - test value
+TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture
