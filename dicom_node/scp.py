@@ -37,6 +37,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -100,6 +101,26 @@ def _send_reject(event: evt.Event, rsd: tuple[int, int, int]) -> None:
     """
     event.assoc.acse.send_reject(*rsd)
     event.assoc.kill()
+
+
+def part10_with_sender(event: evt.Event) -> bytes:
+    """The received instance as a Part 10 file whose meta records who sent it to whom.
+
+    Like ``event.encoded_dataset()`` (the dataset bytes exactly as the peer sent them), with
+    Sending and Receiving Application Entity Title (PS3.10, (0002,0017) and (0002,0018)) in
+    the file meta, so the routing rules can match on the calling AE title later.
+
+    Args:
+        event: the C-STORE event.
+
+    Returns:
+        Preamble, ``DICM``, file meta and dataset.
+    """
+    meta = event.file_meta
+    meta.SendingApplicationEntityTitle = str(event.assoc.requestor.ae_title).strip()
+    meta.ReceivingApplicationEntityTitle = str(event.assoc.acceptor.ae_title).strip()
+    stream = event.encoded_dataset(include_meta=False)
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), stream))
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -282,7 +303,7 @@ class StorageSCP:
             self._metrics.inc("own_outputs_ignored_total")
             return STATUS_SUCCESS
         try:
-            self._spool.store(study_uid, sop_instance_uid, event.encoded_dataset())
+            self._spool.store(study_uid, sop_instance_uid, part10_with_sender(event))
         except SpoolError as exc:
             log_failure(
                 logger,
