@@ -84,6 +84,17 @@ class NodeSettings(BaseSettings):
         poll_interval_seconds: how often router, worker and sender look for work.
         process_max_attempts: engine runs per job before it is dead-lettered.
         process_backoff_seconds: first wait before re-running a job; doubles each time.
+        rules_file: YAML routing rules (`dicom_node.rules`); when set they decide the
+            checkpoints and destinations of each instance instead of ``checkpoints``.
+        retention_days_done: delivered job folders (``jobs/done/``) are deleted this many
+            days after delivery; 0 keeps them.
+        retention_days_failed: dead-lettered job folders (``jobs/failed/``) and
+            quarantined files are deleted this many days after they failed; 0 (the
+            default) keeps them until an operator removes them.
+        retention_days_index: rows of the processed-instance index of finished jobs are
+            forgotten after this many days; 0 (the default) keeps them. An instance whose
+            row is gone is processed again if it is ever sent again.
+        cleanup_interval_seconds: how often the retention clean-up runs.
         destination: where results go: ``dicomweb`` (STOW-RS) or ``cstore`` (C-STORE SCU).
         orthanc_url: DICOMweb root of the PACS, e.g. ``http://127.0.0.1:8042/dicom-web``.
         orthanc_username: HTTP basic-auth user.
@@ -103,6 +114,24 @@ class NodeSettings(BaseSettings):
         http_port: port of the HTTP API; 0 disables it.
         api_token: bearer token required by every API route except ``/health``.
         api_token_file: file holding the API token; exclusive with ``api_token``.
+        api_admin_token: bearer token of the admin role: the only one accepted by routes
+            that change state (process-now, re-run); it may also read. With a token
+            configured but no admin token, state-changing routes answer 403.
+        api_admin_token_file: file holding the admin token; exclusive with
+            ``api_admin_token``.
+        orthanc_token_file: file holding ``orthanc_token``; exclusive with it.
+        tls_cert_file: PEM certificate (chain) of the SCP; with ``tls_key_file`` the SCP
+            accepts DIMSE over TLS only.
+        tls_key_file: PEM private key of ``tls_cert_file`` (keep it mode 0600).
+        tls_ca_file: PEM CA bundle; when set, peers must present a client certificate
+            signed by it (mutual TLS).
+        cstore_tls: C-STORE results over TLS (``destination=cstore``).
+        cstore_tls_ca_file: CA bundle that signed the destination's certificate (default:
+            the system trust store).
+        cstore_tls_cert_file: our client certificate for a destination that requires one.
+        cstore_tls_key_file: its private key.
+        cstore_tls_server_name: name expected in the destination's certificate (default:
+            ``cstore_host``).
     """
 
     model_config = SettingsConfigDict(
@@ -133,6 +162,11 @@ class NodeSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     process_max_attempts: int = Field(default=2, ge=1, le=100)
     process_backoff_seconds: float = Field(default=10.0, ge=0)
+    rules_file: Path | None = None
+    retention_days_done: float = Field(default=14.0, ge=0)
+    retention_days_failed: float = Field(default=0.0, ge=0)
+    retention_days_index: float = Field(default=0.0, ge=0)
+    cleanup_interval_seconds: float = Field(default=3600.0, gt=0)
 
     # --- results back to the PACS ----------------------------------------------------------
     destination: Literal["dicomweb", "cstore"] = "dicomweb"
@@ -155,6 +189,19 @@ class NodeSettings(BaseSettings):
     http_port: int = Field(default=8099, ge=0, le=65535)
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
+    api_admin_token: SecretStr | None = None
+    api_admin_token_file: Path | None = None
+
+    # --- security: secrets from files, DIMSE over TLS ---------------------------------------
+    orthanc_token_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    cstore_tls: bool = False
+    cstore_tls_ca_file: Path | None = None
+    cstore_tls_cert_file: Path | None = None
+    cstore_tls_key_file: Path | None = None
+    cstore_tls_server_name: str | None = None
 
     @field_validator("allowed_calling_aes", "checkpoints", mode="before")
     @classmethod
@@ -225,6 +272,47 @@ class NodeSettings(BaseSettings):
         if (self.orthanc_password is not None) != (self.orthanc_username is not None):
             raise ValueError("orthanc_username and orthanc_password go together")
         return self
+
+    @model_validator(mode="after")
+    def _check_security(self) -> NodeSettings:
+        if self.api_admin_token is not None and self.api_admin_token_file is not None:
+            raise ValueError("set api_admin_token or api_admin_token_file, not both")
+        if self.api_admin_token_file is not None:
+            secret = SecretStr(_read_secret(self.api_admin_token_file))
+            object.__setattr__(self, "api_admin_token", secret)
+            object.__setattr__(self, "api_admin_token_file", None)
+        if self.api_admin_token is not None:
+            admin = self.api_admin_token.get_secret_value()
+            if not admin:
+                raise ValueError("api_admin_token is empty")
+            if self.api_token is not None and admin == self.api_token.get_secret_value():
+                raise ValueError("api_admin_token must differ from api_token")
+        if self.orthanc_token_file is not None:
+            if self.orthanc_token is not None:
+                raise ValueError("set orthanc_token or orthanc_token_file, not both")
+            if self.orthanc_username is not None or self.orthanc_password is not None:
+                raise ValueError("use either orthanc_token (bearer) or username/password, not both")
+            secret = SecretStr(_read_secret(self.orthanc_token_file))
+            object.__setattr__(self, "orthanc_token", secret)
+            object.__setattr__(self, "orthanc_token_file", None)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_ca_file (client certificates) needs tls_cert_file/tls_key_file")
+        if (self.cstore_tls_cert_file is None) != (self.cstore_tls_key_file is None):
+            raise ValueError("cstore_tls_cert_file and cstore_tls_key_file go together")
+        uses_cstore_tls_files = any(
+            f is not None
+            for f in (self.cstore_tls_ca_file, self.cstore_tls_cert_file, self.cstore_tls_key_file)
+        )
+        if uses_cstore_tls_files and not self.cstore_tls:
+            raise ValueError("cstore_tls_* files are set but cstore_tls is false")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the SCP accepts DIMSE over TLS (and only that)."""
+        return self.tls_cert_file is not None
 
     @property
     def spool_dir(self) -> Path:

@@ -14,6 +14,9 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   (`ai_engine.dicom_io.markers.is_own_output`) are answered 0x0000 but not spooled, so they
   never start a job. Failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210
   (cannot understand: the header does not parse or lacks StudyInstanceUID).
+* TLS (``tls_cert_file``/``tls_key_file``; ``tls_ca_file`` requires client certificates):
+  the handshake runs in the association's thread (`dicom_node.tls.HandshakeInThreadServer`),
+  bounded by the ACSE timeout, so a silent or failing peer never blocks other associations.
 * ``EVT_RELEASED`` / ``EVT_ABORTED``: the association's studies get their last activity noted
   (the quiet period starts now). Instances received before an abort were acknowledged with
   a success status, so the peer considers them stored: they are **kept** and processed like
@@ -47,6 +50,7 @@ from dicom_node.errors import SpoolError
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.spool import Spool
+from dicom_node.tls import HandshakeInThreadServer, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +191,7 @@ class StorageSCP:
 
         Raises:
             OSError: the address cannot be bound.
+            ConfigError: the TLS certificate, key or CA bundle cannot be loaded.
         """
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -194,15 +199,31 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_association_end),
             (evt.EVT_ABORTED, self._on_association_end),
         ]
-        self._server = self.ae.start_server(
-            (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
+        s = self._settings
+        ssl_context = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            ssl_context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
+        # AE.start_server(block=False) takes no server class: the same steps, with ours.
+        server = self.ae.make_server(
+            (s.host, s.port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=HandshakeInThreadServer,
         )
+        thread = threading.Thread(
+            target=server.serve_forever, name="dicom-node-scp-accept", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() work
+        self._server = server
         logger.info(
             "storage SCP listening",
             extra={
-                "ae_title": self._settings.ae_title,
-                "host": self._settings.host,
+                "ae_title": s.ae_title,
+                "host": s.host,
                 "port": self.port,
+                "tls": ssl_context is not None,
+                "client_certificates": s.tls_ca_file is not None,
             },
         )
 

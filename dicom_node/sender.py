@@ -15,6 +15,7 @@ C-STORE alike), so a delivery interrupted half-way is simply repeated.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from dicom_node.index import STATE_FAILED, StateIndex
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues, utcnow
+from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +166,25 @@ class CStoreSender:
         called_ae: destination AE title.
         calling_ae: our AE title.
         timeout: ACSE/DIMSE/network timeout in seconds.
+        ssl_context: TLS client context (`dicom_node.tls.client_context`); None: plain TCP.
+        server_name: host name expected in the destination's certificate (default: ``host``).
     """
 
     def __init__(
-        self, host: str, port: int, called_ae: str, calling_ae: str, timeout: float = 30.0
+        self,
+        host: str,
+        port: int,
+        called_ae: str,
+        calling_ae: str,
+        timeout: float = 30.0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.host, self.port, self.called_ae = host, port, called_ae
         self._calling_ae = calling_ae
         self._timeout = timeout
+        self._tls_args = (ssl_context, server_name or host) if ssl_context is not None else None
 
     def send(self, files: Sequence[Path]) -> None:
         """C-STORE the files in one association (several if more than 128 contexts).
@@ -202,7 +215,7 @@ class CStoreSender:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._timeout
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_ae, tls_args=self._tls_args)
         if not assoc.is_established:
             raise SendError(
                 f"association with {self.called_ae}@{self.host}:{self.port} "
@@ -248,14 +261,26 @@ def build_sender(settings: NodeSettings) -> ResultSender:
 
     Returns:
         A `DicomWebSender` or a `CStoreSender`.
+
+    Raises:
+        ConfigError: a TLS file of the C-STORE destination cannot be loaded.
     """
     if settings.destination == "cstore":
+        context = None
+        if settings.cstore_tls:
+            context = client_context(
+                settings.cstore_tls_ca_file,
+                settings.cstore_tls_cert_file,
+                settings.cstore_tls_key_file,
+            )
         return CStoreSender(
             settings.cstore_host,
             settings.cstore_port,
             settings.cstore_ae_title,
             settings.ae_title,
             timeout=settings.dimse_timeout_seconds,
+            ssl_context=context,
+            server_name=settings.cstore_tls_server_name,
         )
     return DicomWebSender(
         settings.orthanc_url,
