@@ -9,6 +9,13 @@ study again, e.g. after the node's own results made it "stable" a second time.
 Table ``study_scores``: per (study, model) the latest verdict, which the HTTP API serves to
 the viewer's study list. A study processed in several jobs (late instances) keeps the
 maximum score and "abnormal" if any job flagged it.
+
+Table ``not_routed``: instances that no routing rule sent to a checkpoint (the fallback said
+"none"), so the decision is on record rather than a silent drop.
+
+Claims are checked again inside the claiming transaction (`ClaimConflictError`), so two
+processes routing the same instance at once (the node's router and a ``pull`` run) cannot
+both queue it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dicom_node.errors import JobError
 from dicom_node.queue import Job, utcnow
 
 _SCHEMA = """
@@ -46,6 +54,12 @@ CREATE TABLE IF NOT EXISTS study_scores (
     job_id TEXT NOT NULL,
     PRIMARY KEY (study_instance_uid, model)
 );
+CREATE TABLE IF NOT EXISTS not_routed (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    rule TEXT,
+    recorded_at TEXT NOT NULL
+);
 """
 
 STATE_QUEUED = "queued"
@@ -53,6 +67,10 @@ STATE_DONE = "done"
 STATE_FAILED = "failed"
 
 _CHUNK = 500  # stay below sqlite's bound-parameter limit
+
+
+class ClaimConflictError(JobError):
+    """Another job claimed some of the instances between the check and the claim."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +163,17 @@ class StateIndex:
     ) -> None:
         """Record that ``job_id`` will process these (sop, checkpoint, version) triples.
 
-        Rows of failed jobs are taken over; the caller has checked `claimed` first.
+        Rows of failed jobs are taken over; the caller has checked `claimed` first, and the
+        check is repeated inside the transaction (another process may have claimed since).
 
         Args:
             job_id: the job.
             study_instance_uid: their study.
             items: (SOPInstanceUID, checkpoint, version) triples.
+
+        Raises:
+            ClaimConflictError: some triple is queued or done by another job; nothing is
+                claimed.
         """
         now = utcnow().isoformat()
         rows = [
@@ -160,6 +183,7 @@ class StateIndex:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._check_unclaimed(job_id, rows)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO processed VALUES (?, ?, ?, ?, ?, ?, ?)", rows
                 )
@@ -167,6 +191,19 @@ class StateIndex:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _check_unclaimed(self, job_id: str, rows: Sequence[tuple[str, ...]]) -> None:
+        """Raise `ClaimConflictError` if another job holds one of the triples (lock held)."""
+        for sop, ckpt, ver, *_ in rows:
+            taken = self._db.execute(
+                "SELECT 1 FROM processed WHERE sop_instance_uid = ? AND checkpoint = ? "
+                "AND model_version = ? AND state != ? AND job_id != ?",
+                (sop, ckpt, ver, STATE_FAILED, job_id),
+            ).fetchone()
+            if taken is not None:
+                raise ClaimConflictError(
+                    f"instance {sop} is already claimed for {ckpt} {ver} by another job"
+                )
 
     def release(self, job_id: str) -> None:
         """Forget the claims of a job that was never queued (router rollback).
@@ -178,6 +215,67 @@ class StateIndex:
             self._db.execute(
                 "DELETE FROM processed WHERE job_id = ? AND state = ?", (job_id, STATE_QUEUED)
             )
+
+    def record_not_routed(
+        self, study_instance_uid: str, sop_instance_uids: Sequence[str], rule: str | None
+    ) -> None:
+        """Record instances that no rule routed (dropped from the spool, never processed).
+
+        Args:
+            study_instance_uid: their study.
+            sop_instance_uids: the instances.
+            rule: the rule that decided (e.g. ``fallback``), None for the built-in default.
+        """
+        now = utcnow().isoformat()
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO not_routed VALUES (?, ?, ?, ?)",
+                [(sop, study_instance_uid, rule, now) for sop in sop_instance_uids],
+            )
+
+    def not_routed(self, study_instance_uid: str) -> dict[str, str | None]:
+        """Instances of a study recorded as not routed.
+
+        Args:
+            study_instance_uid: the study.
+
+        Returns:
+            SOPInstanceUID -> rule that decided.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, rule FROM not_routed WHERE study_instance_uid = ?",
+                (study_instance_uid,),
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def purge(self, before: datetime) -> int:
+        """Forget rows of finished jobs (done or failed) and not-routed records older than this.
+
+        Rows of queued jobs are kept whatever their age.
+
+        Args:
+            before: rows last updated before this time go.
+
+        Returns:
+            Number of rows removed.
+        """
+        limit = before.isoformat()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                a = self._db.execute(
+                    "DELETE FROM processed WHERE state IN (?, ?) AND updated_at < ?",
+                    (STATE_DONE, STATE_FAILED, limit),
+                ).rowcount
+                b = self._db.execute(
+                    "DELETE FROM not_routed WHERE recorded_at < ?", (limit,)
+                ).rowcount
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return int(a) + int(b)
 
     def set_state(self, job_id: str, state: str) -> None:
         """Mark all rows of a job (``done`` or ``failed``).

@@ -24,6 +24,8 @@ COUNTERS: Mapping[str, str] = {
     "jobs_failed_total": "Jobs moved to failed (dead letter).",
     "process_retries_total": "Engine runs scheduled again after a failure.",
     "send_retries_total": "Deliveries scheduled again after a failure.",
+    "instances_not_routed_total": "Instances no routing rule sent to a checkpoint (recorded).",
+    "cleanup_removed_total": "Finished job folders, quarantined files and index rows removed.",
 }
 
 

@@ -152,6 +152,10 @@ class Job(BaseModel):
         finished_at: when the results were delivered.
         results: one entry per (study, checkpoint).
         sent_files: result files delivered.
+        destinations: names of the destinations the results go to (routing rules); empty
+            means the node's configured destination, ``default``.
+        delivered_to: destinations that have accepted all results (a retry sends only to
+            the others).
     """
 
     job_id: str
@@ -171,6 +175,8 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     results: list[StudyOutcome] = Field(default_factory=list)
     sent_files: list[str] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list)
+    delivered_to: list[str] = Field(default_factory=list)
 
     def due(self, now: datetime | None = None) -> bool:
         """Whether the job may be worked on now (its retry wait is over)."""

@@ -4,13 +4,18 @@ A spooled study is complete when
 
 * an operator asked for it (``POST /studies/<uid>/process-now`` writes a marker), or
 * its first instance arrived more than ``study_max_wait_seconds`` ago (forced), or
-* nothing arrived for ``study_quiet_seconds`` and no association that sent it is open.
+* nothing arrived for its quiet period and no association that sent it is open. The quiet
+  period is ``study_quiet_seconds``, or, when routing rules give routes their own, the
+  longest of the routes its instances take.
 
-Its instances are then routed: the `RoutingRules` say which checkpoints each instance goes
-to, the `StateIndex` says which (instance, checkpoint, version) were already claimed by an
-earlier job. Already-processed instances are dropped from the spool (a study Orthanc sends
-again produces no second result set); new ones are moved (renamed) into a new job's
-``input/``. Instances needing the same checkpoints share one job.
+Its instances are then routed: the `RoutingRules` decide the checkpoints and destinations
+of each instance (`RouteDecision`), the `StateIndex` says which (instance, checkpoint,
+version) were already claimed by an earlier job. Already-processed instances are dropped
+from the spool (a study Orthanc sends again produces no second result set); instances no
+rule routes are dropped and recorded in the index as not routed; the others are moved
+(renamed) into a new job's ``input/``. Instances with the same checkpoints and destinations
+share one job. Instances of a study arriving after it was routed form a new spool folder
+and, once complete, a new job for just those instances.
 
 Crash safety: a job is built in ``jobs/staging/`` (job.json first, then the files, then the
 index claims) and renamed into ``jobs/ready/``. `Router.recover` rolls back whatever is
@@ -24,6 +29,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Protocol
@@ -59,17 +65,46 @@ HEADER_KEYWORDS = (
 UNKNOWN_VERSION = "unknown"
 
 
-class RoutingRules(Protocol):
-    """Decides which checkpoints an instance goes to (the seam for declarative YAML rules)."""
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where one instance goes.
 
-    def checkpoints_for(self, header: Dataset) -> Sequence[str]:
-        """Checkpoint names for one instance.
+    Attributes:
+        checkpoints: checkpoint names to run; empty means "not routed" (the instance is
+            dropped from the spool and recorded as not routed).
+        destinations: names of the destinations for the results; empty means the node's
+            configured destination (``default``).
+        rule: name of the rule that decided (None for the built-in default).
+        quiet_seconds: quiet period of this route (None: the node's ``study_quiet_seconds``).
+    """
+
+    checkpoints: tuple[str, ...]
+    destinations: tuple[str, ...] = ()
+    rule: str | None = None
+    quiet_seconds: float | None = None
+
+
+#: The decision for the node's own outputs and other derived objects (SEG, SR, PM).
+NOT_ROUTED = RouteDecision(checkpoints=(), rule="derived-object")
+
+
+class RoutingRules(Protocol):
+    """Decides where each instance goes (`DefaultRules`, or `dicom_node.rules.RulesFile`)."""
+
+    @property
+    def has_route_quiet_periods(self) -> bool:
+        """Whether some route has its own quiet period (the router then reads headers early)."""
+        ...
+
+    def decide(self, header: Dataset, calling_ae: str | None = None) -> RouteDecision:
+        """The route of one instance.
 
         Args:
             header: the instance's header (at least `HEADER_KEYWORDS` when present).
+            calling_ae: AE title of the peer that sent it (None when unknown).
 
         Returns:
-            Checkpoint names; empty means "not routed" (the instance is dropped).
+            The decision.
         """
         ...
 
@@ -83,11 +118,27 @@ class DefaultRules:
         checkpoints: the configured checkpoint names.
     """
 
+    has_route_quiet_periods = False
+
     def __init__(self, checkpoints: Sequence[str]) -> None:
-        self._checkpoints = tuple(checkpoints)
+        self._decision = RouteDecision(checkpoints=tuple(checkpoints))
+
+    def decide(self, header: Dataset, calling_ae: str | None = None) -> RouteDecision:
+        """All checkpoints for images, none for derived objects.
+
+        Args:
+            header: the instance header.
+            calling_ae: ignored.
+
+        Returns:
+            The decision.
+        """
+        if is_derived_object(str(header.get("SOPClassUID", "")) or None):
+            return NOT_ROUTED
+        return self._decision
 
     def checkpoints_for(self, header: Dataset) -> Sequence[str]:
-        """All checkpoints for images, none for derived objects.
+        """The checkpoint names of `decide` (kept for callers of the first interface).
 
         Args:
             header: the instance header.
@@ -95,9 +146,7 @@ class DefaultRules:
         Returns:
             The checkpoint names.
         """
-        if is_derived_object(str(header.get("SOPClassUID", "")) or None):
-            return ()
-        return self._checkpoints
+        return self.decide(header).checkpoints
 
 
 def checkpoint_version(name: str) -> str:
@@ -130,6 +179,21 @@ def read_instance_header(path: Path) -> Dataset:
         The header.
     """
     return dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+
+
+def sending_ae(header: Dataset) -> str | None:
+    """The AE title that sent a spooled instance, from its file meta (PS3.10 (0002,0017)).
+
+    Args:
+        header: a header read by `read_instance_header`.
+
+    Returns:
+        The Sending Application Entity Title, or None if the file does not record it.
+    """
+    meta = getattr(header, "file_meta", None)
+    value = meta.get("SendingApplicationEntityTitle") if meta is not None else None
+    text = str(value or "").strip()
+    return text or None
 
 
 class Router:
@@ -169,6 +233,8 @@ class Router:
         self._rules = rules
         self._version_of = version_of
         self._quarantine = quarantine_dir
+        # per-route quiet periods: study folder -> {file name: quiet seconds of its route}
+        self._route_quiet: dict[str, dict[str, float]] = {}
 
     def completion_reason(self, study: SpooledStudy, now: float) -> str | None:
         """Why a study is complete now, or None if it is not.
@@ -184,9 +250,38 @@ class Router:
             return "process-now"
         if now - study.first_arrival >= self._max_wait:
             return "max-wait"
-        if study.open_associations == 0 and now - study.last_activity >= self._quiet:
+        if study.open_associations == 0 and now - study.last_activity >= self.quiet_seconds(study):
             return "quiet"
         return None
+
+    def quiet_seconds(self, study: SpooledStudy) -> float:
+        """The quiet period of a spooled study.
+
+        Without per-route quiet periods this is ``quiet_seconds``. Otherwise it is the
+        longest quiet period of the routes of the instances seen so far (each header is
+        read once), so a study whose series go to different routes waits for the slowest.
+
+        Args:
+            study: the spooled study.
+
+        Returns:
+            Seconds.
+        """
+        if not self._rules.has_route_quiet_periods or not study.files:
+            return self._quiet
+        known = self._route_quiet.setdefault(study.name, {})
+        for path in study.files:
+            if path.name in known:
+                continue
+            try:
+                header = read_instance_header(path)
+            except (InvalidDicomError, AttributeError, ValueError, OSError):
+                known[path.name] = self._quiet  # route_study quarantines it
+                continue
+            decision = self._rules.decide(header, sending_ae(header))
+            quiet = decision.quiet_seconds
+            known[path.name] = self._quiet if quiet is None else quiet
+        return max(known.values(), default=self._quiet)
 
     def run_once(self, now: float | None = None) -> int:
         """Route every complete study once.
@@ -216,10 +311,11 @@ class Router:
         Returns:
             The jobs created (none if every instance was processed before).
         """
-        groups: dict[tuple[str, ...], list[tuple[Path, str]]] = {}
+        self._route_quiet.pop(study.name, None)
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[Path, str]]] = {}
         study_uid = ""
         versions: dict[str, str] = {}
-        entries: list[tuple[Path, str, Sequence[str]]] = []
+        entries: list[tuple[Path, str, RouteDecision]] = []
         for path in study.files:
             try:
                 header = read_instance_header(path)
@@ -230,33 +326,40 @@ class Router:
             except (InvalidDicomError, AttributeError, ValueError, OSError) as exc:
                 self._quarantine_file(path, exc)
                 continue
-            checkpoints = self._rules.checkpoints_for(header)
-            for name in checkpoints:
+            decision = self._rules.decide(header, sending_ae(header))
+            for name in decision.checkpoints:
                 if name not in versions:
                     versions[name] = self._version_of(name)
-            entries.append((path, sop, checkpoints))
+            entries.append((path, sop, decision))
 
         claimed: dict[str, set[str]] = {
             name: self._index.claimed([sop for _, sop, _ in entries], name, version)
             for name, version in versions.items()
         }
-        for path, sop, checkpoints in entries:
-            needed = tuple(c for c in checkpoints if sop not in claimed[c])
+        not_routed: dict[str | None, list[str]] = {}
+        for path, sop, decision in entries:
+            needed = tuple(c for c in decision.checkpoints if sop not in claimed[c])
             if needed:
-                groups.setdefault(needed, []).append((path, sop))
+                groups.setdefault((needed, decision.destinations), []).append((path, sop))
                 continue
-            why = "already processed" if checkpoints else "not routed"
-            if checkpoints:
+            if decision.checkpoints:
+                why = "already processed"
                 self._metrics.inc("duplicates_skipped_total")
+            else:
+                why = "not routed"
+                not_routed.setdefault(decision.rule, []).append(sop)
+                self._metrics.inc("instances_not_routed_total")
             logger.info(
                 f"instance dropped from spool: {why}",
-                extra={"study_uid": study_uid, "sop_uid": sop},
+                extra={"study_uid": study_uid, "sop_uid": sop, "rule": decision.rule},
             )
             path.unlink(missing_ok=True)
+        for rule, sops in not_routed.items():
+            self._index.record_not_routed(study_uid, sops, rule)
 
         jobs = [
-            self._create_job(study_uid, list(ckpts), versions, items, reason)
-            for ckpts, items in groups.items()
+            self._create_job(study_uid, list(ckpts), versions, items, reason, list(dests))
+            for (ckpts, dests), items in groups.items()
         ]
         self._spool.clear_process_now(study.path)
         self._spool.remove_if_empty(study.path)
@@ -269,6 +372,7 @@ class Router:
         versions: dict[str, str],
         items: list[tuple[Path, str]],
         reason: str,
+        destinations: list[str] | None = None,
     ) -> Job:
         job = Job(
             job_id=new_job_id(),
@@ -276,6 +380,7 @@ class Router:
             checkpoints=checkpoints,
             model_versions={c: versions[c] for c in checkpoints},
             sop_instance_uids=[sop for _, sop in items],
+            destinations=destinations or [],
         )
         folder = self._queue.stage(job)
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -302,8 +302,11 @@ class Outbox:
         queue: the job queue.
         index: the index (instances marked done, study scores recorded).
         metrics: counters.
-        sender: the destination.
+        sender: the node's configured destination (``default``).
         on_result: called with each job that is done (exceptions are logged, not raised).
+        senders: further named destinations (routing rules); a job whose
+            ``destinations`` names them is delivered to each, and a retry skips those in
+            its ``delivered_to``.
     """
 
     def __init__(
@@ -314,6 +317,7 @@ class Outbox:
         metrics: Metrics,
         sender: ResultSender,
         on_result: Callable[[Job], None] | None = None,
+        senders: Mapping[str, ResultSender] | None = None,
     ) -> None:
         self._settings = settings
         self._queue = queue
@@ -321,6 +325,7 @@ class Outbox:
         self._metrics = metrics
         self._sender = sender
         self._on_result = on_result
+        self._senders = dict(senders or {})
 
     def run_once(self) -> bool:
         """Try to deliver every due job once.
@@ -351,7 +356,13 @@ class Outbox:
                     "non-DICOM file in job output not sent", extra={**ctx, "file": path.name}
                 )
         try:
-            self._sender.send(files)
+            for name in job.destinations or ["default"]:
+                if name in job.delivered_to:
+                    continue
+                self._destination(name).send(files)
+                if job.destinations:
+                    job.delivered_to.append(name)
+                    self._queue.save(job)
         except SendError as exc:
             self._failed(job, exc, exc.retryable)
             return
@@ -372,6 +383,14 @@ class Outbox:
                 self._on_result(job)
             except Exception as exc:  # noqa: BLE001 - a callback must not stop delivery
                 log_failure(logger, "on_result callback failed", exc, **ctx)
+
+    def _destination(self, name: str) -> ResultSender:
+        if name == "default":
+            return self._sender
+        sender = self._senders.get(name)
+        if sender is None:
+            raise SendError(f"no destination named {name!r} is configured", retryable=False)
+        return sender
 
     def _failed(self, job: Job, exc: BaseException, retryable: bool) -> None:
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}

@@ -30,7 +30,9 @@ from dicom_node.index import StateIndex
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue
-from dicom_node.router import DefaultRules, Router, RoutingRules
+from dicom_node.retention import Cleaner
+from dicom_node.router import Router, RoutingRules
+from dicom_node.rules import RulesFile, build_rules
 from dicom_node.scp import StorageSCP
 from dicom_node.sender import Outbox, ResultSender, build_sender
 from dicom_node.spool import Spool
@@ -91,7 +93,12 @@ class NodeService:
             summary line per study: ``job.results[i].score``, ``.is_abnormal``,
             ``job.processing_seconds``). Runs in the sender thread; keep it short.
         sender: result destination (default: from the settings, `build_sender`).
-        rules: routing rules (default: `DefaultRules` over ``settings.checkpoints``).
+        rules: routing rules (default: ``settings.rules_file`` if set, else `DefaultRules`
+            over ``settings.checkpoints``; see `dicom_node.rules.build_rules`).
+
+    Raises:
+        ConfigError: the rules file is invalid (`dicom_node.rules.RulesError`, each problem
+            with its line).
 
     Example:
         >>> service = NodeService(load_settings())  # doctest: +SKIP
@@ -112,7 +119,7 @@ class NodeService:
         self.metrics = Metrics()
         self._engine = engine
         self._sender = sender
-        self._rules = rules or DefaultRules(settings.checkpoints)
+        self._rules = rules or build_rules(settings)
         self._started = False
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
@@ -151,8 +158,15 @@ class NodeService:
         queue.recover()
         worker = Worker(s, queue, index, self.metrics, self._engine)
         outbox = Outbox(
-            s, queue, index, self.metrics, self._sender or build_sender(s), self._on_done
+            s,
+            queue,
+            index,
+            self.metrics,
+            self._sender or build_sender(s),
+            self._on_done,
+            senders=self._rules.senders(s) if isinstance(self._rules, RulesFile) else None,
         )
+        cleaner = Cleaner(s, queue, index, self.metrics, s.data_dir / "quarantine")
         interval = s.poll_interval_seconds
         outbox_loop = _Loop("outbox", outbox.run_once, interval)
 
@@ -170,7 +184,8 @@ class NodeService:
             return False  # routing is time-driven: always wait for the next tick
 
         router_loop = _Loop("router", route, interval)
-        self._loops = [router_loop, worker_loop, outbox_loop]
+        cleaner_loop = _Loop("cleaner", cleaner.step, s.cleanup_interval_seconds)
+        self._loops = [router_loop, worker_loop, outbox_loop, cleaner_loop]
         self.scp = StorageSCP(s, spool, self.metrics, on_activity=None)
         try:
             self.scp.start()
