@@ -110,7 +110,7 @@ class NodeSettings(BaseSettings):
         send_max_attempts: delivery attempts per job before it is dead-lettered.
         send_backoff_seconds: first wait after a failed delivery; doubles each time.
         send_backoff_max_seconds: longest wait between delivery attempts.
-        http_host: address of the HTTP API.
+        http_host: address of the HTTP API; anything but loopback needs a token.
         http_port: port of the HTTP API; 0 disables it.
         api_token: bearer token required by every API route except ``/health``.
         api_token_file: file holding the API token; exclusive with ``api_token``.
@@ -295,6 +295,17 @@ class NodeSettings(BaseSettings):
             secret = SecretStr(_read_secret(self.orthanc_token_file))
             object.__setattr__(self, "orthanc_token", secret)
             object.__setattr__(self, "orthanc_token_file", None)
+        loopback = self.http_host in ("127.0.0.1", "::1", "localhost")
+        if (
+            self.http_port
+            and not loopback
+            and self.api_token is None
+            and self.api_admin_token is None
+        ):
+            raise ValueError(
+                f"the HTTP API on {self.http_host} (not loopback) needs api_token or "
+                "api_admin_token"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_ca_file is not None and self.tls_cert_file is None:

@@ -2,21 +2,33 @@
 
 Routes (JSON unless noted):
 
-* ``GET /health``: liveness, never authenticated: ``{"status": "ok"}``.
-* ``GET /ready``: 200 when the SCP listens, the data folder is writable and free disk is
-  above the floor; 503 otherwise, with the failing checks.
-* ``GET /metrics``: Prometheus text format.
+* ``GET /health``: liveness, never authenticated: ``{"status": "ok"}``. The process is up
+  and serving HTTP; restart it only when this fails.
+* ``GET /ready``: readiness: 200 when the node can take studies now (the SCP listens, every
+  stage thread is alive, the data folder is writable and free disk is above the floor, so
+  new associations are not refused); 503 otherwise, with the checks that failed. A load
+  balancer should stop sending studies while it is 503; it becomes 200 again by itself
+  (e.g. once disk is freed).
+* ``GET /metrics``: Prometheus text format: counters, job gauges and the per-stage latency
+  histograms (`dicom_node.metrics.HISTOGRAMS`).
 * ``GET /jobs``: job summaries, newest first; ``?state=queued|running|sending|done|failed``,
   ``?limit=N`` (default 100).
 * ``GET /jobs/<job_id>``: the full ``job.json`` plus ``error`` (``error.json``) if failed.
 * ``POST /studies/<study_uid>/process-now``: 202 when the study has instances waiting in
-  the spool (they become a job at the next router pass), 404 otherwise.
+  the spool (they become a job at the next router pass), 404 otherwise. Admin role.
+* ``POST /jobs/<job_id>/rerun``: queue a ``done`` or ``failed`` job again with its kept
+  input instances (attempts reset; its results are produced and delivered again, with new
+  SOP instance UIDs). 202 with the job summary; 404 unknown job; 409 when the job is still
+  active or its input is no longer kept. Admin role.
 * ``GET /studies/scores``: ``[{study_instance_uid, score, is_abnormal, threshold, model,
   model_version, finished_at, job_id}]`` newest first; filters ``?study_instance_uid=``
   (repeatable or comma-separated) and ``?model=``. The viewer's study list uses it.
 
-When ``api_token`` is set every route except ``/health`` needs ``Authorization: Bearer
-<token>`` (401 otherwise).
+Roles: when ``api_token`` or ``api_admin_token`` is set, every route except ``/health``
+needs ``Authorization: Bearer <token>`` (401 otherwise). Read routes accept either token;
+routes that change state (POST) accept only ``api_admin_token`` (403 for the read token, and
+for everyone when no admin token is configured). With no token at all the API is open: the
+settings allow that only on a loopback address.
 """
 
 from __future__ import annotations
@@ -30,9 +42,16 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dicom_node.index import StateIndex
+from dicom_node.index import STATE_QUEUED, StateIndex
 from dicom_node.metrics import Metrics, render_prometheus
-from dicom_node.queue import STATE_FOLDERS, Job, JobQueue, JobStateValues
+from dicom_node.queue import (
+    ERROR_FILE,
+    INPUT_DIR,
+    STATE_FOLDERS,
+    Job,
+    JobQueue,
+    JobStateValues,
+)
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -40,7 +59,61 @@ logger = logging.getLogger(__name__)
 ReadinessFn = Callable[[], dict[str, bool]]
 
 _PUBLIC_PATHS = frozenset({"/health"})
+_ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_LIMIT = 10_000
+_RERUNNABLE = (JobStateValues.DONE, JobStateValues.FAILED)
+#: Fields of a job that describe one pass through the stages, reset by a re-run.
+_RUN_FIELDS: dict[str, object] = {
+    "attempts": {},
+    "next_retry_at": None,
+    "failed_stage": None,
+    "started_at": None,
+    "processing_seconds": None,
+    "finished_at": None,
+    "results": [],
+    "sent_files": [],
+    "delivered_to": [],
+}
+
+
+class RerunConflictError(Exception):
+    """The job cannot be re-run now (still active, or its input is gone)."""
+
+
+def rerun_job(queue: JobQueue, index: StateIndex, job_id: str) -> Job | None:
+    """Queue a finished (done or failed) job again with the input instances it kept.
+
+    Args:
+        queue: the job queue.
+        index: the processed-instance index (its instances become ``queued`` again, so the
+            same instances arriving meanwhile do not start a second job).
+        job_id: the job.
+
+    Returns:
+        The queued job, or None if there is no such job.
+
+    Raises:
+        RerunConflictError: the job is not done or failed, its input is no longer kept, or
+            another request moved it first.
+    """
+    job = queue.find(job_id)
+    if job is None:
+        return None
+    if job.state not in _RERUNNABLE:
+        raise RerunConflictError(f"job is {job.state.value}; only done or failed jobs re-run")
+    folder = queue.job_dir(job)
+    if not any((folder / INPUT_DIR).glob("*.dcm")):
+        raise RerunConflictError("the job's input instances are no longer kept")
+    for name, value in _RUN_FIELDS.items():
+        if name in Job.model_fields:
+            setattr(job, name, value.copy() if isinstance(value, dict | list) else value)
+    (folder / ERROR_FILE).unlink(missing_ok=True)  # job.json keeps last_error
+    try:
+        queue.move(job, JobStateValues.QUEUED)
+    except FileNotFoundError as exc:
+        raise RerunConflictError("the job was moved meanwhile") from exc
+    index.set_state(job.job_id, STATE_QUEUED)
+    return job
 
 
 def _job_summary(job: Job) -> dict[str, Any]:
@@ -68,36 +141,56 @@ def create_app(
     index: StateIndex,
     metrics: Metrics,
     readiness: ReadinessFn,
+    api_admin_token: str | None = None,
+    on_change: Callable[[], None] | None = None,
 ) -> Flask:
     """Build the Flask app.
 
     Args:
-        api_token: bearer token required on every route but ``/health`` (None: open).
+        api_token: bearer token of the read role (None: no read-only token).
         queue: job queue (``/jobs``).
         spool: spool (process-now, metrics).
         index: index (``/studies/scores``).
         metrics: counters (``/metrics``).
         readiness: returns named checks, all True when ready.
+        api_admin_token: bearer token of the admin role (state-changing routes; may read).
+        on_change: called after a state-changing request was accepted (wakes the stages).
 
     Returns:
         The app.
     """
     app = Flask("dicom_node")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    token = api_token.encode() if api_token else None
+    read_token = api_token.encode() if api_token else None
+    admin_token = api_admin_token.encode() if api_admin_token else None
+    woken = on_change or (lambda: None)
+
+    def _matches(given: bytes, expected: bytes | None) -> bool:
+        return expected is not None and hmac.compare_digest(given, expected)
 
     @app.before_request
     def _authenticate() -> Response | None:
-        if token is None or request.path in _PUBLIC_PATHS:
+        if request.path in _PUBLIC_PATHS:
             return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
-            return None
-        response = jsonify(error="missing or invalid bearer token")
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Bearer realm="dicom_node"'
-        return response
+        if read_token is None and admin_token is None:
+            return None  # open API (loopback only, see NodeSettings)
+        scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+        given = raw.strip().encode() if scheme.lower() == "bearer" else b""
+        is_admin = _matches(given, admin_token)
+        if not is_admin and not _matches(given, read_token):
+            response = jsonify(error="missing or invalid bearer token")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dicom_node"'
+            return response
+        if request.method in _ADMIN_METHODS and not is_admin:
+            logger.warning(
+                "state-changing request with the read-only token refused",
+                extra={"path": request.path},
+            )
+            response = jsonify(error="this route needs the admin token (api_admin_token)")
+            response.status_code = 403
+            return response
+        return None
 
     @app.get("/health")
     def health() -> Response:
@@ -112,7 +205,9 @@ def create_app(
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        text = render_prometheus(metrics.snapshot(), queue.counts(), spool.pending_count())
+        text = render_prometheus(
+            metrics.snapshot(), queue.counts(), spool.pending_count(), metrics.histograms()
+        )
         return Response(text, mimetype="text/plain", content_type="text/plain; version=0.0.4")
 
     @app.get("/jobs")
@@ -145,10 +240,26 @@ def create_app(
         body["error"] = queue.read_error(job)
         return jsonify(body)
 
+    @app.post("/jobs/<job_id>/rerun")
+    def rerun(job_id: str) -> tuple[Response, int]:
+        try:
+            job = rerun_job(queue, index, job_id)
+        except RerunConflictError as exc:
+            return jsonify(error=str(exc)), 409
+        if job is None:
+            return jsonify(error="no such job"), 404
+        logger.info(
+            "job re-run requested",
+            extra={"job_id": job.job_id, "study_uid": job.study_instance_uid},
+        )
+        woken()
+        return jsonify(_job_summary(job)), 202
+
     @app.post("/studies/<study_uid>/process-now")
     def process_now(study_uid: str) -> tuple[Response, int]:
         if spool.request_process_now(study_uid):
             logger.info("process-now requested", extra={"study_uid": study_uid})
+            woken()
             return jsonify(accepted=True, study_instance_uid=study_uid), 202
         return jsonify(error="no instances of this study are waiting in the spool"), 404
 

@@ -2,13 +2,18 @@
 
 Counters count events since the process started (Prometheus handles resets); the gauges of
 the ``/metrics`` endpoint (jobs per state, spooled instances) are read from the durable
-state itself, so they are right after a restart too.
+state itself, so they are right after a restart too. Per-stage latencies are Prometheus
+histograms (`HISTOGRAMS`): ``receive_to_queued`` (first instance of a study spooled -> its
+job queued), ``run`` (one engine run) and ``send`` (one delivery attempt).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 #: name -> help text of every counter; all are exported with the ``dicom_node_`` prefix.
 COUNTERS: Mapping[str, str] = {
@@ -28,13 +33,82 @@ COUNTERS: Mapping[str, str] = {
     "cleanup_removed_total": "Finished job folders, quarantined files and index rows removed.",
 }
 
+#: Upper bounds (seconds) of the latency histogram buckets; ``+Inf`` is implied.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
+)  # fmt: skip
+
+#: name -> help text of every histogram (seconds), exported as ``dicom_node_<name>``.
+HISTOGRAMS: Mapping[str, str] = {
+    "receive_to_queued_seconds": "From the first instance of a study spooled to its job queued.",
+    "run_seconds": "One engine run of a job (successful or not).",
+    "send_seconds": "One delivery attempt of a job's results (successful or not).",
+}
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A histogram's state.
+
+    Attributes:
+        buckets: upper bounds, ascending (without ``+Inf``).
+        counts: observations per bucket (not cumulative), one more than ``buckets`` (+Inf).
+        total: sum of the observed values.
+    """
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    total: float
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return sum(self.counts)
+
 
 class Metrics:
-    """Thread-safe monotonic counters named in `COUNTERS`."""
+    """Thread-safe monotonic counters named in `COUNTERS` and histograms named in `HISTOGRAMS`.
 
-    def __init__(self) -> None:
+    Args:
+        buckets: histogram bucket upper bounds in seconds (ascending).
+    """
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._buckets = tuple(sorted(buckets))
+        self._hist_counts: dict[str, list[int]] = {
+            name: [0] * (len(self._buckets) + 1) for name in HISTOGRAMS
+        }
+        self._hist_sums: dict[str, float] = dict.fromkeys(HISTOGRAMS, 0.0)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Record one latency in the histogram ``name``.
+
+        Args:
+            name: a key of `HISTOGRAMS`.
+            seconds: the latency; negative or non-finite values (clock steps) count as 0.
+
+        Raises:
+            KeyError: unknown histogram name (a programming error).
+        """
+        if name not in self._hist_counts:
+            raise KeyError(f"unknown histogram {name!r}")
+        value = seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+        slot = bisect.bisect_left(self._buckets, value)  # first bucket with bound >= value
+        with self._lock:
+            self._hist_counts[name][slot] += 1
+            self._hist_sums[name] += value
+
+    def histograms(self) -> dict[str, HistogramSnapshot]:
+        """A copy of all histograms."""
+        with self._lock:
+            return {
+                name: HistogramSnapshot(
+                    self._buckets, tuple(self._hist_counts[name]), self._hist_sums[name]
+                )
+                for name in HISTOGRAMS
+            }
 
     def inc(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to the counter ``name``.
@@ -65,6 +139,7 @@ def render_prometheus(
     counters: Mapping[str, int],
     jobs_by_state: Mapping[str, int],
     spooled_instances: int,
+    histograms: Mapping[str, HistogramSnapshot] | None = None,
 ) -> str:
     """Format metrics in the Prometheus text exposition format (version 0.0.4).
 
@@ -72,6 +147,7 @@ def render_prometheus(
         counters: counter values by `COUNTERS` name.
         jobs_by_state: current number of jobs per state folder.
         spooled_instances: instances waiting in the spool.
+        histograms: latency histograms by `HISTOGRAMS` name (None: not exported).
 
     Returns:
         The exposition text, ending with a newline.
@@ -92,4 +168,18 @@ def render_prometheus(
         "# TYPE dicom_node_spooled_instances gauge",
         f"dicom_node_spooled_instances {spooled_instances}",
     ]
+    for name, hist in (histograms or {}).items():
+        lines += _histogram_lines(f"dicom_node_{name}", HISTOGRAMS.get(name, name), hist)
     return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(full: str, help_text: str, hist: HistogramSnapshot) -> list[str]:
+    lines = [f"# HELP {full} {help_text}", f"# TYPE {full} histogram"]
+    cumulative = 0
+    for bound, count in zip(hist.buckets, hist.counts, strict=False):
+        cumulative += count
+        lines.append(f'{full}_bucket{{le="{bound:g}"}} {cumulative}')
+    lines.append(f'{full}_bucket{{le="+Inf"}} {hist.count}')
+    lines.append(f"{full}_sum {hist.total:.6f}")
+    lines.append(f"{full}_count {hist.count}")
+    return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -355,6 +356,7 @@ class Outbox:
                 logger.warning(
                     "non-DICOM file in job output not sent", extra={**ctx, "file": path.name}
                 )
+        sending_started = time.monotonic()
         try:
             for name in job.destinations or ["default"]:
                 if name in job.delivered_to:
@@ -364,11 +366,14 @@ class Outbox:
                     job.delivered_to.append(name)
                     self._queue.save(job)
         except SendError as exc:
+            self._metrics.observe("send_seconds", time.monotonic() - sending_started)
             self._failed(job, exc, exc.retryable)
             return
         except Exception as exc:  # noqa: BLE001 - unexpected: retried within the bounds
+            self._metrics.observe("send_seconds", time.monotonic() - sending_started)
             self._failed(job, exc, True)
             return
+        self._metrics.observe("send_seconds", time.monotonic() - sending_started)
         out = self._queue.job_dir(job) / "output"
         job.sent_files = [str(p.relative_to(out)) for p in files]
         job.finished_at = utcnow()

@@ -61,6 +61,9 @@ class _Loop:
     def wake(self) -> None:
         self._wake.set()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float) -> None:
         self._stop.set()
         self._wake.set()
@@ -197,6 +200,10 @@ class NodeService:
         if s.http_port:
             app = create_app(
                 api_token=s.api_token.get_secret_value() if s.api_token else None,
+                api_admin_token=(
+                    s.api_admin_token.get_secret_value() if s.api_admin_token else None
+                ),
+                on_change=self._wake_stages,
                 queue=queue,
                 spool=spool,
                 index=index,
@@ -286,6 +293,7 @@ class NodeService:
             "scp_listening": self.scp_port > 0,
             "data_dir_writable": data_dir.is_dir() and _writable(data_dir),
             "free_disk_above_floor": free_ok,
+            "stages_running": bool(self._loops) and all(loop.is_alive() for loop in self._loops),
         }
 
     def is_idle(self) -> bool:
@@ -336,6 +344,10 @@ class NodeService:
             for loop in self._loops:
                 loop.wake()
         return accepted
+
+    def _wake_stages(self) -> None:
+        for loop in self._loops:
+            loop.wake()
 
     def _on_done(self, job: Job) -> None:
         if self.on_result is not None:

@@ -159,13 +159,17 @@ class Worker:
         output_dir.mkdir()
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
         logger.info("job running", extra={**ctx, "model_id": ",".join(job.checkpoints)})
+        if job.attempts.get(JobStageValues.PROCESS, 0) <= 1:
+            self._observe_receive_to_queued(job, input_dir)
         started = time.monotonic()
         try:
             results = list(self._engine(input_dir, output_dir, job.checkpoints))
             outcomes = [outcome_from_result(r, output_dir) for r in results]
         except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
+            self._metrics.observe("run_seconds", time.monotonic() - started)
             self._failed(job, exc, retryable=not isinstance(exc, AiEngineError))
             return
+        self._metrics.observe("run_seconds", time.monotonic() - started)
         job.processing_seconds = round(time.monotonic() - started, 3)
         job.results = outcomes
         job.failed_stage = None
@@ -175,6 +179,18 @@ class Worker:
             "job processed",
             extra={**ctx, "seconds": job.processing_seconds, "results": len(outcomes)},
         )
+
+    def _observe_receive_to_queued(self, job: Job, input_dir: Path) -> None:
+        """Latency from the study's first spooled instance to its job being queued.
+
+        Spooled files keep their modification time when moved into the job (``os.replace``),
+        so the oldest input file tells when the study's first instance arrived.
+        """
+        try:
+            first = min(p.stat().st_mtime for p in input_dir.glob("*.dcm"))
+        except (OSError, ValueError):  # no input, or a file vanished: nothing to measure
+            return
+        self._metrics.observe("receive_to_queued_seconds", job.created_at.timestamp() - first)
 
     def _failed(self, job: Job, exc: BaseException, *, retryable: bool) -> None:
         retry = self._queue.record_failure(

@@ -16,6 +16,7 @@ from dicom_node.queue import INPUT_DIR, Job, JobQueue, JobStateValues, new_job_i
 from dicom_node.service import NodeService
 
 TOKEN = "test-token-0123456789"
+ADMIN_TOKEN = "admin-token-9876543210"
 
 
 @pytest.fixture
@@ -259,6 +260,7 @@ def test_http_api_with_token(
 
     node_settings.http_port = kit.free_port()
     node_settings.api_token = SecretStr(TOKEN)
+    node_settings.api_admin_token = SecretStr(ADMIN_TOKEN)
     node_settings.study_quiet_seconds = 30  # only process-now completes the study
     node = make_node(kit.FakeEngine(score=0.2))
 
@@ -273,8 +275,10 @@ def test_http_api_with_token(
     study = generate_uid()
     kit.send_files(node.scp_port, [kit.new_instance(ct_path, study, instances_dir)])
     assert _api(node, f"/studies/{study}/process-now", method="POST").status_code == 401
-    assert _api(node, "/studies/1.2.3.4/process-now", TOKEN, "POST").status_code == 404
-    r = _api(node, f"/studies/{study}/process-now", TOKEN, "POST")
+    # the read-only token cannot change state
+    assert _api(node, f"/studies/{study}/process-now", TOKEN, "POST").status_code == 403
+    assert _api(node, "/studies/1.2.3.4/process-now", ADMIN_TOKEN, "POST").status_code == 404
+    r = _api(node, f"/studies/{study}/process-now", ADMIN_TOKEN, "POST")
     assert r.status_code == 202
     assert node.wait_until_idle(timeout=10)
 
