@@ -1,7 +1,8 @@
-"""Command line: ``python -m dicom_node serve`` and ``python -m dicom_node demo ...``.
+"""Command line: ``python -m dicom_node serve``, ``pull ...`` and ``demo ...``.
 
 ``serve`` runs `dicom_node.service.NodeService` with settings from the ``DICOM_NODE_*``
-environment until SIGINT or SIGTERM. ``demo`` hands its arguments to
+environment until SIGINT or SIGTERM. ``pull`` queues jobs for studies already in the PACS
+(`dicom_node.pull`; ``pull --help``). ``demo`` hands its arguments to
 ``dicom_node.embedded.main`` (Orthanc + node + viewer with sample studies). Logging is
 configured here and only here.
 """
@@ -102,6 +103,52 @@ def serve(log_level: str) -> int:
     return 0
 
 
+def pull(args: argparse.Namespace) -> int:
+    """Run `dicom_node.pull.pull_studies` and print one line per study (UIDs only).
+
+    Args:
+        args: the parsed ``pull`` arguments.
+
+    Returns:
+        Exit status (2 for invalid settings or arguments, 1 when the PACS failed).
+    """
+    configure_logging(args.log_level)
+    from dicom_node.config import load_settings
+    from dicom_node.pull import PullError, make_client, parse_since, pull_studies
+
+    try:
+        settings = load_settings()
+        since = parse_since(args.since) if args.since else None
+        client = make_client(args.qido_url or settings.orthanc_url, settings)
+        report = pull_studies(
+            settings,
+            client,
+            modality=args.modality,
+            since=since,
+            checkpoints=args.models,
+            dry_run=args.dry_run,
+            limit=args.limit,
+        )
+    except ConfigError as exc:
+        print(f"dicom_node: {exc}", file=sys.stderr)
+        return 2
+    except PullError as exc:
+        print(f"dicom_node pull: {exc}", file=sys.stderr)
+        return 1
+    for study in report.studies:
+        jobs = ",".join(study.job_ids) or ("-" if not report.dry_run else "(dry run)")
+        print(
+            f"{study.study_instance_uid}\tseries={study.series}\t"
+            f"instances={study.instances}\tjobs={jobs}"
+        )
+    verb = "would retrieve" if report.dry_run else "retrieved"
+    print(
+        f"{len(report.studies)} studies, {verb} {report.instances} instances, "
+        f"{len(report.job_ids)} jobs queued"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point.
 
@@ -120,9 +167,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_p = sub.add_parser("serve", help="run the node (settings from DICOM_NODE_* env)")
     serve_p.add_argument("--log-level", default="INFO")
     sub.add_parser("demo", help="Orthanc + node + viewer with sample studies (embedded default)")
+    pull_p = sub.add_parser(
+        "pull",
+        help="queue jobs for studies already in the PACS (QIDO-RS + WADO-RS)",
+        description="Find studies by QIDO-RS, retrieve them by WADO-RS and queue jobs that "
+        "the running node processes. PACS credentials and data_dir come from DICOM_NODE_*.",
+    )
+    pull_p.add_argument("--qido-url", help="DICOMweb root (default: DICOM_NODE_ORTHANC_URL)")
+    pull_p.add_argument("--modality", help="e.g. CR: studies with, and series of, this modality")
+    pull_p.add_argument("--since", help="30m, 12h, 1d, 2w or a date YYYYMMDD (StudyDate)")
+    pull_p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="CHECKPOINT",
+        help="checkpoint to run (repeatable; default: the rules file or DICOM_NODE_CHECKPOINTS)",
+    )
+    pull_p.add_argument("--limit", type=int, help="at most this many studies")
+    pull_p.add_argument("--dry-run", action="store_true", help="only query and report")
+    pull_p.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(args_in)
     if args.command == "serve":
         return serve(args.log_level)
+    if args.command == "pull":
+        return pull(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
