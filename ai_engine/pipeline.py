@@ -118,6 +118,7 @@ def run(
     output_dir: Path,
     checkpoints: Sequence[str] = ("default-cxr",),
     device: torch.device | None = None,
+    overlay_sc: bool = False,
 ) -> list[StudyResult]:
     """Analyse every study under ``input_dir`` with each checkpoint; write DICOM results.
 
@@ -126,6 +127,8 @@ def run(
         output_dir: where the SEG and SR files are written (created if missing).
         checkpoints: shipped checkpoint names or checkpoint folders.
         device: torch device; default: CUDA when available, else CPU.
+        overlay_sc: also write a colour Secondary Capture per image with the map burned in,
+            for PACS viewers that show neither SEG nor Parametric Map.
 
     Returns:
         One StudyResult per (study, checkpoint), in input order.
@@ -138,6 +141,7 @@ def run(
 
     from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.reader import read_image
+    from ai_engine.dicom_io.sc_writer import write_overlay_sc
     from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
     from ai_engine.dicom_io.sr_writer import write_sr
 
@@ -168,7 +172,7 @@ def run(
                 )
             output = predict_images(model, [pixels for _, _, pixels in to_score])
             files: list[str] = []
-            seg_series, frac_series = generate_uid(), generate_uid()
+            seg_series, frac_series, sc_series = generate_uid(), generate_uid(), generate_uid()
             cal = card.calibration
             for i, (_src, dataset, pixels) in enumerate(to_score):
                 score = float(output.score[i])
@@ -211,7 +215,18 @@ def run(
                         series_instance_uid=frac_series,
                         instance_number=i + 1,
                     )
-                for kind, ds in (("seg", binary), ("map", continuous)):
+                outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
+                if overlay_sc:
+                    sc = write_overlay_sc(
+                        dataset,
+                        pixels,
+                        scaled,
+                        algorithm,
+                        series_instance_uid=sc_series,
+                        instance_number=i + 1,
+                    )
+                    outputs.append(("sc", sc))
+                for kind, ds in outputs:
                     path = output_dir / f"{card.name}_{kind}_{ds.SOPInstanceUID}.dcm"
                     ds.save_as(path, enforce_file_format=True)
                     files.append(str(path))

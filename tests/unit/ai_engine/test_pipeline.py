@@ -136,3 +136,15 @@ def test_mr_source_gets_a_parametric_map_instead_of_a_fractional_seg(tmp_path):
         "Parametric Map Storage",
         "Segmentation Storage",
     ]
+
+
+def test_optional_overlay_secondary_capture_is_written_and_references_the_source(
+    tiny_checkpoint, study_dir, tmp_path
+):
+    [result] = pipeline.run(study_dir, tmp_path / "out", [str(tiny_checkpoint)], overlay_sc=True)
+    source = pydicom.dcmread(next(study_dir.glob("*.dcm")))
+    [sc] = [pydicom.dcmread(f) for f in result.files if "_sc_" in f]
+    assert sc.SOPClassUID.name == "Secondary Capture Image Storage"
+    assert sc.PhotometricInterpretation == "RGB"
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
