@@ -20,9 +20,9 @@ import yaml
 
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
-from ai_engine.models.reconstruction import image_scores, smoothed_error
+from ai_engine.models.base import AnomalyModel
 from ai_engine.transforms import describe
-from ai_engine.types import Calibration, ModelCard
+from ai_engine.types import AnomalyOutput, Calibration, ModelCard
 from training.data import load_batch, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,36 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def reconstruct(network: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    network.eval()
-    return torch.cat([network(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def _predict(model: AnomalyModel, x: torch.Tensor, batch_size: int = 64) -> AnomalyOutput:
+    model.eval()
+    outs = [model.predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not outs:
+        return AnomalyOutput(torch.empty(0), torch.empty(0, *x.shape[1:]), None)
+    return AnomalyOutput(
+        score=torch.cat([o.score.cpu() for o in outs]),
+        anomaly_map=torch.cat([o.anomaly_map.cpu() for o in outs]),
+        reconstruction=None,
+    )
+
+
+def _provisional_card(
+    config: dict[str, Any], image_size: tuple[int, int], scoring: dict[str, Any]
+) -> ModelCard:
+    """A card for scoring during calibration (no thresholds yet)."""
+    return ModelCard(
+        model_id=config["model_id"],
+        name=config["name"],
+        version=str(config["version"]),
+        modalities=(),
+        body_parts=(),
+        views=(),
+        image_size=image_size,
+        preprocessing="",
+        weights_sha256="",
+        calibration=Calibration(0.0, "", (0.0,), ("",), 1.0),
+        training={"scoring": scoring},
+        architecture=dict(config["init_args"]),
+    )
 
 
 def fit(
@@ -82,20 +109,14 @@ def fit(
 
     cls = registry.get(config["model_id"])
     network = cls.build_network(**config["init_args"])
-    optimizer = torch.optim.Adam(
-        network.parameters(),
-        lr=float(optim_cfg["lr"]),
-        weight_decay=float(optim_cfg.get("weight_decay", 0)),
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=4)
+    trainer = cls.make_trainer(network, optim_cfg)
     batch_size = int(optim_cfg["batch_size"])
     patience = int(optim_cfg.get("patience", 10))
     generator = torch.Generator().manual_seed(seed)
     best_loss, best_state, best_epoch, history = float("inf"), None, -1, []
     for epoch in range(n_epochs):
-        network.train()
         order = torch.randperm(len(x_train), generator=generator)
-        total = 0.0
+        sums: dict[str, float] = {}
         for start in range(0, len(order), batch_size):
             batch = x_train[order[start : start + batch_size]]
             # light augmentation: random horizontal shift of up to 4 px and intensity jitter
@@ -103,17 +124,13 @@ def fit(
             batch = torch.roll(batch, shifts=shift, dims=3)
             gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
             batch = (batch * gain).clamp(0, 1)
-            loss = cls.training_loss(network, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        val_loss = float(torch.mean((reconstruct(network, x_val_n) - x_val_n) ** 2))
-        scheduler.step(val_loss)
-        history.append(
-            {"epoch": epoch, "train_mse": total / len(order), "val_normal_mse": val_loss}
-        )
-        logger.info("epoch %d train %.5f val-normal %.5f", epoch, total / len(order), val_loss)
+            for name, value in trainer.step(batch).items():
+                sums[name] = sums.get(name, 0.0) + value * len(batch)
+        val_loss = trainer.validation_loss(x_val_n)
+        trainer.end_epoch(val_loss)
+        losses = {k: v / len(order) for k, v in sums.items()}
+        history.append({"epoch": epoch, **losses, "val_normal_loss": val_loss})
+        logger.info("epoch %d train %s val-normal %.5f", epoch, losses, val_loss)
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(network.state_dict()), epoch
         elif epoch - best_epoch >= patience:
@@ -123,20 +140,23 @@ def fit(
         network.load_state_dict(best_state)
     network.eval()
 
-    # --- calibration on val (scores of healthy val only for thresholds) ---
-    scoring = config.get("scoring", {})
-    sigma = float(scoring.get("map_sigma", 2.0))
-    top_fraction = float(scoring.get("top_fraction", 0.05))
-    rec_n, rec_a = reconstruct(network, x_val_n), reconstruct(network, x_val_a)
-    map_n, map_a = smoothed_error(x_val_n, rec_n, sigma), smoothed_error(x_val_a, rec_a, sigma)
-    rule_auroc = {}
-    for rule in scoring.get("rules", ["mse"]):
-        s_n = image_scores(x_val_n, rec_n, map_n, rule, top_fraction).numpy()
-        s_a = image_scores(x_val_a, rec_a, map_a, rule, top_fraction).numpy()
+    # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
+    scoring = dict(config.get("scoring", {}))
+    rules = [r for r in scoring.get("rules", cls.score_rules()) if r in cls.score_rules()]
+    rule_auroc: dict[str, float] = {}
+    outputs = {}
+    for rule in rules or list(cls.score_rules()[:1]):
+        probe = _provisional_card(config, image_size, {**scoring, "rule": rule})
+        model = cls(probe, network)
+        out_n, out_a = _predict(model, x_val_n), _predict(model, x_val_a)
+        outputs[rule] = (out_n, out_a)
+        s_n, s_a = out_n.score.numpy(), out_a.score.numpy()
         labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
         rule_auroc[rule] = auroc(labels, np.r_[s_n, s_a]) if len(s_a) and len(s_n) else float("nan")
     rule = max(rule_auroc, key=lambda r: rule_auroc[r])
-    healthy = image_scores(x_val_n, rec_n, map_n, rule, top_fraction).numpy()
+    out_n = outputs[rule][0]
+    healthy = out_n.score.numpy()
+    map_n = out_n.anomaly_map
     cal_cfg = config.get("calibration", {})
     pct = float(cal_cfg.get("percentile", 95))
     pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
@@ -176,7 +196,7 @@ def fit(
             "best_epoch": best_epoch,
             "optim": optim_cfg,
             "seed": seed,
-            "scoring": {"rule": rule, "top_fraction": top_fraction, "map_sigma": sigma},
+            "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},
             "wall_seconds": round(time.time() - started, 1),
             "torch": torch.__version__,
         },
@@ -220,7 +240,8 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
         ),
         (
             "anomaly map",
-            f"absolute reconstruction error, Gaussian sigma {scoring.get('map_sigma')} px, at "
+            f"{registry.get(card.model_id).map_description} "
+            f"(sigma {scoring.get('map_sigma')} px), at "
             f"{card.image_size[0]}x{card.image_size[1]}, resized back to the source image",
         ),
         ("threshold", f"{cal.threshold:.6g}: {cal.threshold_rule}"),

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from ai_engine.types import AnomalyOutput, ModelCard
+
+
+class Trainer(Protocol):
+    """One model's training procedure on batches of normal images (used by ``training fit``).
+
+    ``validation_loss`` must use healthy validation images only (no labels): it drives early
+    stopping and learning-rate schedules; lower is better.
+    """
+
+    def step(self, batch: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a (B, 1, H, W) batch; returns named losses."""
+        ...
+
+    def validation_loss(self, x_val_normal: torch.Tensor) -> float:
+        """Label-free criterion on healthy validation images (N, 1, H, W)."""
+        ...
+
+    def end_epoch(self, val_loss: float) -> None:
+        """Called after each epoch (learning-rate schedules)."""
+        ...
 
 
 class AnomalyModel(ABC):
@@ -21,6 +41,8 @@ class AnomalyModel(ABC):
 
     #: Registry id; equal to the model's folder name under ai_engine/models.
     model_id: ClassVar[str]
+    #: What the anomaly map is, in words (for the model card).
+    map_description: ClassVar[str] = "model-specific anomaly map"
 
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         self.card = card
@@ -47,6 +69,20 @@ class AnomalyModel(ABC):
     def training_loss(cls, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Loss of one training batch of normal images (B, 1, H, W)."""
         raise NotImplementedError(f"{cls.__name__} has no single-network training loss")
+
+    @classmethod
+    def make_trainer(cls, network: nn.Module, optim: dict[str, Any]) -> Trainer:
+        """The training procedure of this model for ``network`` with the config's ``optim``.
+
+        Raises:
+            NotImplementedError: the model is not trainable by ``training fit``.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot be trained by `training fit`")
+
+    @classmethod
+    def score_rules(cls) -> tuple[str, ...]:
+        """Image-score rules among which ``training fit`` chooses on val (default: one)."""
+        return ("default",)
 
     def to(self, device: torch.device | str) -> AnomalyModel:
         """Move the network to ``device`` and remember it."""

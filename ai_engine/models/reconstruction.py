@@ -14,7 +14,7 @@ import torch
 from monai.networks.layers import GaussianFilter
 from torch import nn
 
-from ai_engine.models.base import AnomalyModel
+from ai_engine.models.base import AnomalyModel, Trainer
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("mse", "map_mean", "map_top")
@@ -56,6 +56,7 @@ class ReconstructionModel(AnomalyModel):
     """
 
     model_id: ClassVar[str]
+    map_description: ClassVar[str] = "absolute reconstruction error, Gaussian-smoothed"
 
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         super().__init__(card, network)
@@ -83,3 +84,52 @@ class ReconstructionModel(AnomalyModel):
     def training_loss(cls, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Loss of one training batch (B, 1, H, W); default: mean squared error."""
         return torch.mean((network(x) - x) ** 2)
+
+    @classmethod
+    def make_trainer(cls, network: nn.Module, optim: dict[str, Any]) -> Trainer:
+        """Adam on `training_loss`, ReduceLROnPlateau on the healthy-val reconstruction MSE."""
+        return ReconstructionTrainer(cls, network, optim)
+
+    @classmethod
+    def score_rules(cls) -> tuple[str, ...]:
+        """The reconstruction score rules (see the module docstring)."""
+        return SCORE_RULES
+
+
+class ReconstructionTrainer:
+    """Adam + `ReconstructionModel.training_loss`; validation: MSE on healthy val images."""
+
+    def __init__(self, cls: type[ReconstructionModel], network: nn.Module, optim: dict[str, Any]):
+        self.cls = cls
+        self.network = network
+        self.optimizer = torch.optim.Adam(
+            network.parameters(),
+            lr=float(optim.get("lr", 1e-3)),
+            weight_decay=float(optim.get("weight_decay", 0.0)),
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=0.5, patience=4
+        )
+
+    def step(self, batch: torch.Tensor) -> dict[str, float]:
+        """One Adam step on the model's training loss."""
+        self.network.train()
+        loss = self.cls.training_loss(self.network, batch)
+        self.optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def validation_loss(self, x_val_normal: torch.Tensor) -> float:
+        """Mean squared reconstruction error of healthy validation images."""
+        self.network.eval()
+        total = 0.0
+        for start in range(0, len(x_val_normal), 64):
+            x = x_val_normal[start : start + 64]
+            total += float(torch.sum((self.network(x) - x) ** 2))
+        return total / max(1, x_val_normal.numel())
+
+    def end_epoch(self, val_loss: float) -> None:
+        """Halve the learning rate when the validation loss plateaus."""
+        self.scheduler.step(val_loss)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -58,14 +59,13 @@ def test_every_model_trains_a_few_steps_with_finite_loss_and_predicts(model_id):
     cls = registry.get(model_id)
     args = {"image_size": (64, 64), "channels": (4, 8, 8, 8), "latent_dim": 8}
     net = cls.build_network(**args)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    trainer = cls.make_trainer(net, {"lr": 1e-3})
     x = torch.rand(4, 1, 64, 64)
     for _ in range(3):
-        loss = cls.training_loss(net, x)
-        assert torch.isfinite(loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        losses = trainer.step(x)
+        assert losses
+        assert all(np.isfinite(v) for v in losses.values())
+    assert np.isfinite(trainer.validation_loss(x))
     card = ModelCard(
         model_id,
         "t",
