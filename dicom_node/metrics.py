@@ -30,6 +30,7 @@ COUNTERS: Mapping[str, str] = {
     "process_retries_total": "Engine runs scheduled again after a failure.",
     "send_retries_total": "Deliveries scheduled again after a failure.",
     "instances_not_routed_total": "Instances no routing rule sent to a checkpoint (recorded).",
+    "instances_quarantined_total": "Spooled instances whose header could not be read (kept).",
     "cleanup_removed_total": "Finished job folders, quarantined files and index rows removed.",
 }
 

@@ -421,6 +421,7 @@ class Router:
             file=target.name,
         )
         move_durable(path, target)
+        self._metrics.inc("instances_quarantined_total")
 
     def recover(self) -> int:
         """At startup: roll back jobs left half-created in ``jobs/staging/``.
