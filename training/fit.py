@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
@@ -24,8 +25,16 @@ from ai_engine.models.base import AnomalyModel
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
 from training.data import load_batch, read_manifest
+from training.log import TrainingLog
 
 logger = logging.getLogger(__name__)
+
+#: ``optim.select`` -> how the kept epoch is chosen (written in the card).
+SELECTION_RULES: dict[str, str] = {
+    "val_normal_loss": "lowest label-free loss on healthy val images (early stopping)",
+    "val_auroc": "highest image AUROC on val (val labels; test never read)",
+    "last": "last epoch of the fixed budget",
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,6 +61,23 @@ def _predict(model: AnomalyModel, x: torch.Tensor, batch_size: int = 64) -> Anom
         anomaly_map=torch.cat([o.anomaly_map.cpu() for o in outs]),
         reconstruction=None,
     )
+
+
+def _val_auroc(
+    cls: type[AnomalyModel],
+    network: torch.nn.Module,
+    config: dict[str, Any],
+    image_size: tuple[int, int],
+    scoring: dict[str, Any],
+    x_val_n: torch.Tensor,
+    x_val_a: torch.Tensor,
+) -> float:
+    """Image AUROC on val (healthy vs abnormal) with one score rule; NaN if a class is empty."""
+    if not len(x_val_n) or not len(x_val_a):
+        return float("nan")
+    model = cls(_provisional_card(config, image_size, scoring), network)
+    s_n, s_a = _predict(model, x_val_n).score.numpy(), _predict(model, x_val_a).score.numpy()
+    return auroc(np.r_[np.zeros(len(s_n)), np.ones(len(s_a))], np.r_[s_n, s_a])
 
 
 def _provisional_card(
@@ -112,36 +138,59 @@ def fit(
     trainer = cls.make_trainer(network, optim_cfg)
     batch_size = int(optim_cfg["batch_size"])
     patience = int(optim_cfg.get("patience", 10))
+    select = str(optim_cfg.get("select", "val_normal_loss"))
+    if select not in SELECTION_RULES:
+        raise ValueError(f"optim.select {select!r}: valid are {', '.join(SELECTION_RULES)}")
+    monitor = bool(optim_cfg.get("monitor_auroc", True)) or select == "val_auroc"
+    scoring = dict(config.get("scoring", {}))
+    monitor_rule = (list(scoring.get("rules", [])) or list(cls.score_rules()))[0]
     generator = torch.Generator().manual_seed(seed)
-    best_loss, best_state, best_epoch, history = float("inf"), None, -1, []
-    for epoch in range(n_epochs):
-        order = torch.randperm(len(x_train), generator=generator)
-        sums: dict[str, float] = {}
-        for start in range(0, len(order), batch_size):
-            batch = x_train[order[start : start + batch_size]]
-            # light augmentation: random horizontal shift of up to 4 px and intensity jitter
-            shift = int(torch.randint(-4, 5, (1,), generator=generator))
-            batch = torch.roll(batch, shifts=shift, dims=3)
-            gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
-            batch = (batch * gain).clamp(0, 1)
-            for name, value in trainer.step(batch).items():
-                sums[name] = sums.get(name, 0.0) + value * len(batch)
-        val_loss = trainer.validation_loss(x_val_n)
-        trainer.end_epoch(val_loss)
-        losses = {k: v / len(order) for k, v in sums.items()}
-        history.append({"epoch": epoch, **losses, "val_normal_loss": val_loss})
-        logger.info("epoch %d train %s val-normal %.5f", epoch, losses, val_loss)
-        if val_loss < best_loss:
-            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(network.state_dict()), epoch
-        elif epoch - best_epoch >= patience:
-            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-            break
+    best_value, best_state, best_epoch, history = float("inf"), None, -1, []
+    with TrainingLog(out / "logs") as log:
+        for epoch in range(n_epochs):
+            order = torch.randperm(len(x_train), generator=generator)
+            sums: dict[str, float] = {}
+            starts = range(0, len(order), batch_size)
+            bar = tqdm(starts, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", disable=None)
+            for start in bar:
+                batch = x_train[order[start : start + batch_size]]
+                # light augmentation: random horizontal shift of up to 4 px and intensity jitter
+                shift = int(torch.randint(-4, 5, (1,), generator=generator))
+                batch = torch.roll(batch, shifts=shift, dims=3)
+                gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
+                batch = (batch * gain).clamp(0, 1)
+                step = trainer.step(batch)
+                for name, value in step.items():
+                    sums[name] = sums.get(name, 0.0) + value * len(batch)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in step.items()})
+            val_loss = trainer.validation_loss(x_val_n)
+            trainer.end_epoch(val_loss)
+            losses = {k: v / len(order) for k, v in sums.items()}
+            entry: dict[str, float] = {**losses, "val_normal_loss": val_loss}
+            if monitor:
+                entry["val_auroc"] = _val_auroc(
+                    cls, network, config, image_size, {**scoring, "rule": monitor_rule},
+                    x_val_n, x_val_a,
+                )  # fmt: skip
+            history.append({"epoch": epoch, **entry})
+            log.epoch(epoch, entry)
+            logger.info("epoch %d %s", epoch, " ".join(f"{k} {v:.5g}" for k, v in entry.items()))
+            value = {
+                "val_normal_loss": val_loss,
+                "val_auroc": -entry.get("val_auroc", float("nan")),
+                "last": -float(epoch),
+            }[select]
+            if value < best_value or best_state is None:
+                best_value, best_epoch = value, epoch
+                best_state = copy.deepcopy(network.state_dict())
+            elif select != "last" and epoch - best_epoch >= patience:
+                logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                break
     if best_state is not None:
         network.load_state_dict(best_state)
     network.eval()
 
     # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
-    scoring = dict(config.get("scoring", {}))
     rules = [r for r in scoring.get("rules", cls.score_rules()) if r in cls.score_rules()]
     rule_auroc: dict[str, float] = {}
     outputs = {}
@@ -194,6 +243,7 @@ def fit(
             "n_val_abnormal": len(x_val_a),
             "epochs_run": len(history),
             "best_epoch": best_epoch,
+            "selection": SELECTION_RULES[select],
             "optim": optim_cfg,
             "seed": seed,
             "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},

@@ -36,6 +36,23 @@ def test_fit_writes_a_calibrated_checkpoint_with_a_model_card(tiny_checkpoint):
     assert "Research use only" in readme
 
 
+def test_fit_logs_every_epoch_to_csv_and_tensorboard(tiny_checkpoint):
+    card = checkpoints.read_card(tiny_checkpoint)
+    lines = (tiny_checkpoint / "logs" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "epoch"
+    assert {"loss", "val_normal_loss", "val_auroc"} <= set(header)
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # 2 epochs, none dropped
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert 0.0 <= float(rows[-1]["val_auroc"]) <= 1.0
+    assert list((tiny_checkpoint / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    # the kept epoch is the one with the lowest healthy-val loss, and the card says so
+    losses = [float(r["val_normal_loss"]) for r in rows]
+    assert card.training["best_epoch"] == int(np.argmin(losses))
+    assert "healthy val" in card.training["selection"]
+
+
 def test_checkpoint_round_trip_gives_the_same_scores(tiny_checkpoint, mini_cxr_manifest):
     items = read_manifest(mini_cxr_manifest, "test")[:4]
     images = [load_image(i.path) for i in items]
