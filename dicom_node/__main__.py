@@ -1,4 +1,7 @@
-"""Command line: ``python -m dicom_node serve``, ``pull ...`` and ``demo ...``.
+"""Command line: ``python -m dicom_node serve``, ``worker``, ``pull ...`` and ``demo ...``.
+
+``worker`` runs one scaled-out worker (`dicom_node.distributed`; needs
+``DICOM_NODE_BROKER_URL`` and the node's ``data_dir`` on shared storage).
 
 ``serve`` runs `dicom_node.service.NodeService` with settings from the ``DICOM_NODE_*``
 environment until SIGINT or SIGTERM. ``pull`` queues jobs for studies already in the PACS
@@ -103,6 +106,26 @@ def serve(log_level: str) -> int:
     return 0
 
 
+def worker(log_level: str) -> int:
+    """Run one scaled-out worker (`dicom_node.distributed.run_worker`) until SIGINT/SIGTERM.
+
+    Args:
+        log_level: logging level name.
+
+    Returns:
+        Exit status (2 for invalid settings, no broker, or Celery missing).
+    """
+    configure_logging(log_level)
+    from dicom_node.config import load_settings
+    from dicom_node.distributed import run_worker
+
+    try:
+        return run_worker(load_settings())
+    except ConfigError as exc:
+        print(f"dicom_node: {exc}", file=sys.stderr)
+        return 2
+
+
 def pull(args: argparse.Namespace) -> int:
     """Run `dicom_node.pull.pull_studies` and print one line per study (UIDs only).
 
@@ -166,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run the node (settings from DICOM_NODE_* env)")
     serve_p.add_argument("--log-level", default="INFO")
+    worker_p = sub.add_parser(
+        "worker",
+        help="run jobs of a scaled-out node (DICOM_NODE_BROKER_URL, shared DICOM_NODE_DATA_DIR)",
+    )
+    worker_p.add_argument("--log-level", default="INFO")
     sub.add_parser("demo", help="Orthanc + node + viewer with sample studies (embedded default)")
     pull_p = sub.add_parser(
         "pull",
@@ -191,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args.log_level)
     if args.command == "pull":
         return pull(args)
+    if args.command == "worker":
+        return worker(args.log_level)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

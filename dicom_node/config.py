@@ -132,6 +132,19 @@ class NodeSettings(BaseSettings):
         cstore_tls_key_file: its private key.
         cstore_tls_server_name: name expected in the destination's certificate (default:
             ``cstore_host``).
+        broker_url: Celery broker (e.g. ``redis://host:6379/0``) of the scaled-out node:
+            ``serve`` dispatches job ids to ``python -m dicom_node worker`` processes
+            instead of running the engine itself (`dicom_node.distributed`). None (the
+            default) is the embedded node: no server, the worker runs in the node.
+        broker_queue: name of the Celery queue the job ids go to.
+        broker_visibility_timeout_seconds: the broker gives a task that was taken but not
+            acknowledged (its worker died) to another worker after this long.
+        worker_lease_seconds: a running job whose worker did not renew its lease (on the
+            shared ``data_dir``) for this long is taken over by another worker.
+        dispatch_timeout_seconds: a due job still queued this long after it was dispatched
+            while the broker's queue is empty (the message was lost) is dispatched again.
+        worker_engine: ``module:function`` the worker runs instead of
+            ``ai_engine.pipeline.run`` (same signature); for stand-in engines.
     """
 
     model_config = SettingsConfigDict(
@@ -202,6 +215,14 @@ class NodeSettings(BaseSettings):
     cstore_tls_cert_file: Path | None = None
     cstore_tls_key_file: Path | None = None
     cstore_tls_server_name: str | None = None
+
+    # --- scaled out: Celery broker, workers on other machines --------------------------------
+    broker_url: SecretStr | None = None
+    broker_queue: str = Field(default="dicom_node", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    broker_visibility_timeout_seconds: float = Field(default=3600.0, gt=0)
+    worker_lease_seconds: float = Field(default=30.0, gt=0)
+    dispatch_timeout_seconds: float = Field(default=600.0, gt=0)
+    worker_engine: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
 
     @field_validator("allowed_calling_aes", "checkpoints", mode="before")
     @classmethod
@@ -306,6 +327,10 @@ class NodeSettings(BaseSettings):
                 f"the HTTP API on {self.http_host} (not loopback) needs api_token or "
                 "api_admin_token"
             )
+        if self.broker_url is not None and not re.fullmatch(
+            r"[a-z][a-z0-9+]*://\S*", self.broker_url.get_secret_value()
+        ):
+            raise ValueError("broker_url must be a URL such as redis://host:6379/0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_ca_file is not None and self.tls_cert_file is None:

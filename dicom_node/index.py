@@ -290,6 +290,21 @@ class StateIndex:
                 (state, utcnow().isoformat(), job_id),
             )
 
+    def job_ids(self, state: str) -> set[str]:
+        """Ids of the jobs that have rows in this state.
+
+        Args:
+            state: ``queued``, ``done`` or ``failed``.
+
+        Returns:
+            The job ids.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT job_id FROM processed WHERE state = ?", (state,)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def record_done(self, job: Job) -> None:
         """Mark a delivered job's instances done and merge its scores into ``study_scores``.
 

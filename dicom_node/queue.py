@@ -386,23 +386,37 @@ class JobQueue:
             The claimed job (state ``running``, process attempts counted), or None.
         """
         for job in self.iter_jobs(JobStateValues.QUEUED):
-            if not job.due(now):
-                continue
-            src = self.state_dir(JobStateValues.QUEUED) / job.job_id
-            dst = self.state_dir(JobStateValues.RUNNING) / job.job_id
-            try:
-                src.rename(dst)  # atomic: exactly one claimant wins
-            except FileNotFoundError:
-                continue
-            fsync_dir(dst.parent)
-            fsync_dir(src.parent)
-            job.state = JobStateValues.RUNNING
-            job.attempts[JobStageValues.PROCESS] = job.attempts.get(JobStageValues.PROCESS, 0) + 1
-            job.next_retry_at = None
-            job.started_at = utcnow()
-            self.save(job)
-            return job
+            if self.claim_job(job, now):
+                return job
         return None
+
+    def claim_job(self, job: Job, now: datetime | None = None) -> bool:
+        """Take one given job from ``ready/`` into ``running/`` if it is due.
+
+        Args:
+            job: the job as loaded from ``ready/``.
+            now: the current time (tests).
+
+        Returns:
+            True if this call claimed it (``job`` is then ``running``, process attempts
+            counted); False if it is not due or another claimant was first.
+        """
+        if not job.due(now):
+            return False
+        src = self.state_dir(JobStateValues.QUEUED) / job.job_id
+        dst = self.state_dir(JobStateValues.RUNNING) / job.job_id
+        try:
+            src.rename(dst)  # atomic: exactly one claimant wins
+        except FileNotFoundError:
+            return False
+        fsync_dir(dst.parent)
+        fsync_dir(src.parent)
+        job.state = JobStateValues.RUNNING
+        job.attempts[JobStageValues.PROCESS] = job.attempts.get(JobStageValues.PROCESS, 0) + 1
+        job.next_retry_at = None
+        job.started_at = utcnow()
+        self.save(job)
+        return True
 
     def due_outbox(self, now: datetime | None = None) -> list[Job]:
         """Jobs in the outbox whose retry wait is over.

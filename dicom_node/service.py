@@ -1,5 +1,8 @@
 """`NodeService`: the whole node in one process (the embedded default).
 
+With ``broker_url`` set, the worker stage is replaced by `dicom_node.distributed.Dispatcher`
+(job ids to Celery workers on other machines); everything else stays in this process.
+
 Stages talk only through the durable state on disk (spool, job folders, sqlite index);
 each runs in its own thread:
 
@@ -158,8 +161,15 @@ class NodeService:
         )
         spool.clear_stale()
         router.recover()
-        queue.recover()
-        worker = Worker(s, queue, index, self.metrics, self._engine)
+        if s.broker_url is None:
+            queue.recover()
+            step: Callable[[], bool] = Worker(s, queue, index, self.metrics, self._engine).run_once
+        else:  # scaled out: workers elsewhere own running/; the dispatcher follows leases
+            from dicom_node.distributed import Dispatcher
+
+            dispatcher = Dispatcher(s, queue, index, self.metrics)
+            dispatcher.recover()
+            step = dispatcher.run_once
         outbox = Outbox(
             s,
             queue,
@@ -174,12 +184,12 @@ class NodeService:
         outbox_loop = _Loop("outbox", outbox.run_once, interval)
 
         def work() -> bool:
-            did = worker.run_once()
+            did = step()
             if did:
                 outbox_loop.wake()
             return did
 
-        worker_loop = _Loop("worker", work, interval)
+        worker_loop = _Loop("worker" if s.broker_url is None else "dispatcher", work, interval)
 
         def route() -> bool:
             if router.run_once():

@@ -23,7 +23,7 @@ from ai_engine.errors import AiEngineError
 from dicom_node.config import NodeSettings
 from dicom_node.index import STATE_FAILED, StateIndex
 from dicom_node.logutil import log_failure
-from dicom_node.metrics import Metrics
+from dicom_node.metrics import ENGINE_STAGES, Metrics
 from dicom_node.queue import (
     INPUT_DIR,
     OUTPUT_DIR,
@@ -116,7 +116,8 @@ class Worker:
     Args:
         settings: node settings (retry policy).
         queue: the job queue.
-        index: the processed-instance index (claims released when a job fails).
+        index: the processed-instance index (claims released when a job fails); None in
+            a distributed worker process, where the node records it (`dicom_node.distributed`).
         metrics: counters.
         engine: the engine function (default: `default_engine`).
     """
@@ -125,7 +126,7 @@ class Worker:
         self,
         settings: NodeSettings,
         queue: JobQueue,
-        index: StateIndex,
+        index: StateIndex | None,
         metrics: Metrics,
         engine: EngineFn | None = None,
     ) -> None:
@@ -170,6 +171,10 @@ class Worker:
             self._failed(job, exc, retryable=not isinstance(exc, AiEngineError))
             return
         self._metrics.observe("run_seconds", time.monotonic() - started)
+        for result in results:  # per-stage engine times, when the engine reports them
+            for stage, value in dict(getattr(result, "seconds", None) or {}).items():
+                if stage in ENGINE_STAGES:
+                    self._metrics.observe(ENGINE_STAGES[stage], float(value))
         job.processing_seconds = round(time.monotonic() - started, 3)
         job.results = outcomes
         job.failed_stage = None
@@ -206,6 +211,7 @@ class Worker:
             self._metrics.inc("process_retries_total")
             log_failure(logger, "engine failed; job will be retried", exc, **ctx)
         else:
-            self._index.set_state(job.job_id, STATE_FAILED)
+            if self._index is not None:
+                self._index.set_state(job.job_id, STATE_FAILED)
             self._metrics.inc("jobs_failed_total")
             log_failure(logger, "engine failed; job moved to failed", exc, **ctx)

@@ -20,7 +20,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages -------------------------------------------------------------------------
-APT_PACKAGES=(orthanc orthanc-dicomweb orthanc-python dcmtk dicom3tools chromium iproute2)
+APT_PACKAGES=(orthanc orthanc-dicomweb orthanc-python dcmtk dicom3tools chromium iproute2 redis-server)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
