@@ -1,6 +1,13 @@
 """Train an anomaly model on normal images, calibrate it on healthy val, write a checkpoint.
 
 Model selection and thresholds use the ``val`` split only; ``test`` is never read here.
+
+Semi-supervised models (config ``unlabelled: val``): the trainer also receives the val images
+(normal and abnormal, shuffled, labels withheld) through ``trainer.set_unlabelled(x)`` before
+the first epoch. Selection must then be label-free: ``optim.select: last`` or ``aucp`` (the
+pseudo-AUC of Brainomaly: AUROC of held-out *train/normal* patients, class 0, against the
+unlabelled val mix, class 1; no label of a val image is read), and the image-score rule is the
+first one configured (not chosen on val labels). ``val_auroc`` is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ SELECTION_RULES: dict[str, str] = {
     "val_normal_loss": "lowest label-free loss on healthy val images (early stopping)",
     "val_auroc": "highest image AUROC on val (val labels; test never read)",
     "last": "last epoch of the fixed budget",
+    "aucp": (
+        "highest pseudo-AUC (held-out train/normal patients vs the unlabelled val mix; "
+        "no val labels)"
+    ),
 }
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +111,32 @@ def _provisional_card(
     )
 
 
+def _aucp(
+    cls: type[AnomalyModel],
+    network: torch.nn.Module,
+    config: dict[str, Any],
+    image_size: tuple[int, int],
+    scoring: dict[str, Any],
+    x_holdout_normal: torch.Tensor,
+    x_unlabelled: torch.Tensor,
+) -> float:
+    """Pseudo-AUC: held-out known-normal images (0) vs the unlabelled mix (1); no labels."""
+    if not len(x_holdout_normal) or not len(x_unlabelled):
+        return float("nan")
+    model = cls(_provisional_card(config, image_size, scoring), network)
+    s_h = _predict(model, x_holdout_normal).score.numpy()
+    s_u = _predict(model, x_unlabelled).score.numpy()
+    return auroc(np.r_[np.zeros(len(s_h)), np.ones(len(s_u))], np.r_[s_h, s_u])
+
+
+def _holdout_patients(items: list[Any], fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of the train patients (at least one) held out for AUCp."""
+    patients = sorted({i.patient_id or str(i.path) for i in items})
+    rng = np.random.default_rng(seed)
+    n = max(1, round(len(patients) * fraction))
+    return {patients[k] for k in rng.permutation(len(patients))[:n]}
+
+
 def fit(
     config: dict[str, Any], out: Path, epochs: int | None = None, limit: int | None = None
 ) -> ModelCard:
@@ -133,15 +170,41 @@ def fit(
     x_val_n = load_batch([i.path for i in val_normal], image_size)
     x_val_a = load_batch([i.path for i in val_abnormal], image_size)
 
-    cls = registry.get(config["model_id"])
-    network = cls.build_network(**config["init_args"])
-    trainer = cls.make_trainer(network, optim_cfg)
-    batch_size = int(optim_cfg["batch_size"])
-    patience = int(optim_cfg.get("patience", 10))
     select = str(optim_cfg.get("select", "val_normal_loss"))
     if select not in SELECTION_RULES:
         raise ValueError(f"optim.select {select!r}: valid are {', '.join(SELECTION_RULES)}")
-    monitor = bool(optim_cfg.get("monitor_auroc", True)) or select == "val_auroc"
+    unlabelled = config.get("unlabelled")
+    if unlabelled not in (None, "val"):
+        raise ValueError(f"unlabelled {unlabelled!r}: the only supported value is 'val'")
+    if unlabelled and select == "val_auroc":
+        raise ValueError("unlabelled: val trains on the val images; select must be label-free")
+    if select == "aucp" and not unlabelled:
+        raise ValueError("optim.select aucp needs `unlabelled: val` (the mix it scores)")
+    x_holdout = torch.empty(0, 1, *image_size)
+    if select == "aucp":
+        held = _holdout_patients(train_items, float(optim_cfg.get("aucp_holdout", 0.1)), seed)
+        is_held = torch.tensor([(i.patient_id or str(i.path)) in held for i in train_items])
+        if bool(is_held.all()):
+            raise ValueError("aucp_holdout would hold out every train patient; lower it")
+        x_holdout, x_train = x_train[is_held], x_train[~is_held]
+    x_unlabelled = torch.empty(0, 1, *image_size)
+    if unlabelled:
+        # all val images, shuffled with the seed, labels dropped
+        mix = torch.cat([x_val_n, x_val_a])
+        x_unlabelled = mix[torch.randperm(len(mix), generator=torch.Generator().manual_seed(seed))]
+
+    cls = registry.get(config["model_id"])
+    network = cls.build_network(**config["init_args"])
+    trainer = cls.make_trainer(network, optim_cfg)
+    if unlabelled:
+        set_unlabelled = getattr(trainer, "set_unlabelled", None)
+        if set_unlabelled is None:
+            raise ValueError(f"{config['model_id']}'s trainer takes no unlabelled images")
+        set_unlabelled(x_unlabelled)
+    batch_size = int(optim_cfg["batch_size"])
+    patience = int(optim_cfg.get("patience", 10))
+    default_monitor = not unlabelled  # val images seen in training: their AUROC is transductive
+    monitor = bool(optim_cfg.get("monitor_auroc", default_monitor)) or select == "val_auroc"
     scoring = dict(config.get("scoring", {}))
     monitor_rule = (list(scoring.get("rules", [])) or list(cls.score_rules()))[0]
     generator = torch.Generator().manual_seed(seed)
@@ -172,6 +235,11 @@ def fit(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_val_n, x_val_a,
                 )  # fmt: skip
+            if select == "aucp":
+                entry["aucp"] = _aucp(
+                    cls, network, config, image_size, {**scoring, "rule": monitor_rule},
+                    x_holdout, x_unlabelled,
+                )  # fmt: skip
             history.append({"epoch": epoch, **entry})
             log.epoch(epoch, entry)
             logger.info("epoch %d %s", epoch, " ".join(f"{k} {v:.5g}" for k, v in entry.items()))
@@ -179,6 +247,7 @@ def fit(
                 "val_normal_loss": val_loss,
                 "val_auroc": -entry.get("val_auroc", float("nan")),
                 "last": -float(epoch),
+                "aucp": -entry.get("aucp", float("nan")),
             }[select]
             if value < best_value or best_state is None:
                 best_value, best_epoch = value, epoch
@@ -202,7 +271,8 @@ def fit(
         s_n, s_a = out_n.score.numpy(), out_a.score.numpy()
         labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
         rule_auroc[rule] = auroc(labels, np.r_[s_n, s_a]) if len(s_a) and len(s_n) else float("nan")
-    rule = max(rule_auroc, key=lambda r: rule_auroc[r])
+    # with unlabelled val images no choice is made on val labels: the first configured rule
+    rule = next(iter(rule_auroc)) if unlabelled else max(rule_auroc, key=lambda r: rule_auroc[r])
     out_n = outputs[rule][0]
     healthy = out_n.score.numpy()
     map_n = out_n.anomaly_map
@@ -244,6 +314,14 @@ def fit(
             "epochs_run": len(history),
             "best_epoch": best_epoch,
             "selection": SELECTION_RULES[select],
+            **(
+                {
+                    "unlabelled": f"{len(x_unlabelled)} val images, labels withheld",
+                    "n_aucp_holdout": len(x_holdout),
+                }
+                if unlabelled
+                else {}
+            ),
             "optim": optim_cfg,
             "seed": seed,
             "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},

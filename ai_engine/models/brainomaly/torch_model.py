@@ -1,0 +1,56 @@
+"""Brainomaly's generator as a pure ``nn.Module``: an encoder-decoder that outputs an additive map.
+
+The healthy version of an image is ``clamp(x + tanh(G(x)), 0, 1)``: the network only has to say
+what to change, which suits spatially aligned images (the paper's registered brain slices).
+The paper works in [-1, 1] and applies ``tanh(x + G(x))``; our inputs are in [0, 1], so the
+map is bounded by tanh and the sum is clipped to the input range instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+
+class AdditiveMapGenerator(nn.Module):
+    """Encoder-decoder (MONAI UNet, instance norm) producing a bounded additive map.
+
+    Args:
+        image_size: (H, W); both divisible by 16 (four stride-2 levels).
+        channels: channels of the four encoder levels.
+        latent_dim: channels of the bottleneck level.
+        num_res_units: residual units per level.
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (64, 64),
+        channels: Sequence[int] = (16, 32, 64, 128),
+        latent_dim: int = 128,
+        num_res_units: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"channels must have 4 entries, got {list(channels)}")
+        if int(image_size[0]) % 16 or int(image_size[1]) % 16:
+            raise ValueError(f"image_size must be divisible by 16, got {list(image_size)}")
+        self.body = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            channels=(*[int(c) for c in channels], int(latent_dim)),
+            strides=(2, 2, 2, 2),
+            num_res_units=num_res_units,
+            norm="INSTANCE",
+        )
+
+    def additive_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> tanh map in (-1, 1), (B, 1, H, W)."""
+        return torch.tanh(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Healthy version of (B, 1, H, W) images in [0, 1]."""
+        return (x + self.additive_map(x)).clamp(0.0, 1.0)
