@@ -66,6 +66,10 @@ class LeaseLostError(JobError):
     """The worker's lease on a running job was taken over by another worker."""
 
 
+class WorkerLostError(JobError):
+    """A job's worker stopped renewing its lease in the middle of the job (died or froze)."""
+
+
 class TaskOutcomeValues(enum.StrEnum):
     """What a worker did with one job id (the task's return value, logged)."""
 
@@ -74,6 +78,7 @@ class TaskOutcomeValues(enum.StrEnum):
     OWNED = "owned"  # another live worker runs it
     GONE = "gone"  # not queued or running any more (done, sending, failed, removed)
     LOST = "lost"  # taken over while this worker ran it; its results were discarded
+    DEAD_LETTERED = "dead_lettered"  # its workers were lost process_max_attempts times
 
 
 def make_app(settings: NodeSettings) -> Any:
@@ -289,11 +294,13 @@ class JobRunner:
         running = queue.state_dir(JobStateValues.RUNNING) / job_id
         ready = queue.state_dir(JobStateValues.QUEUED) / job_id
         ctx: dict[str, Any] = {"job_id": job_id}
+        taken_over = False
         if running.is_dir():
             if not lease_expired(running, self._settings.worker_lease_seconds):
                 return TaskOutcomeValues.OWNED
             try:
                 move_durable(running, ready)  # one taker wins; the others find it claimed
+                taken_over = True
                 logger.warning("lease of a lost worker expired; job taken over", extra=ctx)
             except FileNotFoundError:
                 pass
@@ -301,6 +308,19 @@ class JobRunner:
             job = queue.load(JobStateValues.QUEUED, job_id)
         except JobError:
             return TaskOutcomeValues.OWNED if running.is_dir() else TaskOutcomeValues.GONE
+        attempts = job.attempts.get(JobStageValues.PROCESS, 0)
+        if taken_over and attempts >= self._settings.process_max_attempts:
+            lost = WorkerLostError(f"the job's worker was lost in {attempts} attempt(s)")
+            queue.record_failure(
+                job,
+                JobStageValues.PROCESS,
+                lost,
+                retryable=False,
+                max_attempts=self._settings.process_max_attempts,
+                backoff_seconds=self._settings.process_backoff_seconds,
+            )
+            logger.error("job lost its worker too often; moved to failed", extra=ctx)
+            return TaskOutcomeValues.DEAD_LETTERED
         if not job.due():
             return TaskOutcomeValues.NOT_DUE
         token = uuid.uuid4().hex

@@ -115,6 +115,29 @@ def test_job_of_a_dead_worker_is_taken_over_and_counted_as_a_second_attempt(
     assert len(engine.calls) == 1
 
 
+def test_job_that_lost_its_worker_too_often_is_dead_lettered(
+    kit, dist_settings: NodeSettings, ct_path: Path, tmp_path: Path
+) -> None:
+    job = queue_job(kit, dist_settings, ct_path, tmp_path)
+    queue = JobQueue(dist_settings.jobs_dir)
+    for attempt in range(1, dist_settings.process_max_attempts + 1):
+        if attempt > 1:  # the previous worker died; this one is taken over and killed too
+            running = queue.load(JobStateValues.RUNNING, job.job_id)
+            queue.move(running, JobStateValues.QUEUED)
+        claimed = queue.claim()
+        assert claimed is not None
+        assert claimed.attempts["process"] == attempt
+        _write_lease(queue.job_dir(claimed), f"dead{attempt}", "gone:1", 0)
+    engine = kit.FakeEngine()
+    outcome = JobRunner(dist_settings, engine).handle(job.job_id)
+    assert outcome is TaskOutcomeValues.DEAD_LETTERED
+    failed = queue.load(JobStateValues.FAILED, job.job_id)
+    error = queue.read_error(failed)
+    assert error is not None
+    assert error["type"] == "WorkerLostError"
+    assert engine.calls == []
+
+
 def test_job_of_a_live_worker_is_left_alone(
     kit, dist_settings: NodeSettings, ct_path: Path, tmp_path: Path
 ) -> None:
