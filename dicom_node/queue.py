@@ -306,6 +306,8 @@ class JobQueue:
             try:
                 yield self.load(state, job_id)
             except JobError as exc:
+                if not (folder / job_id).is_dir():
+                    continue  # moved to another state meanwhile (another worker claimed it)
                 logger.warning("skipping unreadable job", extra={"job_id": job_id, "err": str(exc)})
 
     def counts(self) -> dict[str, int]:
