@@ -12,6 +12,7 @@ analysed image is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -52,11 +53,20 @@ def get_model(checkpoint: str, device: torch.device | None = None) -> AnomalyMod
     return _MODELS[key]
 
 
-def predict_images(model: AnomalyModel, images: Sequence[FloatArray]) -> AnomalyOutput:
+def predict_images(
+    model: AnomalyModel,
+    images: Sequence[FloatArray],
+    seconds: dict[str, float] | None = None,
+) -> AnomalyOutput:
     """Score greyscale images in [0, 1] of any size, in batches, with the model's preprocessing.
 
     This is the one place where pixels become model input, for the node and for
     ``python -m training evaluate`` alike.
+
+    Args:
+        model: the loaded model.
+        images: (H, W) arrays in [0, 1].
+        seconds: if given, wall seconds are added under ``preprocess`` and ``infer``.
 
     Returns:
         AnomalyOutput with score (N,), anomaly_map (N, 1, H, W) at the model's input size.
@@ -64,14 +74,19 @@ def predict_images(model: AnomalyModel, images: Sequence[FloatArray]) -> Anomaly
     size = model.card.image_size
     scores, maps, recons = [], [], []
     use_amp = model.device.type == "cuda"
+    timed = seconds if seconds is not None else {}
     for start in range(0, len(images), BATCH_SIZE):
+        t0 = time.perf_counter()
         batch = torch.stack([model_input(img, size) for img in images[start : start + BATCH_SIZE]])
+        t1 = time.perf_counter()
         with torch.autocast(device_type=model.device.type, enabled=use_amp):
             out = model.predict(batch.to(model.device))
         scores.append(out.score.float().cpu())
         maps.append(out.anomaly_map.float().cpu())
         if out.reconstruction is not None:
             recons.append(out.reconstruction.float().cpu())
+        timed["preprocess"] = timed.get("preprocess", 0.0) + (t1 - t0)
+        timed["infer"] = timed.get("infer", 0.0) + (time.perf_counter() - t1)
     if not scores:
         empty = torch.empty(0, 1, *size)
         return AnomalyOutput(torch.empty(0), empty, None)
@@ -146,13 +161,16 @@ def run(
     from ai_engine.dicom_io.sr_writer import write_sr
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    t_collect = time.perf_counter()
     studies = _collect(input_dir)
+    collect_seconds = (time.perf_counter() - t_collect) / max(1, len(studies))
     results: list[StudyResult] = []
     for checkpoint in checkpoints:
         model = get_model(checkpoint, device)
         card, algorithm = model.card, model.card.algorithm
         for study_uid, sources in studies.items():
             started = time.perf_counter()
+            seconds: dict[str, float] = {"read": collect_seconds}
             image_results: list[ImageResult] = []
             to_score: list[tuple[_Source, Dataset, FloatArray]] = []
             for src in sources:
@@ -170,7 +188,9 @@ def run(
                 image_results.append(
                     ImageResult(sop_uid, series_uid, None, None, None, None, reason)
                 )
-            output = predict_images(model, [pixels for _, _, pixels in to_score])
+            seconds["read"] += time.perf_counter() - started
+            output = predict_images(model, [pixels for _, _, pixels in to_score], seconds)
+            t_write = time.perf_counter()
             files: list[str] = []
             seg_series, frac_series, sc_series = generate_uid(), generate_uid(), generate_uid()
             cal = card.calibration
@@ -243,13 +263,9 @@ def run(
             sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             files.append(str(sr_path))
-            study = StudyResult(
-                study.study_instance_uid,
-                study.algorithm,
-                study.images,
-                study.study_score,
-                study.is_abnormal,
-                tuple(files),
+            seconds["write"] = time.perf_counter() - t_write
+            study = dataclasses.replace(
+                study, files=tuple(files), seconds={k: round(v, 6) for k, v in seconds.items()}
             )
             logger.info(
                 "study analysed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -147,6 +148,9 @@ class StudyResult:
         study_score: maximum of the analysed images' scores (None if none was analysed).
         is_abnormal: any analysed image flagged.
         files: the DICOM files written (SEGs, SR).
+        seconds: wall seconds per engine stage for this study and model: ``read`` (headers
+            and pixels), ``preprocess`` (model input transforms), ``infer`` (network, map,
+            score) and ``write`` (DICOM writers and files). Empty when not measured.
     """
 
     study_instance_uid: str
@@ -155,3 +159,4 @@ class StudyResult:
     study_score: float | None
     is_abnormal: bool | None
     files: tuple[str, ...] = ()
+    seconds: Mapping[str, float] = field(default_factory=dict)

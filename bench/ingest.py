@@ -64,8 +64,8 @@ SCU_AET = "BENCH"
 SEND_TIMEOUT = 300.0
 
 
-def ensure_loopback_namespace(argv: Sequence[str]) -> None:
-    """Re-exec this script in a loopback-only network namespace unless already in one."""
+def ensure_loopback_namespace(argv: Sequence[str], script: Path | None = None) -> None:
+    """Re-exec ``script`` (default: this one) in a loopback-only netns unless in one."""
     if loopback_only_namespace():
         return
     if os.environ.get(NETNS_MARKER) == "1":
@@ -83,7 +83,7 @@ def ensure_loopback_namespace(argv: Sequence[str]) -> None:
         "-c",
         'ip link set lo up && exec "$0" "$@"',
         sys.executable,
-        str(Path(__file__).resolve()),
+        str((script or Path(__file__)).resolve()),
         *argv,
     ]
     sys.stdout.flush()

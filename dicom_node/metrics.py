@@ -44,6 +44,18 @@ HISTOGRAMS: Mapping[str, str] = {
     "receive_to_queued_seconds": "From the first instance of a study spooled to its job queued.",
     "run_seconds": "One engine run of a job (successful or not).",
     "send_seconds": "One delivery attempt of a job's results (successful or not).",
+    "engine_read_seconds": "Engine, per study and model: reading headers and pixels.",
+    "engine_preprocess_seconds": "Engine, per study and model: model input transforms.",
+    "engine_infer_seconds": "Engine, per study and model: network, anomaly map and score.",
+    "engine_write_seconds": "Engine, per study and model: DICOM writers (SEG, map, SR) and files.",
+}
+
+#: engine stage (``StudyResult.seconds`` key) -> histogram name.
+ENGINE_STAGES: Mapping[str, str] = {
+    "read": "engine_read_seconds",
+    "preprocess": "engine_preprocess_seconds",
+    "infer": "engine_infer_seconds",
+    "write": "engine_write_seconds",
 }
 
 

@@ -54,6 +54,9 @@ def test_writes_binary_seg_fractional_seg_and_sr_that_reference_the_source(
     assert parsed["study"]["score"] == pytest.approx(image.score, rel=1e-6)
     seg = next(ds for ds in written if ds.get("SegmentationType") == "FRACTIONAL")
     assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+    # per-stage engine times, for the node's metrics and the throughput benchmark
+    assert set(result.seconds) == {"read", "preprocess", "infer", "write"}
+    assert all(v >= 0 for v in result.seconds.values())
 
 
 def test_monochrome1_and_monochrome2_of_the_same_image_score_the_same(tiny_checkpoint, tmp_path):
