@@ -1,0 +1,208 @@
+"""Sustained throughput: a burst of one-image studies through the node, vs the engine alone.
+
+    .venv/bin/python bench/throughput.py [--studies 1000] [--quiet 1] [--checkpoint default-cxr]
+        [--engine-studies 200] [--source FILE.dcm]
+
+Node run: the embedded stack (`dicom_node.embedded.EmbeddedStack`: the Debian Orthanc and the
+node with the real engine and checkpoint; no viewer) on ephemeral loopback ports. ``--studies``
+copies of the source image, each with new Study/Series/SOP Instance UIDs (one-image studies),
+are sent as fast as possible over one association from AE ``ORTHANC`` (as Orthanc's
+auto-routing would send them). The clock runs from the first C-STORE until every study's job
+is done (results stored in Orthanc by STOW-RS). Studies/min = studies / that time.
+
+Per-stage breakdown (mean seconds per study), from the node's own Prometheus histograms:
+``receive`` (C-STORE round trip at the sender, spool fsync included), ``read``,
+``preprocess``, ``infer``, ``write`` (engine stages, `ai_engine.pipeline.run`),
+``run`` (the whole engine call of a job) and ``send`` (STOW-RS to Orthanc).
+
+Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` folders of the
+same files (one study each), writing the same SEG/SEG/SR outputs, no networking, after one
+warm-up run; its studies/min is the reference. Ratio = node studies/min / engine studies/min (goal: >= 0.9).
+
+Runs in a loopback-only network namespace (re-executes itself with ``unshare -n`` when
+needed). Prints tables and, as the last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from ingest import ensure_loopback_namespace  # noqa: E402
+
+from dicom_node.embedded import (  # noqa: E402
+    NODE_AET,
+    ORTHANC_AET,
+    EmbeddedStack,
+    StackOptions,
+    free_port,
+)
+from dicom_node.metrics import ENGINE_STAGES  # noqa: E402
+
+DEFAULT_SOURCE = (
+    REPO / "tests" / "data" / "dicom" / "kermany_normal_mono2" / "kermany_normal_mono2.dcm"
+)
+
+
+def copies(source: Path, n: int) -> list[Dataset]:
+    """``n`` one-image studies: the source with new Study/Series/SOP Instance UIDs."""
+    out = []
+    for _ in range(n):
+        ds = dcmread(source)
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out.append(ds)
+    return out
+
+
+def engine_alone(studies: list[Dataset], checkpoint: str, work: Path) -> tuple[float, int]:
+    """Seconds for `pipeline.run` over one folder per study (model loaded before timing)."""
+    from ai_engine import pipeline
+
+    folders = []
+    for i, ds in enumerate(studies):
+        folder = work / "engine-in" / f"{i:05d}"
+        folder.mkdir(parents=True)
+        ds.save_as(folder / "image.dcm", enforce_file_format=True)
+        folders.append(folder)
+    # load the model and run once (imports, thread pools), as the node's worker has when warm
+    pipeline.run(folders[0], work / "engine-out" / "warm-up", [checkpoint])
+    t0 = time.monotonic()
+    for i, folder in enumerate(folders):
+        pipeline.run(folder, work / "engine-out" / f"{i:05d}", [checkpoint])
+    return time.monotonic() - t0, len(folders)
+
+
+def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> dict[str, Any]:
+    """Send the burst to the node and wait until every job is done."""
+    options = StackOptions(
+        data_dir=work / "stack",
+        http_port=free_port(),
+        dicom_port=free_port(),
+        node_port=free_port(),
+        node_http_port=0,
+        viewer_port=0,
+        quiet_seconds=args.quiet,
+        checkpoints=(args.checkpoint,),
+        fresh=True,
+    )
+    with EmbeddedStack(options) as stack:
+        node = stack.node
+        if node is None or node.queue is None:
+            raise SystemExit("the node did not start")
+        ae = AE(ae_title=ORTHANC_AET)
+        ds0 = studies[0]
+        ae.add_requested_context(ds0.SOPClassUID, ds0.file_meta.TransferSyntaxUID)
+        t0 = time.monotonic()
+        assoc = ae.associate("127.0.0.1", options.node_port, ae_title=NODE_AET)
+        if not assoc.is_established:
+            raise SystemExit("the node refused the association")
+        try:
+            for ds in studies:
+                status = assoc.send_c_store(ds)
+                if not status or int(status.Status) != 0:
+                    raise SystemExit(f"C-STORE failed: {status}")
+        finally:
+            assoc.release()
+        sent_seconds = time.monotonic() - t0
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            done = node.metrics.snapshot().get("jobs_sent_total", 0)
+            failed = node.metrics.snapshot().get("jobs_failed_total", 0)
+            if done + failed >= len(studies):
+                break
+            time.sleep(0.1)
+        total = time.monotonic() - t0
+        histograms = node.metrics.histograms()
+        counters = node.metrics.snapshot()
+    stages = {"receive": sent_seconds / len(studies)}
+    for key, name in (*ENGINE_STAGES.items(), ("run", "run_seconds"), ("send", "send_seconds")):
+        h = histograms[name]
+        stages[key] = h.total / max(1, sum(h.counts))
+    return {
+        "seconds": total,
+        "send_seconds": sent_seconds,
+        "done": counters.get("jobs_sent_total", 0),
+        "failed": counters.get("jobs_failed_total", 0),
+        "jobs": counters.get("jobs_queued_total", 0),
+        "stages": stages,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=1000)
+    parser.add_argument("--quiet", type=float, default=1.0, help="node quiet period (s)")
+    parser.add_argument("--checkpoint", default="default-cxr")
+    parser.add_argument("--engine-studies", type=int, default=200)
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    args = parser.parse_args(argv)
+    ensure_loopback_namespace(argv, Path(__file__))
+    logging.basicConfig(level=logging.WARNING)
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        work = Path(tmp)
+        engine_s, engine_n = engine_alone(
+            copies(args.source, args.engine_studies), args.checkpoint, work
+        )
+        node = node_run(args, copies(args.source, args.studies), work)
+    engine_rate = 60.0 * engine_n / engine_s
+    node_rate = 60.0 * node["done"] / node["seconds"]
+    ratio = node_rate / engine_rate
+    print()
+    print("| run | studies | seconds | studies/min |")
+    print("|---|---:|---:|---:|")
+    print(f"| engine alone (pipeline.run, in process) | {engine_n} | {engine_s:.1f} "
+          f"| {engine_rate:.0f} |")  # fmt: skip
+    print(f"| node (C-STORE burst -> results in Orthanc) | {node['done']} | "
+          f"{node['seconds']:.1f} | {node_rate:.0f} |")  # fmt: skip
+    print()
+    print("| stage | mean s per study |")
+    print("|---|---:|")
+    for stage, value in node["stages"].items():
+        print(f"| {stage} | {value:.4f} |")
+    print()
+    met = "yes" if ratio >= 0.9 else "no"
+    print(f"node / engine = {ratio:.2f} (goal >= 0.9: {met}); failed jobs: {node['failed']}")
+    print(
+        json.dumps(
+            {
+                "bench": "throughput",
+                "checkpoint": args.checkpoint,
+                "quiet_s": args.quiet,
+                "cpus": os.cpu_count(),
+                "machine": platform.platform(),
+                "load_start": load_start,
+                "load_end": [round(v, 2) for v in os.getloadavg()],
+                "engine": {"studies": engine_n, "seconds": round(engine_s, 2),
+                           "studies_per_min": round(engine_rate, 1)},
+                "node": {**node, "studies_per_min": round(node_rate, 1),
+                         "stages": {k: round(v, 5) for k, v in node["stages"].items()}},
+                "ratio": round(ratio, 3),
+            }
+        )
+    )  # fmt: skip
+    return 0 if node["failed"] == 0 and node["done"] == args.studies else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
