@@ -17,7 +17,8 @@ Per-stage breakdown (mean seconds per study), from the node's own Prometheus his
 
 Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` folders of the
 same files (one study each), writing the same SEG/SEG/SR outputs, no networking, after one
-warm-up run; its studies/min is the reference. Ratio = node studies/min / engine studies/min (goal: >= 0.9).
+warm-up run; its studies/min is the reference. Ratio = node studies/min / engine
+studies/min (goal: >= 0.9).
 
 Runs in a loopback-only network namespace (re-executes itself with ``unshare -n`` when
 needed). Prints tables and, as the last line, one JSON object.
