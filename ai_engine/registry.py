@@ -15,6 +15,7 @@ MODELS: dict[str, str] = {
     "conv_ae": "ai_engine.models.conv_ae.model:ConvAEModel",
     "vae": "ai_engine.models.vae.model:VAEModel",
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
+    "sagan": "ai_engine.models.sagan.model:SaganModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.
