@@ -14,6 +14,7 @@ from ai_engine.models.base import AnomalyModel
 MODELS: dict[str, str] = {
     "conv_ae": "ai_engine.models.conv_ae.model:ConvAEModel",
     "vae": "ai_engine.models.vae.model:VAEModel",
+    "ganomaly": "ai_engine.models.ganomaly.model:GanomalyModel",
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
     "sagan": "ai_engine.models.sagan.model:SaganModel",
 }
