@@ -177,10 +177,12 @@ def one_run(n_workers: int, args: argparse.Namespace, work: Path) -> dict[str, A
             wait_for(lambda: queue.counts()["done"] >= n_workers, 300, "warm-up")
             time.sleep(0.5)
         before = {j.job_id for j in queue.iter_jobs(JobStateValues.DONE)}
+        received_before = len(received)
         send(node.scp_port, make_studies(work / "in", args.jobs))
         total = len(before) + args.jobs
         wait_for(lambda: queue.counts()["done"] >= total, 600, "all jobs done")
         jobs = [j for j in queue.iter_jobs(JobStateValues.DONE) if j.job_id not in before]
+        delivered = len(received) - received_before
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -204,7 +206,7 @@ def one_run(n_workers: int, args: argparse.Namespace, work: Path) -> dict[str, A
         "span_s": round(span, 2),
         "jobs_per_min": round(len(jobs) / span * 60, 1),
         "mean_engine_s": round(sum(processing) / len(processing), 3),
-        "delivered": len(received),
+        "delivered": delivered,  # result files (SR; with --real also the SEGs)
         "failed": queue.counts()["failed"],
     }
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"stand-in {args.cost} {args.seconds} s/job"
     )
     print(f"engine: {engine}; {args.jobs} one-image studies; nproc {os.cpu_count()}")
-    print("| workers | jobs | span s | jobs/min | mean engine s/job | delivered | failed |")
+    print("| workers | jobs | span s | jobs/min | mean engine s/job | files delivered | failed |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         print(
