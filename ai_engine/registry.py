@@ -16,6 +16,7 @@ MODELS: dict[str, str] = {
     "vae": "ai_engine.models.vae.model:VAEModel",
     "ganomaly": "ai_engine.models.ganomaly.model:GanomalyModel",
     "alocc": "ai_engine.models.alocc.model:AloccModel",
+    "cnn_supervised": "ai_engine.models.cnn_supervised.model:CnnSupervisedModel",
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
     "sagan": "ai_engine.models.sagan.model:SaganModel",
 }

@@ -2,6 +2,9 @@
 
 - ``fit --config training/configs/<model_id>.yaml --out DIR``: train on the manifest's train
   split (normal images), calibrate on val, write a checkpoint folder with its model card.
+- ``fit-supervised --config training/configs/cnn_supervised.yaml --out DIR``: train a labelled
+  classifier on the val split (k-fold CV inside val picks the epochs, then a refit on all of
+  val), calibrate on its out-of-fold scores, write a checkpoint (training/fit_supervised.py).
 - ``evaluate --checkpoint NAME_OR_PATH --manifest CSV --split SPLIT``: score a split and
   print, as the last line, one JSON object (auroc, auprc, sensitivity, specificity, threshold,
   n_normal, n_abnormal, pixel_auroc/dice when the manifest has masks, ...).
@@ -33,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p_fit.add_argument(
         "--limit", type=int, default=None, help="at most N images per set (smoke runs)"
     )
+    p_sup = sub.add_parser("fit-supervised", help="train a labelled classifier (cnn_supervised)")
+    p_sup.add_argument("--config", type=Path, required=True)
+    p_sup.add_argument("--out", type=Path, required=True)
+    p_sup.add_argument("--epochs", type=int, default=None, help="override the config")
+    p_sup.add_argument("--limit", type=int, default=None, help="at most N images per class")
     p_ev = sub.add_parser("evaluate", help="score a manifest split, print JSON metrics")
     p_ev.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
     p_ev.add_argument("--manifest", type=Path, required=True)
@@ -71,6 +79,25 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "checkpoint": str(args.out),
                         "val_auroc": card.metrics["val_auroc"],
+                        "threshold": card.calibration.threshold,
+                        "weights_sha256": card.weights_sha256,
+                    }
+                )
+            )
+        elif args.command == "fit-supervised":
+            from training.fit import load_config
+            from training.fit_supervised import fit_supervised
+
+            card = fit_supervised(
+                load_config(args.config), args.out, epochs=args.epochs, limit=args.limit
+            )
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": str(args.out),
+                        "cv_fold_mean_auroc": card.metrics["cv_fold_mean_auroc"],
+                        "cv_pooled_oof_auroc": card.metrics["cv_pooled_oof_auroc"],
+                        "epochs": card.training["epochs_run"],
                         "threshold": card.calibration.threshold,
                         "weights_sha256": card.weights_sha256,
                     }

@@ -43,6 +43,8 @@ class AnomalyModel(ABC):
     model_id: ClassVar[str]
     #: What the anomaly map is, in words (for the model card).
     map_description: ClassVar[str] = "model-specific anomaly map"
+    #: True for classifiers trained with labels (``training fit-supervised``), not ``fit``.
+    requires_labels: ClassVar[bool] = False
 
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         self.card = card

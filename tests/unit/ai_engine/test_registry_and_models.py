@@ -57,6 +57,8 @@ def test_every_model_trains_a_few_steps_with_finite_loss_and_predicts(model_id):
 
     torch.manual_seed(0)
     cls = registry.get(model_id)
+    if cls.requires_labels:
+        pytest.skip("trained with labels by `training fit-supervised` (see its own test file)")
     args = {"image_size": (64, 64), "channels": (4, 8, 8, 8), "latent_dim": 8}
     net = cls.build_network(**args)
     trainer = cls.make_trainer(net, {"lr": 1e-3})
