@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "cnn_supervised": "ai_engine.models.cnn_supervised.model:CnnSupervisedModel",
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
     "sagan": "ai_engine.models.sagan.model:SaganModel",
+    "reversed_ae": "ai_engine.models.reversed_ae.model:ReversedAEModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.
