@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
     "sagan": "ai_engine.models.sagan.model:SaganModel",
     "reversed_ae": "ai_engine.models.reversed_ae.model:ReversedAEModel",
+    "anogan": "ai_engine.models.anogan.model:AnoGANModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.
