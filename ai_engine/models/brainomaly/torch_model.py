@@ -3,7 +3,9 @@
 The healthy version of an image is ``clamp(x + tanh(G(x)), 0, 1)``: the network only has to say
 what to change, which suits spatially aligned images (the paper's registered brain slices).
 The paper works in [-1, 1] and applies ``tanh(x + G(x))``; our inputs are in [0, 1], so the
-map is bounded by tanh and the sum is clipped to the input range instead.
+map is bounded by tanh and the sum is clipped to the input range instead. The 1x1 output
+layer starts at zero, so an untrained generator is the identity (a normal image needs no
+change), which matters for short CPU budgets.
 """
 
 from __future__ import annotations
@@ -40,16 +42,21 @@ class AdditiveMapGenerator(nn.Module):
         self.body = UNet(
             spatial_dims=2,
             in_channels=1,
-            out_channels=1,
+            out_channels=int(channels[0]),
             channels=(*[int(c) for c in channels], int(latent_dim)),
             strides=(2, 2, 2, 2),
             num_res_units=num_res_units,
             norm="INSTANCE",
         )
+        out_conv = nn.Conv2d(int(channels[0]), 1, kernel_size=1)
+        nn.init.zeros_(out_conv.weight)
+        if out_conv.bias is not None:
+            nn.init.zeros_(out_conv.bias)
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), out_conv)
 
     def additive_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> tanh map in (-1, 1), (B, 1, H, W)."""
-        return torch.tanh(self.body(x))
+        return torch.tanh(self.head(self.body(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Healthy version of (B, 1, H, W) images in [0, 1]."""
