@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "brainomaly": "ai_engine.models.brainomaly.model:BrainomalyModel",
     "sagan": "ai_engine.models.sagan.model:SaganModel",
     "reversed_ae": "ai_engine.models.reversed_ae.model:ReversedAEModel",
+    "healthygan": "ai_engine.models.healthygan.model:HealthyGANModel",
     "anogan": "ai_engine.models.anogan.model:AnoGANModel",
 }
 

@@ -1,0 +1,64 @@
+"""HealthyGAN's generator as a pure ``nn.Module``: an intermediate healthy image and a mask.
+
+``B = B_int * M + A * (1 - M)`` (eq. 2.6): the mask M in [0, 1] says where the input A is
+replaced by the generated content B_int. The mask logits start at -3 (M about 0.05), so an
+untrained generator nearly returns its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+
+class MaskedGenerator(nn.Module):
+    """Encoder-decoder (MONAI UNet, instance norm) with two heads: B_int and the mask M.
+
+    Args:
+        image_size: (H, W); both divisible by 16.
+        channels: channels of the four encoder levels.
+        latent_dim: channels of the bottleneck level.
+        num_res_units: residual units per level.
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (64, 64),
+        channels: Sequence[int] = (16, 32, 64, 128),
+        latent_dim: int = 128,
+        num_res_units: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"channels must have 4 entries, got {list(channels)}")
+        if int(image_size[0]) % 16 or int(image_size[1]) % 16:
+            raise ValueError(f"image_size must be divisible by 16, got {list(image_size)}")
+        width = int(channels[0])
+        self.body = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=width,
+            channels=(*[int(c) for c in channels], int(latent_dim)),
+            strides=(2, 2, 2, 2),
+            num_res_units=num_res_units,
+            norm="INSTANCE",
+        )
+        self.act = nn.LeakyReLU(0.2)
+        self.image_head = nn.Conv2d(width, 1, kernel_size=1)
+        self.mask_head = nn.Conv2d(width, 1, kernel_size=1)
+        nn.init.zeros_(self.mask_head.weight)
+        if self.mask_head.bias is not None:
+            nn.init.constant_(self.mask_head.bias, -3.0)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) -> intermediate image B_int and mask M, each (B, 1, H, W) in [0, 1]."""
+        h = self.act(self.body(x))
+        return torch.sigmoid(self.image_head(h)), torch.sigmoid(self.mask_head(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Healthy version ``B_int * M + x * (1 - M)`` of (B, 1, H, W) images."""
+        b_int, mask = self.parts(x)
+        return b_int * mask + x * (1 - mask)
