@@ -10,6 +10,7 @@ is asked for, then concatenated to the input). Output: the healthy image in [0, 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import torch
@@ -107,6 +108,8 @@ class SaganGenerator(nn.Module):
                 )
             if height % 32 or width % 32:
                 raise ValueError(f"swin needs image_size divisible by 32, got {height}x{width}")
+            if importlib.util.find_spec("einops") is None:
+                raise ValueError("backbone swin needs einops (pip install einops; extra `swin`)")
             self.swin = SwinUNETR(
                 in_channels=1 + p, out_channels=1, feature_size=swin_feature_size,
                 spatial_dims=2, window_size=4, norm_name="instance",
