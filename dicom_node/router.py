@@ -233,6 +233,8 @@ class Router:
         self._rules = rules
         self._version_of = version_of
         self._quarantine = quarantine_dir
+        #: POSIX time the earliest incomplete study becomes due (set by `run_once`).
+        self.next_due: float | None = None
         # per-route quiet periods: study folder -> {file name: quiet seconds of its route}
         self._route_quiet: dict[str, dict[str, float]] = {}
 
@@ -294,12 +296,32 @@ class Router:
         """
         now = Spool.now() if now is None else now
         created = 0
+        next_due: float | None = None
         for study in self._spool.scan():
             reason = self.completion_reason(study, now)
             if reason is None:
+                due = self.due_at(study)
+                next_due = due if next_due is None else min(next_due, due)
                 continue
             created += len(self.route_study(study, reason))
+        self.next_due = next_due
         return created
+
+    def due_at(self, study: SpooledStudy) -> float:
+        """POSIX time at which a study still spooling becomes complete if nothing else comes.
+
+        While an association is still sending it, only the forced-completion maximum counts.
+        """
+        due = study.first_arrival + self._max_wait
+        if study.open_associations == 0:
+            due = min(due, study.last_activity + self.quiet_seconds(study))
+        return due
+
+    def seconds_until_due(self, now: float | None = None) -> float | None:
+        """Seconds until the earliest spooled study is due (as of the last `run_once`)."""
+        if self.next_due is None:
+            return None
+        return self.next_due - (Spool.now() if now is None else now)
 
     def route_study(self, study: SpooledStudy, reason: str) -> list[Job]:
         """Create the jobs for a complete study and clear it from the spool.

@@ -144,6 +144,8 @@ class StorageSCP:
         metrics: counters to update.
         on_activity: called (without arguments) after instances were spooled or an
             association ended; used only to wake the router early.
+        on_association_end: called (without arguments) when an association that sent
+            instances was released or aborted: its studies' quiet periods start now.
     """
 
     def __init__(
@@ -152,11 +154,13 @@ class StorageSCP:
         spool: Spool,
         metrics: Metrics,
         on_activity: Callable[[], None] | None = None,
+        on_association_end: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._spool = spool
         self._metrics = metrics
         self._on_activity = on_activity or (lambda: None)
+        self._on_association_end_hook = on_association_end or (lambda: None)
         self._server: Any = None
         self._lock = threading.Lock()
         # id(association) -> (token, study UIDs it sent); local to this SCP.
@@ -372,5 +376,6 @@ class StorageSCP:
                     extra={"studies": len(studies)},
                 )
             self._on_activity()
+            self._on_association_end_hook()
         except Exception as exc:  # noqa: BLE001 - a handler must never raise into pynetdicom
             log_failure(logger, "association end handling failed", exc)

@@ -47,12 +47,23 @@ ResultCallback = Callable[[Job], None]
 
 
 class _Loop:
-    """A daemon thread calling ``step`` until stopped; sleeps ``interval`` when idle."""
+    """A daemon thread calling ``step`` until stopped; sleeps ``interval`` when idle.
 
-    def __init__(self, name: str, step: Callable[[], object], interval: float) -> None:
+    ``next_wait``, if given, may shorten an idle sleep: it returns the seconds until work is
+    known to be due (or None), so a due study is routed on time rather than at the next tick.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], object],
+        interval: float,
+        next_wait: Callable[[], float | None] | None = None,
+    ) -> None:
         self.name = name
         self._step = step
         self._interval = interval
+        self._next_wait = next_wait
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.busy = False
@@ -85,7 +96,12 @@ class _Loop:
             finally:
                 self.busy = False
             if not did_work:
-                self._wake.wait(self._interval)
+                timeout = self._interval
+                if self._next_wait is not None:
+                    due = self._next_wait()
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, due) + 0.01)
+                self._wake.wait(timeout)
                 self._wake.clear()
 
 
@@ -196,10 +212,12 @@ class NodeService:
                 worker_loop.wake()
             return False  # routing is time-driven: always wait for the next tick
 
-        router_loop = _Loop("router", route, interval)
+        router_loop = _Loop("router", route, interval, next_wait=router.seconds_until_due)
         cleaner_loop = _Loop("cleaner", cleaner.step, s.cleanup_interval_seconds)
         self._loops = [router_loop, worker_loop, outbox_loop, cleaner_loop]
-        self.scp = StorageSCP(s, spool, self.metrics, on_activity=None)
+        self.scp = StorageSCP(
+            s, spool, self.metrics, on_activity=None, on_association_end=router_loop.wake
+        )
         try:
             self.scp.start()
         except OSError as exc:

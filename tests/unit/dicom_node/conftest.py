@@ -77,9 +77,10 @@ def new_instance(path: Path, study_uid: str | None = None, out_dir: Path | None 
 
 def associate(port: int, calling: str = CALLING_AE, called: str = "AINODE") -> Association:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = 5
-    ae.dimse_timeout = 5
-    ae.network_timeout = 5
+    # generous: on a loaded 2-core CI machine negotiating 121 contexts can take seconds
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 30
+    ae.network_timeout = 30
     # Explicit VR first: the test files are explicit VR, so they travel unchanged.
     for cx in StoragePresentationContexts[:120]:
         ae.add_requested_context(
