@@ -363,8 +363,15 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
         ("preprocessing", card.preprocessing),
         (
             "image score",
-            f"`{scoring.get('rule')}` (chosen on val AUROC among "
+            f"`{scoring.get('rule')}` (fixed: the first configured rule, not chosen on labels)"
+            if t.get("unlabelled")
+            else f"`{scoring.get('rule')}` (chosen on val AUROC among "
             f"{list(card.metrics.get('val_auroc_by_score_rule', {}))})",
+        ),
+        *(
+            [("unlabelled training images", f"{t['unlabelled']} (semi-supervised)")]
+            if t.get("unlabelled")
+            else []
         ),
         (
             "anomaly map",
@@ -380,8 +387,12 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
         ),
         (
             "validation AUROC",
-            f"{card.metrics.get('val_auroc', float('nan')):.3f} (val split; it chose the score "
-            "rule, so it is optimistic)",
+            f"{card.metrics.get('val_auroc', float('nan')):.3f} "
+            + (
+                "(val split; transductive: the val images were trained on without labels)"
+                if t.get("unlabelled")
+                else "(val split; it chose the score rule, so it is optimistic)"
+            ),
         ),
         (
             "training",

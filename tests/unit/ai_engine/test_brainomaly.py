@@ -90,6 +90,9 @@ def test_fit_with_unlabelled_val_selects_without_val_labels(mini_cxr_manifest, t
     assert card.training["n_aucp_holdout"] > 0
     assert "pseudo-AUC" in card.training["selection"]
     assert card.training["scoring"]["rule"] == "map_mean"
+    readme = (tmp_path / "ckpt" / "README.md").read_text()
+    assert "not chosen on labels" in readme
+    assert "transductive" in readme
 
 
 def test_val_auroc_selection_is_refused_with_unlabelled_val(mini_cxr_manifest, tmp_path):
