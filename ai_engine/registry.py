@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "reversed_ae": "ai_engine.models.reversed_ae.model:ReversedAEModel",
     "healthygan": "ai_engine.models.healthygan.model:HealthyGANModel",
     "anogan": "ai_engine.models.anogan.model:AnoGANModel",
+    "fanogan": "ai_engine.models.fanogan.model:FAnoGANModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.
