@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
     p_exp.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p_exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    sub.add_parser("federated", add_help=False, help="Fed-GAN (Flower): simulate|deploy|report")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["federated"]:
+        from training.federated.cli import main as federated_main
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return federated_main(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

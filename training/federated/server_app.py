@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import save_file
@@ -80,7 +82,9 @@ class ProgressFedAvg(FedAvg):
         if "epsilon" in row and math.isfinite(row["epsilon"]):
             parts.append(f"eps {row['epsilon']:.2f} (delta {row['delta']:.0e})")
         parts.append(f"{row['elapsed_s']:.0f} s")
-        print(" | ".join(parts), file=sys.stderr, flush=True)
+        line = " | ".join(parts)
+        print(line, file=sys.stderr, flush=True)
+        flwr_log(INFO, line)  # shows in `flwr log <run-id>` on the deployment engine
         return arrays, metrics
 
 
