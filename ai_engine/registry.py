@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     "healthygan": "ai_engine.models.healthygan.model:HealthyGANModel",
     "anogan": "ai_engine.models.anogan.model:AnoGANModel",
     "fanogan": "ai_engine.models.fanogan.model:FAnoGANModel",
+    "alad": "ai_engine.models.alad.model:ALADModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.
