@@ -1,0 +1,178 @@
+"""Accuracy table: train (or load) every registered model and evaluate it on the test splits.
+
+    .venv/bin/python bench/accuracy.py [--models all] [--datasets kermany,nih,brain]
+        [--seeds 0,1,2] [--epochs N] [--limit N] [--runs runs/bench] [--reuse]
+        [--manifest NAME=CSV ...]
+
+For each model id of `ai_engine.registry` (or ``--models``), each data set and each seed, the
+model's CPU configuration (``training/configs/<model_id>.yaml``; ``<model_id>_brain.yaml``
+for the brain set when there is one) is trained with the data set's manifest and that seed
+(`training.fit.fit`; the supervised baseline with `training.fit_supervised.fit_supervised`),
+with the configuration's fixed budget (or ``--epochs``), into
+``<runs>/<model_id>/<dataset>/seed<k>/``; ``--reuse`` loads a checkpoint already there
+instead of training it again. Every checkpoint is then evaluated on the data set's ``test``
+split with `training.evaluate.evaluate` (the same code as ``python -m training evaluate``).
+Model selection and thresholds use ``val`` only (inside `fit`); ``test`` is read here only.
+
+Tables (mean ± std over seeds): normal-only models; semi-supervised models (their
+configuration has ``unlabelled: val``: they also saw the val images, without labels); the
+supervised baseline (labels of val), the reference. Columns: image AUROC, AUPRC,
+sensitivity and specificity at the calibrated threshold, pixel-AUROC and Dice where the test
+split has masks (brain), and the training wall time. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ai_engine import checkpoints, registry  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.fit import fit, load_config  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+DATASETS: dict[str, Path] = {
+    "kermany": DATA / "cxr_kermany_pediatric" / "manifest.csv",
+    "nih": DATA / "cxr_nih14_pneumonia" / "manifest.csv",
+    "brain": DATA / "brain_lgg_flair" / "manifest.csv",
+}
+SUPERVISED = {"cnn_supervised"}
+METRICS = ("auroc", "auprc", "sensitivity", "specificity", "pixel_auroc", "dice")
+
+
+def config_for(model_id: str, dataset: str) -> dict[str, Any]:
+    """The model's CPU configuration for a data set (the ``_brain`` variant for brain)."""
+    folder = REPO / "training" / "configs"
+    path = folder / f"{model_id}.yaml"
+    if dataset == "brain" and (folder / f"{model_id}_brain.yaml").is_file():
+        path = folder / f"{model_id}_brain.yaml"
+    if not path.is_file():
+        raise SystemExit(f"no training config {path.relative_to(REPO)} for {model_id}")
+    return load_config(path)
+
+
+def kind_of(model_id: str, config: dict[str, Any]) -> str:
+    """``supervised``, ``semi-supervised`` or ``normal-only``."""
+    if model_id in SUPERVISED:
+        return "supervised"
+    return "semi-supervised" if config.get("unlabelled") else "normal-only"
+
+
+def train_or_load(
+    model_id: str, dataset: str, manifest: Path, seed: int, args: argparse.Namespace
+) -> tuple[Path, float]:
+    """The checkpoint folder of one run and its training wall seconds."""
+    out = args.runs / model_id / dataset / f"seed{seed}"
+    if args.reuse and (out / checkpoints.CARD_NAME).is_file():
+        card = checkpoints.read_card(out)
+        return out, float(card.training.get("wall_seconds", float("nan")))
+    config = config_for(model_id, dataset)
+    config.update(manifest=str(manifest), seed=seed, name=f"bench-{model_id}-{dataset}-s{seed}")
+    started = time.monotonic()
+    if model_id in SUPERVISED:
+        from training.fit_supervised import fit_supervised
+
+        fit_supervised(config, out, epochs=args.epochs, limit=args.limit)
+    else:
+        fit(config, out, epochs=args.epochs, limit=args.limit)
+    return out, time.monotonic() - started
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if v == v]  # drop NaN
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="all", help="comma-separated model ids, or all")
+    parser.add_argument("--datasets", default="kermany,nih,brain")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=None, help="override every budget")
+    parser.add_argument("--limit", type=int, default=None, help="at most N images per set")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench")
+    parser.add_argument("--reuse", action="store_true", help="load checkpoints already there")
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument(
+        "--manifest", action="append", default=[], help="NAME=CSV: use CSV for data set NAME"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    datasets = dict(DATASETS)
+    for spec in args.manifest:
+        name, _, path = spec.partition("=")
+        datasets[name] = Path(path)
+    models = registry.list_ids() if args.models == "all" else args.models.split(",")
+    names = [d for d in args.datasets.split(",") if d]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    skip = {"fed_cgan"}  # a generator trained by `training federated`, not an anomaly scorer
+    rows: list[dict[str, Any]] = []
+    for model_id in models:
+        if model_id in skip:
+            continue
+        for dataset in names:
+            manifest = datasets[dataset]
+            if not manifest.is_file():
+                raise SystemExit(f"no manifest for {dataset}: {manifest}")
+            kind = kind_of(model_id, config_for(model_id, dataset))
+            for seed in seeds:
+                folder, seconds = train_or_load(model_id, dataset, manifest, seed, args)
+                result = evaluate(str(folder), manifest, "test", n_boot=args.bootstrap)
+                row = {"model": model_id, "dataset": dataset, "seed": seed, "kind": kind,
+                       "train_seconds": round(seconds, 1), "checkpoint": str(folder),
+                       **{m: result.get(m) for m in METRICS}}  # fmt: skip
+                rows.append(row)
+                print(
+                    f"  {model_id:<16} {dataset:<8} seed {seed}: AUROC {row['auroc']:.3f}",
+                    file=sys.stderr,
+                )
+    for kind in ("normal-only", "semi-supervised", "supervised"):
+        group = [r for r in rows if r["kind"] == kind]
+        if not group:
+            continue
+        print(f"\n### {kind}\n")
+        print("| model | data | AUROC | AUPRC | sens | spec | pixel-AUROC | Dice | train s |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for model_id in dict.fromkeys(r["model"] for r in group):
+            for dataset in names:
+                cell = [r for r in group if r["model"] == model_id and r["dataset"] == dataset]
+                if not cell:
+                    continue
+                vals = {m: _fmt([float(r[m]) for r in cell if r[m] is not None]) for m in METRICS}
+                train = statistics.fmean(r["train_seconds"] for r in cell)
+                print(f"| {model_id} | {dataset} | {vals['auroc']} | {vals['auprc']} "
+                      f"| {vals['sensitivity']} | {vals['specificity']} "
+                      f"| {vals['pixel_auroc']} | {vals['dice']} | {train:.0f} |")  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "accuracy",
+                "seeds": seeds,
+                "epochs_override": args.epochs,
+                "limit": args.limit,
+                "cpus": os.cpu_count(),
+                "machine": platform.platform(),
+                "rows": rows,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

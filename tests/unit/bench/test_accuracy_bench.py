@@ -1,0 +1,52 @@
+"""The accuracy benchmark's tiny version: it trains, evaluates and reports as documented.
+
+One epoch of the conv AE on the committed mini CXR and brain sets, two seeds: the command must
+print the normal-only table and, as its last line, one JSON object with a row per (model,
+data set, seed) whose metrics come from the same evaluation as ``python -m training
+evaluate`` (brain: with pixel metrics, its test split has masks).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+MINI = REPO / "tests" / "data" / "mini"
+
+
+def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
+    args = [
+        sys.executable,
+        str(REPO / "bench" / "accuracy.py"),
+        "--models", "conv_ae",
+        "--datasets", "kermany,brain",
+        "--manifest", f"kermany={MINI / 'cxr_kermany_pediatric' / 'manifest.csv'}",
+        "--manifest", f"brain={MINI / 'brain_lgg_flair' / 'manifest.csv'}",
+        "--epochs", "1",
+        "--seeds", "0,1",
+        "--bootstrap", "20",
+        "--runs", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    runs = {(r["model"], r["dataset"], r["seed"]) for r in report["rows"]}
+    assert runs == {("conv_ae", d, s) for d in ("kermany", "brain") for s in (0, 1)}
+    for row in report["rows"]:
+        assert 0.0 <= row["auroc"] <= 1.0
+        assert Path(row["checkpoint"], "card.json").is_file()
+        assert (row["pixel_auroc"] is not None) == (row["dataset"] == "brain")
+    assert "### normal-only" in proc.stdout
+    assert "| conv_ae | kermany |" in proc.stdout
+    assert " ± " in proc.stdout  # two seeds: mean ± std
