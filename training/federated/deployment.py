@@ -105,8 +105,7 @@ def federation(
                 "127.0.0.1",
                 "--port",
                 str(link_port),
-                "--database",
-                str(work_dir / "superlink.db"),
+                # in-memory state: a SQLite file hits "database is locked" on a busy machine
                 "--disable-runtime-dependency-installation",
             ],
             stdout=log,
