@@ -8,6 +8,8 @@
 - ``evaluate --checkpoint NAME_OR_PATH --manifest CSV --split SPLIT``: score a split and
   print, as the last line, one JSON object (auroc, auprc, sensitivity, specificity, threshold,
   n_normal, n_abnormal, pixel_auroc/dice when the manifest has masks, ...).
+- ``calibrate --checkpoint NAME_OR_PATH --out DIR [--manifest CSV] [--set scoring.K=V]``:
+  same weights, score rule and thresholds fitted again on a val split (training/calibrate.py).
 - ``manifest --dicom-dir DIR --out CSV [--labels CSV]``: a manifest from a folder of DICOM.
 - ``export --checkpoint NAME_OR_PATH --out FILE.onnx``: ONNX export of the network; prints
   one JSON line with the path and the max torch vs ONNX Runtime score difference.
@@ -59,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
     p_exp.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p_exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    p_cal = sub.add_parser("calibrate", help="re-calibrate a checkpoint on val (same weights)")
+    p_cal.add_argument("--checkpoint", required=True, help="shipped name or folder")
+    p_cal.add_argument("--out", type=Path, required=True, help="the new checkpoint folder")
+    p_cal.add_argument("--manifest", type=Path, default=None, help="default: the training one")
+    p_cal.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="scoring/calibration override, e.g. scoring.residual=positive",
+    )  # fmt: skip
+    p_cal.add_argument("--name", default=None)
+    p_cal.add_argument("--version", default=None)
     sub.add_parser("federated", add_help=False, help="Fed-GAN (Flower): simulate|deploy|report")
     if argv is None:
         argv = sys.argv[1:]
@@ -122,6 +134,23 @@ def main(argv: list[str] | None = None) -> int:
                 scores_csv=args.scores_csv,
             )
             print(json.dumps(result))
+        elif args.command == "calibrate":
+            from training.calibrate import recalibrate
+
+            card = recalibrate(
+                args.checkpoint, args.out, args.manifest, args.set, args.name, args.version
+            )
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": str(args.out),
+                        "rule": card.training["scoring"]["rule"],
+                        "val_auroc": card.metrics["val_auroc"],
+                        "threshold": card.calibration.threshold,
+                        "weights_sha256": card.weights_sha256,
+                    }
+                )
+            )
         elif args.command == "export":
             from ai_engine.export import DEFAULT_OPSET, export_onnx, parity_images, score_difference
 
@@ -135,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
             n = build_manifest(args.dicom_dir, args.out, args.labels)
             print(json.dumps({"manifest": str(args.out), "rows": n}))
-    except (ManifestError, AiEngineError) as exc:
+    except (ManifestError, AiEngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

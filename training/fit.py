@@ -260,39 +260,8 @@ def fit(
     network.eval()
 
     # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
-    rules = [r for r in scoring.get("rules", cls.score_rules()) if r in cls.score_rules()]
-    rule_auroc: dict[str, float] = {}
-    outputs = {}
-    for rule in rules or list(cls.score_rules()[:1]):
-        probe = _provisional_card(config, image_size, {**scoring, "rule": rule})
-        model = cls(probe, network)
-        out_n, out_a = _predict(model, x_val_n), _predict(model, x_val_a)
-        outputs[rule] = (out_n, out_a)
-        s_n, s_a = out_n.score.numpy(), out_a.score.numpy()
-        labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
-        rule_auroc[rule] = auroc(labels, np.r_[s_n, s_a]) if len(s_a) and len(s_n) else float("nan")
-    # with unlabelled val images no choice is made on val labels: the first configured rule
-    rule = next(iter(rule_auroc)) if unlabelled else max(rule_auroc, key=lambda r: rule_auroc[r])
-    out_n = outputs[rule][0]
-    healthy = out_n.score.numpy()
-    map_n = out_n.anomaly_map
-    cal_cfg = config.get("calibration", {})
-    pct = float(cal_cfg.get("percentile", 95))
-    pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
-    pixel_values = map_n.flatten().numpy()
-    pixel_thresholds = tuple(float(np.percentile(pixel_values, p)) for p in pixel_pcts)
-    calibration = Calibration(
-        threshold=float(np.percentile(healthy, pct)),
-        threshold_rule=(
-            f"{pct:g}th percentile of the scores of {len(healthy)} healthy validation images "
-            f"(operating point: {pct:g}% specificity on healthy val)"
-        ),
-        pixel_thresholds=pixel_thresholds,
-        pixel_threshold_rules=tuple(
-            f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts
-        ),
-        map_scale=2.0 * pixel_thresholds[0],
-        healthy_scores=tuple(float(v) for v in np.sort(healthy)),
+    rule, rule_auroc, calibration = calibrate(
+        cls, network, config, image_size, scoring, x_val_n, x_val_a, fixed_rule=bool(unlabelled)
     )
     card = ModelCard(
         model_id=config["model_id"],
@@ -335,6 +304,68 @@ def fit(
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     write_model_card_readme(out, card)
     return card
+
+
+def calibrate(
+    cls: type[AnomalyModel],
+    network: torch.nn.Module,
+    config: dict[str, Any],
+    image_size: tuple[int, int],
+    scoring: dict[str, Any],
+    x_val_n: torch.Tensor,
+    x_val_a: torch.Tensor,
+    fixed_rule: bool = False,
+) -> tuple[str, dict[str, float], Calibration]:
+    """Choose the score rule on val AUROC and fit the thresholds on healthy val images only.
+
+    Args:
+        cls: the model class.
+        network: the trained network (eval mode).
+        config: the training config (``scoring.rules``, ``calibration``).
+        image_size: model input size.
+        scoring: the scoring settings (``rules``, ``map_sigma``, ...).
+        x_val_n: healthy val images.
+        x_val_a: abnormal val images (only for the rule's AUROC).
+        fixed_rule: take the first configured rule instead of choosing on val labels.
+
+    Returns:
+        The rule, the val AUROC of each rule, and the calibration.
+    """
+    rules = [r for r in scoring.get("rules", cls.score_rules()) if r in cls.score_rules()]
+    rule_auroc: dict[str, float] = {}
+    outputs = {}
+    for rule in rules or list(cls.score_rules()[:1]):
+        probe = _provisional_card(config, image_size, {**scoring, "rule": rule})
+        model = cls(probe, network)
+        out_n, out_a = _predict(model, x_val_n), _predict(model, x_val_a)
+        outputs[rule] = (out_n, out_a)
+        s_n, s_a = out_n.score.numpy(), out_a.score.numpy()
+        labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
+        rule_auroc[rule] = auroc(labels, np.r_[s_n, s_a]) if len(s_a) and len(s_n) else float("nan")
+    # with unlabelled val images no choice is made on val labels: the first configured rule
+    rule = next(iter(rule_auroc)) if fixed_rule else max(rule_auroc, key=lambda r: rule_auroc[r])
+    out_n = outputs[rule][0]
+    healthy = out_n.score.numpy()
+    map_n = out_n.anomaly_map
+    cal_cfg = config.get("calibration", {})
+    pct = float(cal_cfg.get("percentile", 95))
+    pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
+    pixel_values = map_n.flatten().numpy()
+    pixel_thresholds = tuple(float(np.percentile(pixel_values, p)) for p in pixel_pcts)
+    calibration = Calibration(
+        threshold=float(np.percentile(healthy, pct)),
+        threshold_rule=(
+            f"{pct:g}th percentile of the scores of {len(healthy)} healthy validation images "
+            f"(operating point: {pct:g}% specificity on healthy val)"
+        ),
+        pixel_thresholds=pixel_thresholds,
+        pixel_threshold_rules=tuple(
+            f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts
+        ),
+        map_scale=2.0 * pixel_thresholds[0],
+        healthy_scores=tuple(float(v) for v in np.sort(healthy)),
+    )
+    return rule, rule_auroc, calibration
 
 
 def write_model_card_readme(folder: Path, card: ModelCard) -> None:

@@ -39,9 +39,25 @@ def image_scores(
     raise ValueError(f"unknown score rule {rule!r}; valid: {', '.join(SCORE_RULES)}")
 
 
-def smoothed_error(x: torch.Tensor, reconstruction: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian-smoothed absolute error (B, 1, H, W)."""
-    error = (x - reconstruction).abs()
+def smoothed_error(
+    x: torch.Tensor, reconstruction: torch.Tensor, sigma: float, residual: str = "abs"
+) -> torch.Tensor:
+    """Gaussian-smoothed reconstruction error (B, 1, H, W).
+
+    Args:
+        x: input in [0, 1].
+        reconstruction: the model's reconstruction.
+        sigma: Gaussian sigma in pixels (0: no smoothing).
+        residual: ``abs`` (|x - x̂|) or ``positive`` (max(x - x̂, 0): only what is brighter
+            than the reconstruction, for lesions that are hyperintense, as on FLAIR MRI;
+            Baur et al. 2021 keep the positive residual for FLAIR).
+    """
+    if residual == "abs":
+        error = (x - reconstruction).abs()
+    elif residual == "positive":
+        error = (x - reconstruction).clamp_min(0)
+    else:
+        raise ValueError(f"unknown residual {residual!r}; valid: abs, positive")
     if sigma <= 0:
         return error
     smoother = GaussianFilter(spatial_dims=2, sigma=sigma).to(x.device)
@@ -64,6 +80,7 @@ class ReconstructionModel(AnomalyModel):
         self.score_rule = str(scoring.get("rule", "mse"))
         self.top_fraction = float(scoring.get("top_fraction", 0.05))
         self.map_sigma = float(scoring.get("map_sigma", 2.0))
+        self.residual = str(scoring.get("residual", "abs"))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> reconstruction (B, 1, H, W); deterministic at inference."""
@@ -76,7 +93,7 @@ class ReconstructionModel(AnomalyModel):
         x = x.to(self.device)
         reconstruction = self.reconstruct(x).float()
         x = x.float()
-        anomaly_map = smoothed_error(x, reconstruction, self.map_sigma)
+        anomaly_map = smoothed_error(x, reconstruction, self.map_sigma, self.residual)
         score = image_scores(x, reconstruction, anomaly_map, self.score_rule, self.top_fraction)
         return AnomalyOutput(score=score, anomaly_map=anomaly_map, reconstruction=reconstruction)
 

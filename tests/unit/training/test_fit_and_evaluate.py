@@ -173,3 +173,37 @@ def test_evaluate_fails_clearly_on_a_bad_manifest_or_checkpoint(
     )
     assert proc.returncode != 0
     assert "no checkpoint" in proc.stderr
+
+
+def test_calibrate_refits_thresholds_on_val_with_the_same_weights(
+    tiny_checkpoint, mini_cxr_manifest, tmp_path
+):
+    out = tmp_path / "recal"
+    proc = run_cli(
+        "calibrate",
+        "--checkpoint", str(tiny_checkpoint),
+        "--out", str(out),
+        "--manifest", str(mini_cxr_manifest),
+        "--set", "scoring.residual=positive",
+        "--set", "scoring.rules=[map_mean]",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    old, new = checkpoints.read_card(tiny_checkpoint), checkpoints.read_card(out)
+    assert new.weights_sha256 == old.weights_sha256  # same weights
+    assert new.training["scoring"]["residual"] == "positive"
+    assert new.training["scoring"]["rule"] == "map_mean"
+    assert new.version == f"{old.version}-recal"
+    cal = new.calibration
+    assert cal.threshold == pytest.approx(np.percentile(cal.healthy_scores, 95))
+    # the healthy scores are what the recalibrated model gives the healthy val images
+    healthy = [i for i in read_manifest(mini_cxr_manifest, "val") if i.label == 0]
+    scores = predict_images(checkpoints.load(out, "cpu"), [load_image(i.path) for i in healthy])
+    assert sorted(scores.score.tolist()) == pytest.approx(list(cal.healthy_scores), rel=1e-5)
+    assert proc.stdout.strip().splitlines()[-1].startswith("{")
+
+
+def test_calibrate_refuses_to_overwrite_its_source(tiny_checkpoint):
+    proc = run_cli("calibrate", "--checkpoint", str(tiny_checkpoint), "--out", str(tiny_checkpoint))
+    assert proc.returncode == 2
+    assert "error: --out must be a new folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,141 @@
+"""Re-calibrate a trained checkpoint on a val split, optionally with other scoring settings.
+
+    python -m training calibrate --checkpoint NAME_OR_PATH --out DIR
+        [--manifest CSV] [--set scoring.residual=positive ...] [--name NAME] [--version V]
+
+The weights are copied unchanged; the score rule is chosen again on the val split's AUROC and
+the thresholds are fitted again on its healthy images, exactly as ``training fit`` does after
+training (`training.fit.calibrate`). Uses: a hospital calibrating a shipped model on its own
+healthy studies (a manifest built with ``python -m training manifest``), or trying a scoring
+setting (e.g. ``scoring.residual=positive`` for hyperintense lesions on FLAIR) without
+training again. ``test`` is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ai_engine import checkpoints, registry
+from ai_engine.types import ModelCard
+from training.data import load_batch, read_manifest
+from training.fit import REPO_ROOT, calibrate, write_model_card_readme
+
+logger = logging.getLogger(__name__)
+
+
+def _apply(settings: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``a.b=value`` assignments (values parsed as YAML) applied to a nested dict copy."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items()}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. scoring.rules=[mse]")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def recalibrate(
+    checkpoint: str,
+    out: Path,
+    manifest: Path | None = None,
+    assignments: list[str] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+) -> ModelCard:
+    """Write ``out``: the checkpoint's weights with a calibration fitted on val again.
+
+    Args:
+        checkpoint: shipped name or checkpoint folder.
+        out: the new checkpoint folder (must not be the source).
+        manifest: val data (default: the manifest the checkpoint was trained with).
+        assignments: ``scoring.X=...`` / ``calibration.X=...`` overrides.
+        name: the new checkpoint's name (default: the old one).
+        version: the new version (default: the old one + ``-recal``).
+
+    Returns:
+        The written card.
+
+    Raises:
+        ValueError: ``out`` is the source folder, or a bad assignment.
+        ManifestError: the manifest has no val images of a class.
+    """
+    started = time.time()
+    source = checkpoints.resolve(checkpoint)
+    if out.resolve() == source.resolve():
+        raise ValueError("--out must be a new folder, not the checkpoint itself")
+    card = checkpoints.read_card(source)
+    model = checkpoints.load(source, device="cpu")
+    network = model.network.eval()
+    settings = _apply(
+        {
+            "scoring": {**card.training.get("scoring", {})},
+            "calibration": dict(card.training.get("calibration", {})),
+        },
+        assignments or [],
+    )
+    scoring = settings["scoring"]
+    if "rules" not in scoring:
+        scoring["rules"] = [scoring.get("rule")] if scoring.get("rule") else []
+    manifest = manifest or Path(card.training.get("manifest", ""))
+    if not manifest.is_absolute():
+        manifest = (REPO_ROOT / manifest).resolve()
+    val = read_manifest(manifest, "val")
+    size = card.image_size
+    x_val_n = load_batch([i.path for i in val if i.label == 0], size)
+    x_val_a = load_batch([i.path for i in val if i.label == 1], size)
+    config = {
+        "model_id": card.model_id,
+        "name": name or card.name,
+        "version": version or f"{card.version}-recal",
+        "init_args": dict(card.architecture),
+        "calibration": settings["calibration"],
+    }
+    cls = registry.get(card.model_id)
+    with torch.no_grad():
+        rule, rule_auroc, calibration = calibrate(
+            cls, network, config, size, scoring, x_val_n, x_val_a
+        )
+    new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
+    new_card = dataclasses.replace(
+        card,
+        name=config["name"],
+        version=config["version"],
+        calibration=calibration,
+        training={
+            **card.training,
+            "scoring": new_scoring,
+            "recalibrated": {
+                "from": f"{card.name} {card.version} (sha256 {card.weights_sha256[:12]})",
+                "manifest": str(manifest),
+                "n_val_normal": len(x_val_n),
+                "n_val_abnormal": len(x_val_a),
+                "assignments": list(assignments or []),
+                "wall_seconds": round(time.time() - started, 1),
+            },
+        },
+        metrics={
+            **card.metrics,
+            "val_auroc_by_score_rule": rule_auroc,
+            "val_auroc": rule_auroc[rule],
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for extra in ("history.json",):
+        if (source / extra).is_file():
+            shutil.copy(source / extra, out / extra)
+    written = checkpoints.save(out, new_card, network.state_dict())
+    write_model_card_readme(out, written)
+    logger.info("recalibrated: rule %s, val AUROC %.3f", rule, rule_auroc[rule])
+    return written
