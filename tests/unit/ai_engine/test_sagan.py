@@ -16,7 +16,10 @@ BASE = {"image_size": SIZE, "channels": (4, 4, 8, 8), "latent_dim": 8, "attentio
 VARIANTS = [
     {"position_encoding": pe}
     for pe in ("acm", "sinusoidal", "learned", "rope", "alibi", "relative")
-] + [{"position_encoding": "none", "backbone": "swin", "swin_feature_size": 12}]
+] + [
+    {"position_encoding": "none", "backbone": "swin", "swin_feature_size": 12},
+    {"position_encoding": "acm", "output": "image"},
+]
 OPTIM = {"lr": 2e-4, "critic_channels": (8, 8, 16)}
 
 
@@ -39,7 +42,7 @@ def _train(arch, x_normal, x_mix, seed=0, steps=2):
 
 
 @pytest.mark.parametrize(
-    "variant", VARIANTS, ids=lambda v: v.get("backbone", v["position_encoding"])
+    "variant", VARIANTS, ids=lambda v: v.get("backbone", v.get("output", v["position_encoding"]))
 )
 def test_variant_trains_predicts_and_round_trips(variant, images, tmp_path):
     x_normal, x_mix, x_test = images
@@ -71,6 +74,15 @@ def test_training_is_deterministic_given_a_seed(encoding, images):
     net_b, _, losses_b = _train(arch, x_normal, x_mix, seed=5)
     assert losses_a == losses_b
     assert torch.equal(net_a.eval()(x_mix[:2]), net_b.eval()(x_mix[:2]))
+
+
+@pytest.mark.parametrize("backbone", ["unet", "swin"])
+def test_untrained_residual_generator_is_the_identity(backbone, images):
+    _, _, x_test = images
+    torch.manual_seed(0)
+    arch = {**BASE, "position_encoding": "none" if backbone == "swin" else "acm"}
+    net = SaganGenerator(**arch, backbone=backbone).eval()
+    torch.testing.assert_close(net(x_test), x_test)
 
 
 def test_binary_patch_codes_are_the_papers():
