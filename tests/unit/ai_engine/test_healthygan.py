@@ -55,8 +55,9 @@ def test_untrained_generator_nearly_returns_its_input(mini_brain_manifest):
     torch.manual_seed(0)
     net = registry.get("healthygan").build_network(**ARCH).eval()
     x = _images(mini_brain_manifest, "test")
-    _, mask = net.parts(x)
+    b_int, mask = net.parts(x)
     assert float(mask.max()) < 0.1  # mask logits start at -3
+    torch.testing.assert_close(b_int, x)  # zero-initialised residual head
 
 
 def test_training_is_deterministic_given_a_seed(mini_brain_manifest):
