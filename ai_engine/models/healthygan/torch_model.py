@@ -69,4 +69,4 @@ class MaskedGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Healthy version ``B_int * M + x * (1 - M)`` of (B, 1, H, W) images."""
         b_int, mask = self.parts(x)
-        return b_int * mask + x * (1 - mask)
+        return x + mask * (b_int - x)  # = B_int * M + x * (1 - M), exact where B_int == x

@@ -119,3 +119,24 @@ def test_pseudo_anomalies_change_the_image_locally(images):
     assert changed.float().mean() < 0.5  # but it is local
     assert float(x_pseudo.min()) >= 0.0
     assert float(x_pseudo.max()) <= 1.0
+
+
+def test_a_trained_network_exports_to_onnx_with_the_same_scores(images, tmp_path):
+    from ai_engine import pipeline
+    from ai_engine.export import export_onnx, onnx_model
+
+    x_normal, x_mix, x_test = images
+    arch = {**BASE, "position_encoding": "acm"}
+    net, _, _ = _train(arch, x_normal, x_mix, seed=1)  # trained: not the identity any more
+    card = ModelCard(
+        "sagan", "t", "0", ("MR",), (), (), SIZE, "", "",
+        Calibration(1.0, "", (0.1,), ("",), 0.2),
+        training={"scoring": {"rule": "map_mean", "map_sigma": 1.0}}, architecture=arch,
+    )  # fmt: skip
+    checkpoints.save(tmp_path / "ckpt", card, net.state_dict())
+    onnx_path = export_onnx(tmp_path / "ckpt", tmp_path / "m.onnx")
+    sources = [x[0].numpy() for x in x_test[:3]]
+    expected = pipeline.predict_images(checkpoints.load(tmp_path / "ckpt", "cpu"), sources).score
+    got = pipeline.predict_images(onnx_model(onnx_path, tmp_path / "ckpt"), sources).score
+    assert float(expected.abs().min()) > 0
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-3, atol=1e-6)
