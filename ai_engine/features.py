@@ -1,9 +1,9 @@
 """Feature extractors for FID/KID, pluggable.
 
 No weights can be downloaded here, so the default extractor is one the project trains: the
-encoder of a reconstruction checkpoint (e.g. ``default-cxr``), whose bottleneck features
-summarise an image. A user with a local Inception network can pass any callable with the same
-signature. FIDs from different extractors are not comparable.
+encoder of a reconstruction checkpoint (default: the shipped ``ae-cxr`` autoencoder), whose
+bottleneck features summarise an image. A user with a local Inception network can pass any
+callable with the same signature. FIDs from different extractors are not comparable.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ai_engine.types import FloatArray
 FeatureExtractor = Callable[[Sequence[FloatArray]], npt.NDArray[np.float64]]
 
 
-def encoder_features(checkpoint: str = "default-cxr", batch_size: int = 32) -> FeatureExtractor:
+def encoder_features(checkpoint: str = "ae-cxr", batch_size: int = 32) -> FeatureExtractor:
     """A `FeatureExtractor` from the encoder of a checkpoint whose network has ``encode``.
 
     Raises:

@@ -12,8 +12,9 @@
 5. FedAvg classifier: `simulation.simulate` with ``task=classifier`` on the labelled ``val``
    split, each site getting its patient share of ``val``; scored on ``test``.
 
-FID/KID use the project's extractor (encoder of ``default-cxr``): not comparable with published
-Inception FIDs. ``test`` is only scored, never used for a choice.
+FID/KID use the project's extractor (encoder of ``ae-cxr``, the conv AE shipped as
+``default-cxr`` 0.1.0 until 2026-11-23): not comparable with published Inception FIDs.
+``test`` is only scored, never used for a choice.
 """
 
 from __future__ import annotations

@@ -301,11 +301,11 @@ def _extractor(checkpoint: str) -> Any:
 
 
 def fid_kid(
-    real: torch.Tensor, synthetic: torch.Tensor, checkpoint: str = "default-cxr"
+    real: torch.Tensor, synthetic: torch.Tensor, checkpoint: str = "ae-cxr"
 ) -> dict[str, float]:
     """FID and KID (mean, std) of two image sets (N, 1, H, W) with the project's extractor.
 
-    The extractor is the encoder of the shipped ``default-cxr`` autoencoder, so the values are
+    The extractor is the encoder of the shipped ``ae-cxr`` autoencoder, so the values are
     not comparable with published Inception FIDs.
     """
     from ai_engine.metrics import fid, kid

@@ -106,7 +106,7 @@ def test_encoder_features_of_the_default_model_separate_noise_from_radiographs()
     )
     xrays = [read_png(p) for p in pngs[:20]]
     noise = [np.random.default_rng(i).random((224, 224), dtype=np.float32) for i in range(20)]
-    extract = encoder_features("default-cxr")
+    extract = encoder_features("ae-cxr")
     fx, fn = extract(xrays), extract(noise)
     assert fx.shape == (20, 128)
     assert metrics.fid(fx[:10], fx[10:]) < metrics.fid(fx, fn)
