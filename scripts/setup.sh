@@ -40,13 +40,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Re-install only when pyproject.toml changed since the last successful install.
 stamp=".venv/.ai-node-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "pip install -e .[test] (torch pinned to 2.13.0)"
   # torch is pinned in the same command: otherwise monai pulls the newest torch with GBs of CUDA.
   # (The grep hides this machine's harmless "Location 'file:///…' is ignored" pip.conf noise;
   # with pipefail the pipeline still fails when pip does.)
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0" 2>&1 \
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" "torch==2.13.0" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$stamp"
 fi
