@@ -74,21 +74,26 @@ def _predict(model: AnomalyModel, x: torch.Tensor, batch_size: int = 64) -> Anom
     )
 
 
-def _val_auroc(
+def _separation_auroc(
     cls: type[AnomalyModel],
     network: torch.nn.Module,
     config: dict[str, Any],
     image_size: tuple[int, int],
     scoring: dict[str, Any],
-    x_val_n: torch.Tensor,
-    x_val_a: torch.Tensor,
+    x_negative: torch.Tensor,
+    x_positive: torch.Tensor,
 ) -> float:
-    """Image AUROC on val (healthy vs abnormal) with one score rule; NaN if a class is empty."""
-    if not len(x_val_n) or not len(x_val_a):
+    """AUROC of the model's scores, ``x_negative`` as class 0 and ``x_positive`` as class 1.
+
+    Val AUROC: healthy vs abnormal val images. AUCp (label-free): held-out known-normal
+    train images vs the unlabelled val mix. NaN if either set is empty.
+    """
+    if not len(x_negative) or not len(x_positive):
         return float("nan")
     model = cls(_provisional_card(config, image_size, scoring), network)
-    s_n, s_a = _predict(model, x_val_n).score.numpy(), _predict(model, x_val_a).score.numpy()
-    return auroc(np.r_[np.zeros(len(s_n)), np.ones(len(s_a))], np.r_[s_n, s_a])
+    s_n = _predict(model, x_negative).score.numpy()
+    s_p = _predict(model, x_positive).score.numpy()
+    return auroc(np.r_[np.zeros(len(s_n)), np.ones(len(s_p))], np.r_[s_n, s_p])
 
 
 def _provisional_card(
@@ -109,24 +114,6 @@ def _provisional_card(
         training={"scoring": scoring},
         architecture=dict(config["init_args"]),
     )
-
-
-def _aucp(
-    cls: type[AnomalyModel],
-    network: torch.nn.Module,
-    config: dict[str, Any],
-    image_size: tuple[int, int],
-    scoring: dict[str, Any],
-    x_holdout_normal: torch.Tensor,
-    x_unlabelled: torch.Tensor,
-) -> float:
-    """Pseudo-AUC: held-out known-normal images (0) vs the unlabelled mix (1); no labels."""
-    if not len(x_holdout_normal) or not len(x_unlabelled):
-        return float("nan")
-    model = cls(_provisional_card(config, image_size, scoring), network)
-    s_h = _predict(model, x_holdout_normal).score.numpy()
-    s_u = _predict(model, x_unlabelled).score.numpy()
-    return auroc(np.r_[np.zeros(len(s_h)), np.ones(len(s_u))], np.r_[s_h, s_u])
 
 
 def _holdout_patients(items: list[Any], fraction: float, seed: int) -> set[str]:
@@ -231,12 +218,12 @@ def fit(
             losses = {k: v / len(order) for k, v in sums.items()}
             entry: dict[str, float] = {**losses, "val_normal_loss": val_loss}
             if monitor:
-                entry["val_auroc"] = _val_auroc(
+                entry["val_auroc"] = _separation_auroc(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_val_n, x_val_a,
                 )  # fmt: skip
             if select == "aucp":
-                entry["aucp"] = _aucp(
+                entry["aucp"] = _separation_auroc(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_holdout, x_unlabelled,
                 )  # fmt: skip
@@ -433,6 +420,22 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
         ),
         ("weights sha256", f"`{card.weights_sha256}`"),
     ]
+    write_card_table(folder, card, rows, f"{card.name} --manifest <manifest.csv> --split test"
+                     "` (see the project README).")  # fmt: skip
+
+
+def write_card_table(
+    folder: Path, card: ModelCard, rows: list[tuple[str, str]], evaluate_args: str
+) -> None:
+    """Write ``folder/README.md``: the research-use notice and a field/value table of ``rows``.
+
+    Args:
+        folder: the checkpoint folder.
+        card: its card (title line).
+        rows: (field, value) pairs.
+        evaluate_args: what follows ``--checkpoint`` in the evaluate command shown (closing
+            the inline code).
+    """
     lines = [
         f"# Model card: `{card.name}` ({card.model_id} {card.version})",
         "",
@@ -442,8 +445,7 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in rows),
         "",
-        "Test-split figures: `python -m training evaluate --checkpoint "
-        f"{card.name} --manifest <manifest.csv> --split test` (see the project README).",
+        f"Test-split figures: `python -m training evaluate --checkpoint {evaluate_args}",
         "",
     ]
     (folder / "README.md").write_text("\n".join(lines))

@@ -33,7 +33,7 @@ from ai_engine.models.cnn_supervised.model import CnnSupervisedModel, Supervised
 from ai_engine.transforms import describe
 from ai_engine.types import Calibration, ModelCard
 from training.data import Item, load_batch, read_manifest
-from training.fit import REPO_ROOT, _predict, seed_everything
+from training.fit import REPO_ROOT, _predict, seed_everything, write_card_table
 from training.log import TrainingLog
 
 logger = logging.getLogger(__name__)
@@ -292,17 +292,4 @@ def write_supervised_readme(folder: Path, card: ModelCard) -> None:
         ),
         ("weights sha256", f"`{card.weights_sha256}`"),
     ]
-    lines = [
-        f"# Model card: `{card.name}` ({card.model_id} {card.version})",
-        "",
-        "**Research use only. Not a medical device; not for clinical decisions.**",
-        "",
-        "| field | value |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in rows),
-        "",
-        "Test-split figures: `python -m training evaluate --checkpoint "
-        f"{folder} --manifest <manifest.csv> --split test`.",
-        "",
-    ]
-    (folder / "README.md").write_text("\n".join(lines))
+    write_card_table(folder, card, rows, f"{folder} --manifest <manifest.csv> --split test`.")
