@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from itertools import pairwise
 
 import highdicom as hd
 import numpy as np
@@ -43,12 +42,10 @@ from ai_engine.dicom_io._common import (
     series_description,
 )
 from ai_engine.dicom_io.seg_writer import (
-    _CATEGORY,
-    _TYPE,
     BINARY_SERIES_NUMBER,
-    _algorithm_identification,
-    _colour,
     _content_description,
+    binary_mask,
+    level_segments,
 )
 from ai_engine.types import AlgorithmInfo
 
@@ -58,13 +55,9 @@ logger = logging.getLogger(__name__)
 
 
 def _volume_mask(
-    label: str, mask: npt.NDArray[np.generic], shape: tuple[int, int, int]
+    label: str, mask: npt.ArrayLike, shape: tuple[int, int, int]
 ) -> npt.NDArray[np.bool_]:
-    array = np.asarray(mask)
-    if array.dtype != np.bool_:
-        if not np.isin(array, (0, 1)).all():
-            raise ValueError(f"mask of level {label!r} is not binary (dtype {array.dtype})")
-        array = array.astype(np.bool_)
+    array = binary_mask(label, mask)
     if array.shape != shape:
         raise ValueError(
             f"mask of level {label!r} has shape {array.shape}; (slices, rows, cols) of the "
@@ -115,29 +108,9 @@ def write_binary_seg_volume(
     if any((int(s.Rows), int(s.Columns)) != (rows, cols) for s in sources):
         raise ValueError("source slices differ in Rows/Columns")
     shape = (len(sources), rows, cols)
-    masks = []
-    descriptions = []
-    for index, (label, mask) in enumerate(levels):
-        if not label or len(label) > 64:
-            raise ValueError(f"segment label must be 1 to 64 characters: {label!r}")
-        masks.append(_volume_mask(label, mask, shape))
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=index + 1,
-                segment_label=label,
-                segmented_property_category=_CATEGORY,
-                segmented_property_type=_TYPE,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=_algorithm_identification(algorithm),
-                tracking_id=f"anomaly level {index + 1}",
-                tracking_uid=new_uid(),
-                display_color=_colour(index, len(levels)),
-            )
-        )
-    for wider, stricter in pairwise(masks):
-        if np.any(stricter & ~wider):
-            logger.warning("binary SEG levels are not nested")
-            break
+    masks, descriptions = level_segments(
+        levels, algorithm, lambda label, mask: _volume_mask(label, mask, shape)
+    )
     prepared = [prepare_source(s) for s in sources]
     with warnings.catch_warnings():
         # The sources' PatientName is copied as it is; its form is not ours to judge.

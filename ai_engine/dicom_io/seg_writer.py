@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import highdicom as hd
@@ -213,6 +213,68 @@ def _build(
     )
 
 
+def binary_mask(label: str, mask: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """``mask`` as a boolean array; 0/1 integers are accepted, anything else is refused.
+
+    Raises:
+        ValueError: values other than 0 and 1.
+    """
+    array = np.asarray(mask)
+    if array.dtype != np.bool_:
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(f"mask of level {label!r} is not binary (dtype {array.dtype})")
+        array = array.astype(np.bool_)
+    return array
+
+
+def level_segments(
+    levels: Sequence[tuple[str, npt.ArrayLike]],
+    algorithm: AlgorithmInfo,
+    as_mask: Callable[[str, npt.ArrayLike], npt.NDArray[np.bool_]],
+) -> tuple[list[npt.NDArray[np.bool_]], list[hd.seg.SegmentDescription]]:
+    """Masks and segment descriptions of nested binary levels (one segment per level).
+
+    Shared by the 2D and the volume binary SEG writers.
+
+    Args:
+        levels: (segment label, mask) pairs, widest level first.
+        algorithm: the model that made the masks.
+        as_mask: checks one level's mask and returns it as a boolean array (raises
+            ValueError when it does not fit the source).
+
+    Returns:
+        The boolean masks and the segment descriptions, in level order; a warning is
+        logged when the levels are not nested.
+
+    Raises:
+        ValueError: a label that is empty or longer than 64 characters, or a bad mask.
+    """
+    masks = []
+    descriptions = []
+    for index, (label, mask) in enumerate(levels):
+        if not label or len(label) > 64:
+            raise ValueError(f"segment label must be 1 to 64 characters: {label!r}")
+        masks.append(as_mask(label, mask))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=index + 1,
+                segment_label=label,
+                segmented_property_category=_CATEGORY,
+                segmented_property_type=_TYPE,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=_algorithm_identification(algorithm),
+                tracking_id=f"anomaly level {index + 1}",
+                tracking_uid=new_uid(),
+                display_color=_colour(index, len(levels)),
+            )
+        )
+    for wider, stricter in pairwise(masks):
+        if np.any(stricter & ~wider):
+            logger.warning("binary SEG levels are not nested")
+            break
+    return masks, descriptions
+
+
 def write_binary_seg(
     source: Dataset,
     levels: Sequence[tuple[str, npt.NDArray[np.bool_]]],
@@ -243,35 +305,13 @@ def write_binary_seg(
     """
     if not levels:
         raise ValueError("at least one level is needed for a binary SEG")
-    masks = []
-    descriptions = []
-    for index, (label, mask) in enumerate(levels):
-        if not label or len(label) > 64:
-            raise ValueError(f"segment label must be 1 to 64 characters: {label!r}")
-        array = np.asarray(mask)
-        if array.dtype != np.bool_:
-            if not np.isin(array, (0, 1)).all():
-                raise ValueError(f"mask of level {label!r} is not binary (dtype {array.dtype})")
-            array = array.astype(np.bool_)
+
+    def as_mask(label: str, mask: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        array = binary_mask(label, mask)
         _check_shape(f"mask of level {label!r}", array, source)
-        masks.append(array)
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=index + 1,
-                segment_label=label,
-                segmented_property_category=_CATEGORY,
-                segmented_property_type=_TYPE,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=_algorithm_identification(algorithm),
-                tracking_id=f"anomaly level {index + 1}",
-                tracking_uid=new_uid(),
-                display_color=_colour(index, len(levels)),
-            )
-        )
-    for wider, stricter in pairwise(masks):
-        if np.any(stricter & ~wider):
-            logger.warning("binary SEG levels are not nested")
-            break
+        return array
+
+    masks, descriptions = level_segments(levels, algorithm, as_mask)
     pixel_array = np.stack(masks, axis=-1)[np.newaxis]  # (1 frame, rows, cols, segments)
     return _segmentation(
         source,
