@@ -84,6 +84,13 @@ class NodeSettings(BaseSettings):
         poll_interval_seconds: how often router, worker and sender look for work.
         process_max_attempts: engine runs per job before it is dead-lettered.
         process_backoff_seconds: first wait before re-running a job; doubles each time.
+        engine_isolation: ``process`` (default): the engine runs in a child process of its
+            own (`dicom_node.engine_process`), so it does not hold the GIL the SCP and the
+            sender need, and a crash or hang of the engine fails the job (retried) instead
+            of the node; ``thread``: in the node's worker thread (debugging, profiling).
+        engine_timeout_seconds: a study the engine has not finished after this long is
+            given up (the engine process is killed; the job is retried). Process
+            isolation only.
         rules_file: YAML routing rules (`dicom_node.rules`); when set they decide the
             checkpoints and destinations of each instance instead of ``checkpoints``.
         retention_days_done: delivered job folders (``jobs/done/``) are deleted this many
@@ -143,8 +150,9 @@ class NodeSettings(BaseSettings):
             shared ``data_dir``) for this long is taken over by another worker.
         dispatch_timeout_seconds: a due job still queued this long after it was dispatched
             while the broker's queue is empty (the message was lost) is dispatched again.
-        worker_engine: ``module:function`` the worker runs instead of
-            ``ai_engine.pipeline.run`` (same signature); for stand-in engines.
+        worker_engine: ``module:function`` the worker (the node's engine process, or a
+            scaled-out worker) runs instead of ``ai_engine.pipeline.run`` (same signature);
+            for stand-in engines.
     """
 
     model_config = SettingsConfigDict(
@@ -175,6 +183,8 @@ class NodeSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     process_max_attempts: int = Field(default=2, ge=1, le=100)
     process_backoff_seconds: float = Field(default=10.0, ge=0)
+    engine_isolation: Literal["process", "thread"] = "process"
+    engine_timeout_seconds: float = Field(default=900.0, gt=0)
     rules_file: Path | None = None
     retention_days_done: float = Field(default=14.0, ge=0)
     retention_days_failed: float = Field(default=0.0, ge=0)

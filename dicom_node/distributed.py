@@ -53,7 +53,7 @@ from dicom_node.fsutil import move_durable, write_durable
 from dicom_node.index import STATE_FAILED, STATE_QUEUED, StateIndex
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues
-from dicom_node.worker import EngineFn, Worker, default_engine
+from dicom_node.worker import EngineFn, Worker, load_engine
 
 logger = logging.getLogger(__name__)
 
@@ -120,28 +120,6 @@ def make_app(settings: NodeSettings) -> Any:
         worker_send_task_events=False,
     )
     return app
-
-
-def load_engine(spec: str | None) -> EngineFn:
-    """The engine function named by ``worker_engine`` (``module:function``).
-
-    Args:
-        spec: ``module:function``, or None for ``ai_engine.pipeline.run``.
-
-    Returns:
-        The engine function.
-
-    Raises:
-        ConfigError: the module or function cannot be imported.
-    """
-    if spec is None:
-        return default_engine
-    module_name, _, name = spec.partition(":")
-    try:
-        engine: EngineFn = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"worker_engine {spec!r} cannot be imported: {exc}") from exc
-    return engine
 
 
 def read_lease(folder: Path) -> str | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from dicom_node.config import NodeSettings
+from dicom_node.engine_process import DEFAULT_TARGET, EngineProcess
 from dicom_node.errors import ConfigError
 from dicom_node.fsutil import ensure_dir, write_durable
 from dicom_node.http_api import ApiServer, create_app
@@ -39,7 +40,7 @@ from dicom_node.rules import RulesFile, build_rules
 from dicom_node.scp import StorageSCP
 from dicom_node.sender import Outbox, ResultSender, build_sender
 from dicom_node.spool import Spool
-from dicom_node.worker import EngineFn, Worker
+from dicom_node.worker import EngineFn, Worker, load_engine
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class NodeService:
         self._sender = sender
         self._rules = rules or build_rules(settings)
         self._started = False
+        self._engine_process: EngineProcess | None = None
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
         self.scp: StorageSCP | None = None
@@ -179,7 +181,8 @@ class NodeService:
         router.recover()
         if s.broker_url is None:
             queue.recover()
-            step: Callable[[], bool] = Worker(s, queue, index, self.metrics, self._engine).run_once
+            engine = self._engine or self._own_engine(s)
+            step: Callable[[], bool] = Worker(s, queue, index, self.metrics, engine).run_once
         else:  # scaled out: workers elsewhere own running/; the dispatcher follows leases
             from dicom_node.distributed import Dispatcher
 
@@ -222,6 +225,9 @@ class NodeService:
             self.scp.start()
         except OSError as exc:
             index.close()
+            if self._engine_process is not None:
+                self._engine_process.close()
+                self._engine_process = None
             raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
         for loop in self._loops:
             loop.start()
@@ -272,8 +278,25 @@ class NodeService:
             self.scp.stop()
         for loop in self._loops:
             loop.stop(timeout)
+        if self._engine_process is not None:
+            self._engine_process.close(timeout)
+            self._engine_process = None
         if self.index is not None:
             self.index.close()
+
+    def _own_engine(self, s: NodeSettings) -> EngineFn:
+        """The engine when none was injected: a child process (started now), or in-thread."""
+        if s.engine_isolation == "thread":
+            return load_engine(s.worker_engine)
+        load_engine(s.worker_engine)  # a wrong module:function fails at start, not per job
+        process = EngineProcess(
+            s.worker_engine or DEFAULT_TARGET,
+            timeout_seconds=s.engine_timeout_seconds,
+            preload=s.checkpoints,
+        )
+        process.start()  # loads torch and the models while the node waits for studies
+        self._engine_process = process
+        return process
 
     def __enter__(self) -> NodeService:
         self.start()

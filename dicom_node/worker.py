@@ -21,6 +21,7 @@ from typing import Any
 
 from ai_engine.errors import AiEngineError
 from dicom_node.config import NodeSettings
+from dicom_node.errors import ConfigError
 from dicom_node.index import STATE_FAILED, StateIndex
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import ENGINE_STAGES, Metrics
@@ -55,6 +56,28 @@ def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]
     pipeline = importlib.import_module("ai_engine.pipeline")
     results: Sequence[Any] = pipeline.run(input_dir, output_dir, tuple(checkpoints))
     return results
+
+
+def load_engine(spec: str | None) -> EngineFn:
+    """The engine function named by ``worker_engine`` (``module:function``).
+
+    Args:
+        spec: ``module:function``, or None for ``ai_engine.pipeline.run``.
+
+    Returns:
+        The engine function.
+
+    Raises:
+        ConfigError: the module or function cannot be imported.
+    """
+    if spec is None:
+        return default_engine
+    module_name, _, name = spec.partition(":")
+    try:
+        engine: EngineFn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"worker_engine {spec!r} cannot be imported: {exc}") from exc
+    return engine
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
