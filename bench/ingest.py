@@ -117,13 +117,25 @@ def make_files(source: Path, root: Path, n_files: int, associations: int) -> lis
     return folders
 
 
-def send(folders: Sequence[Path], port: int, called_ae: str) -> tuple[float, list[str]]:
+def send(
+    folders: Sequence[Path], port: int, called_ae: str, calling_ae: str = SCU_AET
+) -> tuple[float, list[str]]:
     """Run one storescu per folder concurrently; wall seconds and any failure messages."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", SCU_AET, "-aec", called_ae, "127.0.0.1", str(port), "+sd", str(f)],
+            [
+                "storescu",
+                "-aet",
+                calling_ae,
+                "-aec",
+                called_ae,
+                "127.0.0.1",
+                str(port),
+                "+sd",
+                str(f),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -7,11 +7,13 @@ Node run: the embedded stack (`dicom_node.embedded.EmbeddedStack`: the Debian Or
 node with the real engine and checkpoint; no viewer) on ephemeral loopback ports. ``--studies``
 copies of the source image, each with new Study/Series/SOP Instance UIDs (one-image studies),
 are sent as fast as possible over one association from AE ``ORTHANC`` (as Orthanc's
-auto-routing would send them). The clock runs from the first C-STORE until every study's job
-is done (results stored in Orthanc by STOW-RS). Studies/min = studies / that time.
+auto-routing would send them) by dcmtk ``storescu`` in its own process (``TCP_NODELAY=1``),
+so the sender does not share this process's GIL with the node. The clock runs from the first
+C-STORE until every study's job is done (results stored in Orthanc by STOW-RS).
+Studies/min = studies / that time.
 
 Per-stage breakdown (mean seconds per study), from the node's own Prometheus histograms:
-``receive`` (C-STORE round trip at the sender, spool fsync included), ``read``,
+``receive`` (storescu's wall time / studies: C-STORE round trips, spool fsyncs), ``read``,
 ``preprocess``, ``infer``, ``write`` (engine stages, `ai_engine.pipeline.run`),
 ``run`` (the whole engine call of a job) and ``send`` (STOW-RS to Orthanc).
 
@@ -19,7 +21,10 @@ Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` f
 same files (one study each), writing the same SEG/SEG/SR outputs, no networking, after one
 warm-up run, half of them before the node run and half after it (the load of a shared
 machine changes over a long run); its studies/min is the reference.
-Ratio = node studies/min / engine studies/min (goal: >= 0.9).
+Ratio = node studies/min / engine studies/min (goal: >= 0.9). ``--isolation thread`` runs
+the node's engine in its worker thread instead of its own process
+(``DICOM_NODE_ENGINE_ISOLATION``), for comparison; ``--engine-processes N`` runs N engine
+processes side by side (``DICOM_NODE_ENGINE_PROCESSES``; the reference stays one engine).
 
 Runs in a loopback-only network namespace (re-executes itself with ``unshare -n`` when
 needed). Prints tables and, as the last line, one JSON object.
@@ -41,12 +46,11 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import ensure_loopback_namespace  # noqa: E402
+from ingest import ensure_loopback_namespace, send  # noqa: E402
 
 from dicom_node.embedded import (  # noqa: E402
     NODE_AET,
@@ -106,24 +110,21 @@ def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> di
         checkpoints=(args.checkpoint,),
         fresh=True,
     )
+    folder = work / "burst"
+    folder.mkdir(parents=True)
+    for i, ds in enumerate(studies):
+        ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+    os.environ["DICOM_NODE_ENGINE_ISOLATION"] = args.isolation
+    os.environ["DICOM_NODE_ENGINE_PROCESSES"] = str(args.engine_processes)
     with EmbeddedStack(options) as stack:
         node = stack.node
         if node is None or node.queue is None:
             raise SystemExit("the node did not start")
-        ae = AE(ae_title=ORTHANC_AET)
-        ds0 = studies[0]
-        ae.add_requested_context(ds0.SOPClassUID, ds0.file_meta.TransferSyntaxUID)
+        time.sleep(args.warm_up)  # the engine process loads torch and the model meanwhile
         t0 = time.monotonic()
-        assoc = ae.associate("127.0.0.1", options.node_port, ae_title=NODE_AET)
-        if not assoc.is_established:
-            raise SystemExit("the node refused the association")
-        try:
-            for ds in studies:
-                status = assoc.send_c_store(ds)
-                if not status or int(status.Status) != 0:
-                    raise SystemExit(f"C-STORE failed: {status}")
-        finally:
-            assoc.release()
+        _, problems = send([folder], options.node_port, NODE_AET, calling_ae=ORTHANC_AET)
+        if problems:
+            raise SystemExit(f"C-STORE failed: {problems}")
         sent_seconds = time.monotonic() - t0
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="default-cxr")
     parser.add_argument("--engine-studies", type=int, default=200)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--isolation", choices=("process", "thread"), default="process")
+    parser.add_argument("--engine-processes", type=int, default=1)
+    parser.add_argument(
+        "--warm-up", type=float, default=10.0, help="seconds between node start and the burst"
+    )
     args = parser.parse_args(argv)
     ensure_loopback_namespace(argv, Path(__file__))
     logging.basicConfig(level=logging.WARNING)
@@ -194,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": "throughput",
                 "checkpoint": args.checkpoint,
                 "quiet_s": args.quiet,
+                "isolation": args.isolation,
+                "engine_processes": args.engine_processes,
                 "cpus": os.cpu_count(),
                 "machine": platform.platform(),
                 "load_start": load_start,

@@ -88,6 +88,10 @@ class NodeSettings(BaseSettings):
             own (`dicom_node.engine_process`), so it does not hold the GIL the SCP and the
             sender need, and a crash or hang of the engine fails the job (retried) instead
             of the node; ``thread``: in the node's worker thread (debugging, profiling).
+        engine_processes: engine processes (each with its own worker thread and models)
+            that analyse studies side by side; more than one pays on machines with more
+            cores than one engine uses, or with a GPU that one process leaves idle while
+            it reads and writes DICOM. Process isolation only.
         engine_timeout_seconds: a study the engine has not finished after this long is
             given up (the engine process is killed; the job is retried). Process
             isolation only.
@@ -184,6 +188,7 @@ class NodeSettings(BaseSettings):
     process_max_attempts: int = Field(default=2, ge=1, le=100)
     process_backoff_seconds: float = Field(default=10.0, ge=0)
     engine_isolation: Literal["process", "thread"] = "process"
+    engine_processes: int = Field(default=1, ge=1, le=64)
     engine_timeout_seconds: float = Field(default=900.0, gt=0)
     rules_file: Path | None = None
     retention_days_done: float = Field(default=14.0, ge=0)

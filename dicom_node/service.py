@@ -144,7 +144,7 @@ class NodeService:
         self._sender = sender
         self._rules = rules or build_rules(settings)
         self._started = False
-        self._engine_process: EngineProcess | None = None
+        self._engine_processes: list[EngineProcess] = []
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
         self.scp: StorageSCP | None = None
@@ -179,16 +179,20 @@ class NodeService:
         )
         spool.clear_stale()
         router.recover()
+        steps: list[Callable[[], bool]]
         if s.broker_url is None:
             queue.recover()
-            engine = self._engine or self._own_engine(s)
-            step: Callable[[], bool] = Worker(s, queue, index, self.metrics, engine).run_once
+            if self._engine is not None:
+                engines = [self._engine]
+            else:  # one worker thread per engine process; claims are atomic renames
+                engines = [self._own_engine(s) for _ in range(s.engine_processes)]
+            steps = [Worker(s, queue, index, self.metrics, e).run_once for e in engines]
         else:  # scaled out: workers elsewhere own running/; the dispatcher follows leases
             from dicom_node.distributed import Dispatcher
 
             dispatcher = Dispatcher(s, queue, index, self.metrics)
             dispatcher.recover()
-            step = dispatcher.run_once
+            steps = [dispatcher.run_once]
         outbox = Outbox(
             s,
             queue,
@@ -202,22 +206,30 @@ class NodeService:
         interval = s.poll_interval_seconds
         outbox_loop = _Loop("outbox", outbox.run_once, interval)
 
-        def work() -> bool:
-            did = step()
-            if did:
-                outbox_loop.wake()
-            return did
+        def working(step: Callable[[], bool]) -> Callable[[], bool]:
+            def work() -> bool:
+                did = step()
+                if did:
+                    outbox_loop.wake()
+                return did
 
-        worker_loop = _Loop("worker" if s.broker_url is None else "dispatcher", work, interval)
+            return work
+
+        name = "worker" if s.broker_url is None else "dispatcher"
+        worker_loops = [
+            _Loop(name if len(steps) == 1 else f"{name}-{i + 1}", working(step), interval)
+            for i, step in enumerate(steps)
+        ]
 
         def route() -> bool:
             if router.run_once():
-                worker_loop.wake()
+                for loop in worker_loops:
+                    loop.wake()
             return False  # routing is time-driven: always wait for the next tick
 
         router_loop = _Loop("router", route, interval, next_wait=router.seconds_until_due)
         cleaner_loop = _Loop("cleaner", cleaner.step, s.cleanup_interval_seconds)
-        self._loops = [router_loop, worker_loop, outbox_loop, cleaner_loop]
+        self._loops = [router_loop, *worker_loops, outbox_loop, cleaner_loop]
         self.scp = StorageSCP(
             s, spool, self.metrics, on_activity=None, on_association_end=router_loop.wake
         )
@@ -225,9 +237,7 @@ class NodeService:
             self.scp.start()
         except OSError as exc:
             index.close()
-            if self._engine_process is not None:
-                self._engine_process.close()
-                self._engine_process = None
+            self._close_engines(5.0)
             raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
         for loop in self._loops:
             loop.start()
@@ -278,9 +288,7 @@ class NodeService:
             self.scp.stop()
         for loop in self._loops:
             loop.stop(timeout)
-        if self._engine_process is not None:
-            self._engine_process.close(timeout)
-            self._engine_process = None
+        self._close_engines(timeout)
         if self.index is not None:
             self.index.close()
 
@@ -295,8 +303,13 @@ class NodeService:
             preload=s.checkpoints,
         )
         process.start()  # loads torch and the models while the node waits for studies
-        self._engine_process = process
+        self._engine_processes.append(process)
         return process
+
+    def _close_engines(self, timeout: float) -> None:
+        for process in self._engine_processes:
+            process.close(timeout)
+        self._engine_processes = []
 
     def __enter__(self) -> NodeService:
         self.start()

@@ -1,8 +1,8 @@
 """Engines for `dicom_node.engine_process` tests; they run in the child (``child_engines:NAME``).
 
-Steered by files, since they run in another process: ``run`` writes one SR per study like the
-tests' FakeEngine; ``die`` exits the process in the middle of the job, ``hang`` sleeps,
-``bad_input`` raises the engine's own error and ``broken`` a plain one.
+``run`` writes one SR per study like the tests' FakeEngine (``logged``: slowly, and notes when
+and in which process in $CHILD_ENGINE_LOG); ``die`` exits the process in the middle of the
+job, ``hang`` sleeps, ``bad_input`` raises the engine's own error and ``broken`` a plain one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ def run(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> list[d
     results = _fake(input_dir, output_dir, checkpoints)
     for result in results:
         result["engine_pid"] = os.getpid()
+    return results
+
+
+def logged(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> list[dict[str, Any]]:
+    """``run`` after half a second, appending ``start end pid`` to $CHILD_ENGINE_LOG."""
+    started = time.time()
+    time.sleep(0.5)
+    results = run(input_dir, output_dir, checkpoints)
+    with Path(os.environ["CHILD_ENGINE_LOG"]).open("a", encoding="utf-8") as log:
+        log.write(f"{started} {time.time()} {os.getpid()}\n")
     return results
 
 

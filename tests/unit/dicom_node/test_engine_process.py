@@ -155,3 +155,37 @@ def test_node_runs_its_engine_in_a_child_and_retries_after_a_crash(
         assert node.metrics.snapshot().get("process_retries_total", 0) >= 1
     finally:
         node.stop()
+
+
+def test_two_engine_processes_analyse_two_studies_side_by_side(
+    kit,
+    settings: NodeSettings,
+    destination,
+    ct_path: Path,
+    instances_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = tmp_path / "engine.log"
+    monkeypatch.setenv("CHILD_ENGINE_LOG", str(log))
+    settings.destination = "cstore"
+    settings.cstore_port = destination.port
+    settings.study_quiet_seconds = 0.2
+    settings.worker_engine = "child_engines:logged"
+    settings.engine_processes = 2
+    node = NodeService(settings)
+    node.start()
+    try:
+        files = [kit.new_instance(ct_path, generate_uid(), instances_dir) for _ in range(2)]
+        assert kit.send_files(node.scp_port, files) == [0, 0]
+        assert node.wait_until_idle(timeout=60)
+    finally:
+        node.stop()
+    runs = sorted(
+        (float(start), float(end), pid)
+        for start, end, pid in (line.split() for line in log.read_text().splitlines())
+    )
+    assert len(runs) == 2
+    assert len({pid for _, _, pid in runs}) == 2  # one study in each process
+    assert runs[1][0] < runs[0][1]  # and at the same time
+    assert len(destination.received) == 2
