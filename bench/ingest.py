@@ -161,13 +161,26 @@ def send(
 
 
 class Receiver:
-    """A started SCP: its name, port, called AE title and a received-instance counter."""
+    """A started SCP: name, port, called AE title, received-instance and CPU-seconds counters."""
 
     def __init__(
-        self, name: str, port: int, aet: str, count: Callable[[], int], stop: Callable[[], None]
+        self,
+        name: str,
+        port: int,
+        aet: str,
+        count: Callable[[], int],
+        stop: Callable[[], None],
+        cpu: Callable[[], float],
     ) -> None:
         self.name, self.port, self.aet = name, port, aet
-        self.count, self.stop = count, stop
+        self.count, self.stop, self.cpu = count, stop, cpu
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and of its children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 def start_node(work: Path) -> Receiver:
@@ -191,7 +204,10 @@ def start_node(work: Path) -> Receiver:
     def count() -> int:
         return service.metrics.snapshot()["instances_received_total"]
 
-    return Receiver("node", service.scp_port, "AINODE", count, service.stop)
+    # the node runs in this process (no engine process here: the engine is injected)
+    return Receiver(
+        "node", service.scp_port, "AINODE", count, service.stop, lambda: sum(os.times()[:2])
+    )
 
 
 def wait_listening(port: int, proc: ManagedProcess, timeout: float = 15.0) -> None:
@@ -219,8 +235,14 @@ def start_storescp(work: Path) -> Receiver:
     )
     proc.start()
     wait_listening(port, proc)
+    pid = proc.pid or 0
     return Receiver(
-        "storescp", port, "STORESCP", lambda: sum(1 for _ in out.glob("*.dcm")), proc.stop
+        "storescp",
+        port,
+        "STORESCP",
+        lambda: sum(1 for _ in out.glob("*.dcm")),
+        proc.stop,
+        lambda: process_cpu_seconds(pid),  # --fork: children's CPU once storescp reaped them
     )
 
 
@@ -250,7 +272,10 @@ def start_orthanc(work: Path) -> Receiver:
         session.close()
         orthanc.stop()
 
-    return Receiver("orthanc", dicom_port, config["DicomAet"], count, stop)
+    pid = orthanc.pid or 0
+    return Receiver(
+        "orthanc", dicom_port, config["DicomAet"], count, stop, lambda: process_cpu_seconds(pid)
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -295,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                 n_sent = sum(len(list(f.glob("*.dcm"))) for f in folders)
                 order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
                 for rx in order:
-                    before = rx.count()
+                    before, cpu_before = rx.count(), rx.cpu()
                     seconds, problems = send(folders, rx.port, rx.aet)
                     received = rx.count() - before
+                    time.sleep(0.3)  # storescp --fork: its children's CPU counts once reaped
+                    cpu = rx.cpu() - cpu_before
                     row = {
                         "receiver": rx.name,
                         "associations": n_assoc,
@@ -306,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         "received": received,
                         "seconds": round(seconds, 3),
                         "inst_per_s": round(received / seconds, 1),
+                        "cpu_ms_per_inst": round(1000 * cpu / max(1, received), 2),
                         "problems": problems,
                     }
                     results.append(row)
@@ -323,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, dict[int, float]] = {}
     print()
-    print("| receiver | associations | inst/s (median) | all reps | received/sent |")
-    print("|---|---:|---:|---|---:|")
+    print(
+        "| receiver | associations | inst/s (median) | all reps | received/sent "
+        "| receiver CPU ms/inst (median) |"
+    )
+    print("|---|---:|---:|---|---:|---:|")
     for rx_name in names:
         for n_assoc in assoc_counts:
             rows = [r for r in results if r["receiver"] == rx_name and r["associations"] == n_assoc]
@@ -333,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
             received = sum(r["received"] for r in rows)
             sent = sum(r["sent"] for r in rows)
             reps = ", ".join(f"{r['inst_per_s']:.0f}" for r in rows)
-            print(f"| {rx_name} | {n_assoc} | {median:.1f} | {reps} | {received}/{sent} |")
+            cpu_ms = statistics.median(r["cpu_ms_per_inst"] for r in rows)
+            print(
+                f"| {rx_name} | {n_assoc} | {median:.1f} | {reps} | {received}/{sent} "
+                f"| {cpu_ms:.2f} |"
+            )
 
     goals: dict[str, Any] = {}
     node = summary.get("node", {})
