@@ -15,7 +15,9 @@ Studies/min = studies / that time.
 Per-stage breakdown (mean seconds per study), from the node's own Prometheus histograms:
 ``receive`` (storescu's wall time / studies: C-STORE round trips, spool fsyncs), ``read``,
 ``preprocess``, ``infer``, ``write`` (engine stages, `ai_engine.pipeline.run`),
-``run`` (the whole engine call of a job) and ``send`` (STOW-RS to Orthanc).
+``run`` (the whole engine call of a job) and ``send`` (STOW-RS to Orthanc). CPU seconds
+per study (user + system, from ``/proc``) of the node's process, each engine process and
+Orthanc, over the node run: where the two cores went.
 
 Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` folders of the
 same files (one study each), writing the same SEG/SEG/SR outputs, no networking, after one
@@ -50,7 +52,7 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import ensure_loopback_namespace, send  # noqa: E402
+from ingest import ensure_loopback_namespace, process_cpu_seconds, send  # noqa: E402
 
 from dicom_node.embedded import (  # noqa: E402
     NODE_AET,
@@ -121,6 +123,12 @@ def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> di
         if node is None or node.queue is None:
             raise SystemExit("the node did not start")
         time.sleep(args.warm_up)  # the engine process loads torch and the model meanwhile
+        pids = {
+            "node": os.getpid(),
+            "orthanc": stack.orthanc.pid if stack.orthanc is not None else None,
+            **{f"engine-{i + 1}": pid for i, pid in enumerate(node.engine_pids)},
+        }
+        cpu0 = {k: process_cpu_seconds(v) for k, v in pids.items() if v}
         t0 = time.monotonic()
         _, problems = send([folder], options.node_port, NODE_AET, calling_ae=ORTHANC_AET)
         if problems:
@@ -134,6 +142,7 @@ def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> di
                 break
             time.sleep(0.1)
         total = time.monotonic() - t0
+        cpu = {k: process_cpu_seconds(pids[k]) - v for k, v in cpu0.items()}
         histograms = node.metrics.histograms()
         counters = node.metrics.snapshot()
     stages = {"receive": sent_seconds / len(studies)}
@@ -147,6 +156,7 @@ def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> di
         "failed": counters.get("jobs_failed_total", 0),
         "jobs": counters.get("jobs_queued_total", 0),
         "stages": stages,
+        "cpu_s_per_study": {k: v / max(1, len(studies)) for k, v in cpu.items()},
     }
 
 
@@ -192,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     for stage, value in node["stages"].items():
         print(f"| {stage} | {value:.4f} |")
     print()
+    print("| process | CPU s per study (user + system) |")
+    print("|---|---:|")
+    for name, value in node["cpu_s_per_study"].items():
+        print(f"| {name} | {value:.4f} |")
+    print()
     met = "yes" if ratio >= 0.9 else "no"
     print(f"node / engine = {ratio:.2f} (goal >= 0.9: {met}); failed jobs: {node['failed']}")
     print(
@@ -210,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                            "studies_per_min": round(engine_rate, 1),
                            "before_s": round(before_s, 2), "after_s": round(after_s, 2)},
                 "node": {**node, "studies_per_min": round(node_rate, 1),
-                         "stages": {k: round(v, 5) for k, v in node["stages"].items()}},
+                         "stages": {k: round(v, 5) for k, v in node["stages"].items()},
+                         "cpu_s_per_study": {k: round(v, 5)
+                                             for k, v in node["cpu_s_per_study"].items()}},
                 "ratio": round(ratio, 3),
             }
         )

@@ -344,6 +344,11 @@ class NodeService:
         """The HTTP API's bound port (0 when disabled or not started)."""
         return self._http.port if self._http is not None else 0
 
+    @property
+    def engine_pids(self) -> list[int]:
+        """Process ids of the node's engine processes (empty with an injected engine)."""
+        return [p.pid for p in self._engine_processes if p.pid is not None]
+
     def readiness(self) -> dict[str, bool]:
         """Named readiness checks (all True when the node can take studies)."""
         data_dir = self.settings.data_dir
