@@ -154,6 +154,7 @@ def run(
     """
     from pydicom.uid import generate_uid
 
+    from ai_engine.dicom_io._common import prepare_source
     from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.reader import read_image
     from ai_engine.dicom_io.sc_writer import write_overlay_sc
@@ -208,8 +209,10 @@ def run(
                 )
                 rows, cols = pixels.shape
                 source_map = map_to_source(output.anomaly_map[i], rows, cols)
+                # one prepared header for all writers of this image (each would copy it)
+                source = prepare_source(dataset)
                 binary = write_binary_seg(
-                    dataset,
+                    source,
                     region_levels(source_map, cal),
                     algorithm,
                     series_instance_uid=seg_series,
@@ -221,7 +224,7 @@ def run(
                 continuous: Dataset
                 if dataset.get("FrameOfReferenceUID"):
                     continuous = write_parametric_map(
-                        [dataset],
+                        [source],
                         scaled,
                         algorithm,
                         series_instance_uid=frac_series,
@@ -229,7 +232,7 @@ def run(
                     )
                 else:
                     continuous = write_fractional_seg(
-                        dataset,
+                        source,
                         scaled,
                         algorithm,
                         series_instance_uid=frac_series,
@@ -238,7 +241,7 @@ def run(
                 outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
                 if overlay_sc:
                     sc = write_overlay_sc(
-                        dataset,
+                        source,
                         pixels,
                         scaled,
                         algorithm,

@@ -100,7 +100,16 @@ _TYPE2_FROM_SOURCE = (
 )
 
 
-def prepare_source(source: Dataset) -> Dataset:
+class PreparedSource(Dataset):
+    """A source header made by `prepare_source`; the writers treat it as read-only.
+
+    `prepare_source` returns one of these as it is, so a caller that writes several objects
+    from one source (``pipeline.run``: binary SEG, FRACTIONAL SEG or Parametric Map, SR)
+    prepares it once and passes the prepared copy to every writer.
+    """
+
+
+def prepare_source(source: Dataset) -> PreparedSource:
     """A copy of a source image's header that highdicom accepts as a derivation source.
 
     Tolerant reading meets strict writing here: the copy has no pixel data; missing Type 2
@@ -110,14 +119,18 @@ def prepare_source(source: Dataset) -> Dataset:
     is removed, so highdicom does not copy an invalid one into the output.
 
     Args:
-        source: the source image dataset (header or full).
+        source: the source image dataset (header or full), or a `PreparedSource`, which is
+            returned as it is (it is prepared already).
 
     Returns:
-        A new dataset; ``source`` is not changed.
+        A new dataset (``source`` is not changed), or ``source`` itself when it is a
+        `PreparedSource`.
 
     Raises:
         ValueError: the source lacks a UID that any reference needs.
     """
+    if isinstance(source, PreparedSource):
+        return source
     missing = [
         k
         for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -125,7 +138,7 @@ def prepare_source(source: Dataset) -> Dataset:
     ]
     if missing:
         raise ValueError(f"source image has no {', '.join(missing)}")
-    copy = Dataset()
+    copy = PreparedSource()
     for elem in source:
         if elem.tag.group != 0x7FE0:
             copy.add(deepcopy(elem))
