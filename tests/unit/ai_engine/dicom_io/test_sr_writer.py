@@ -140,6 +140,24 @@ def test_sr_round_trip(sources, tmp_path, dciodvfy, strict_pydicom):
     assert status[0].value.value == "263654008"
 
 
+def test_content_holds_the_whole_tree(sources):
+    """write_sr attaches the TID 1500 tree after highdicom's constructor (it is cheaper):
+    ``sr.content`` and the dataset must both hold it, as the constructor would have made them."""
+    images = [_image(sources[0], 0.81, 99.0), _image(sources[1], 0.2), _image(sources[2], None)]
+    sr = write_sr(sources, _study(sources, images))
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    [root] = sr.content
+    assert root.name == hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
+    assert list(root.ContentSequence) == list(sr.ContentSequence)
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)
+    groups = report.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [
+        *(f"anomaly {s.SOPInstanceUID}" for s in sources),
+        "anomaly study",
+    ]
+    assert groups[0].source_images[0].referenced_sop_instance_uid == sources[0].SOPInstanceUID
+
+
 def test_nan_percentile_is_left_out(sources):
     images = [_image(sources[0], 0.3, math.nan)]
     scores = read_sr_scores(write_sr(sources[:1], _study(sources, images)))
