@@ -26,6 +26,7 @@ from pydicom import Dataset
 
 from ai_engine import checkpoints as ckpt
 from ai_engine.dicom_io import markers
+from ai_engine.dicom_io._common import PreparedSource, prepare_source
 from ai_engine.errors import AiEngineError, UnsupportedInputError
 from ai_engine.models.base import AnomalyModel
 from ai_engine.postprocess import fractional_map, map_to_source, region_levels
@@ -154,7 +155,6 @@ def run(
     """
     from pydicom.uid import generate_uid
 
-    from ai_engine.dicom_io._common import prepare_source
     from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.reader import read_image
     from ai_engine.dicom_io.sc_writer import write_overlay_sc
@@ -166,6 +166,9 @@ def run(
     studies = _collect(input_dir)
     collect_seconds = (time.perf_counter() - t_collect) / max(1, len(studies))
     results: list[StudyResult] = []
+    # each study's source headers are prepared for the writers once (prepare_source copies
+    # them), then shared by the SEGs, the map, the overlay SC and the SR of every checkpoint
+    prepared_by_study: dict[str, list[PreparedSource]] = {}
     for checkpoint in checkpoints:
         model = get_model(checkpoint, device)
         card, algorithm = model.card, model.card.algorithm
@@ -173,8 +176,8 @@ def run(
             started = time.perf_counter()
             seconds: dict[str, float] = {"read": collect_seconds}
             image_results: list[ImageResult] = []
-            to_score: list[tuple[_Source, Dataset, FloatArray]] = []
-            for src in sources:
+            to_score: list[tuple[int, Dataset, FloatArray]] = []
+            for index, src in enumerate(sources):
                 sop_uid = str(src.header.SOPInstanceUID)
                 series_uid = str(src.header.get("SeriesInstanceUID", ""))
                 reason = reason_not_suitable(src.header, card)
@@ -184,7 +187,7 @@ def run(
                     except AiEngineError as exc:
                         reason = f"unreadable: {exc}"
                     else:
-                        to_score.append((src, image.dataset, image.pixels))
+                        to_score.append((index, image.dataset, image.pixels))
                         continue
                 image_results.append(
                     ImageResult(sop_uid, series_uid, None, None, None, None, reason)
@@ -192,10 +195,13 @@ def run(
             seconds["read"] += time.perf_counter() - started
             output = predict_images(model, [pixels for _, _, pixels in to_score], seconds)
             t_write = time.perf_counter()
+            if study_uid not in prepared_by_study:
+                prepared_by_study[study_uid] = [prepare_source(s.header) for s in sources]
+            prepared = prepared_by_study[study_uid]
             files: list[str] = []
             seg_series, frac_series, sc_series = generate_uid(), generate_uid(), generate_uid()
             cal = card.calibration
-            for i, (_src, dataset, pixels) in enumerate(to_score):
+            for i, (index, dataset, pixels) in enumerate(to_score):
                 score = float(output.score[i])
                 image_results.append(
                     ImageResult(
@@ -209,8 +215,8 @@ def run(
                 )
                 rows, cols = pixels.shape
                 source_map = map_to_source(output.anomaly_map[i], rows, cols)
-                # one prepared header for all writers of this image (each would copy it)
-                source = prepare_source(dataset)
+                # the prepared header of this source, shared by all its writers and the SR
+                source = prepared[index]
                 binary = write_binary_seg(
                     source,
                     region_levels(source_map, cal),
@@ -262,7 +268,7 @@ def run(
                 study_score=study_score,
                 is_abnormal=None if study_score is None else study_score >= cal.threshold,
             )
-            sr = write_sr([s.header for s in sources], study)
+            sr = write_sr(prepared, study)
             sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             files.append(str(sr_path))
