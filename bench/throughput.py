@@ -20,7 +20,8 @@ per study (user + system, from ``/proc``) of the node's process, each engine pro
 Orthanc, over the node run: where the two cores went.
 
 Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` folders of the
-same files (one study each), writing the same SEG/SEG/SR outputs, no networking, after one
+same files (one study each), writing the same SEG/SEG/SR outputs, no networking, with as many
+torch threads as each of the node's engine processes (``DICOM_NODE_ENGINE_THREADS``), after one
 warm-up run, half of them before the node run and half after it (the load of a shared
 machine changes over a long run); its studies/min is the reference.
 Ratio = node studies/min / engine studies/min (goal: >= 0.9). ``--isolation thread`` runs
@@ -81,9 +82,15 @@ def copies(source: Path, n: int) -> list[Dataset]:
     return out
 
 
-def engine_alone(studies: list[Dataset], checkpoint: str, work: Path) -> tuple[float, int]:
+def engine_alone(
+    studies: list[Dataset], checkpoint: str, work: Path, threads: int
+) -> tuple[float, int]:
     """Seconds for `pipeline.run` over one folder per study (model loaded before timing)."""
+    import torch
+
     from ai_engine import pipeline
+
+    torch.set_num_threads(threads)  # as many as each of the node's engine processes has
 
     folders = []
     for i, ds in enumerate(studies):
@@ -97,6 +104,14 @@ def engine_alone(studies: list[Dataset], checkpoint: str, work: Path) -> tuple[f
     for i, folder in enumerate(folders):
         pipeline.run(folder, work / "engine-out" / f"{i:05d}", [checkpoint])
     return time.monotonic() - t0, len(folders)
+
+
+def engine_threads(args: argparse.Namespace) -> int:
+    """Torch threads of each of the node's engine processes (`NodeSettings.engine_threads`)."""
+    from dicom_node.config import NodeSettings
+
+    settings = NodeSettings(engine_processes=args.engine_processes)
+    return settings.engine_thread_count()
 
 
 def node_run(args: argparse.Namespace, studies: list[Dataset], work: Path) -> dict[str, Any]:
@@ -182,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         # the engine alone before and after the node run, half each: on a shared machine the
         # load changes over a long run, and the reference should see the same conditions
         half = max(1, args.engine_studies // 2)
-        before_s, before_n = engine_alone(copies(args.source, half), args.checkpoint, work / "a")
+        threads = engine_threads(args)
+        before_s, before_n = engine_alone(
+            copies(args.source, half), args.checkpoint, work / "a", threads
+        )
         node = node_run(args, copies(args.source, args.studies), work)
-        after_s, after_n = engine_alone(copies(args.source, half), args.checkpoint, work / "b")
+        after_s, after_n = engine_alone(
+            copies(args.source, half), args.checkpoint, work / "b", threads
+        )
         engine_s, engine_n = before_s + after_s, before_n + after_n
     engine_rate = 60.0 * engine_n / engine_s
     node_rate = 60.0 * node["done"] / node["seconds"]
@@ -208,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {value:.4f} |")
     print()
     met = "yes" if ratio >= 0.9 else "no"
+    print(f"torch threads per engine (node and reference): {threads}")
     print(f"node / engine = {ratio:.2f} (goal >= 0.9: {met}); failed jobs: {node['failed']}")
     print(
         json.dumps(
@@ -217,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "quiet_s": args.quiet,
                 "isolation": args.isolation,
                 "engine_processes": args.engine_processes,
+                "engine_threads": threads,
                 "cpus": os.cpu_count(),
                 "machine": platform.platform(),
                 "load_start": load_start,

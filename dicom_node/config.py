@@ -13,6 +13,7 @@ called AE title must match, and the HTTP API binds 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -92,6 +93,9 @@ class NodeSettings(BaseSettings):
             that analyse studies side by side; more than one pays on machines with more
             cores than one engine uses, or with a GPU that one process leaves idle while
             it reads and writes DICOM. Process isolation only.
+        engine_threads: intra-op threads of each engine process (torch, OpenMP, MKL); 0
+            (default) is one core less than the machine has, shared by the engine processes
+            (at least 1), so the SCP, the sender and a PACS on the same machine keep a core.
         engine_timeout_seconds: a study the engine has not finished after this long is
             given up (the engine process is killed; the job is retried). Process
             isolation only.
@@ -189,6 +193,7 @@ class NodeSettings(BaseSettings):
     process_backoff_seconds: float = Field(default=10.0, ge=0)
     engine_isolation: Literal["process", "thread"] = "process"
     engine_processes: int = Field(default=1, ge=1, le=64)
+    engine_threads: int = Field(default=0, ge=0, le=512)
     engine_timeout_seconds: float = Field(default=900.0, gt=0)
     rules_file: Path | None = None
     retention_days_done: float = Field(default=14.0, ge=0)
@@ -238,6 +243,12 @@ class NodeSettings(BaseSettings):
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     dispatch_timeout_seconds: float = Field(default=600.0, gt=0)
     worker_engine: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+
+    def engine_thread_count(self) -> int:
+        """Threads per engine process: ``engine_threads``, or the default described above."""
+        if self.engine_threads:
+            return self.engine_threads
+        return max(1, ((os.cpu_count() or 1) - 1) // self.engine_processes)
 
     @field_validator("allowed_calling_aes", "checkpoints", mode="before")
     @classmethod

@@ -114,7 +114,10 @@ def _child_log_level() -> int:
 
 
 class EngineProcess:
-    """The engine run in a persistent child process (an `EngineFn`; thread-safe, one job at a time).
+    """The engine run in a persistent child process (an `EngineFn`).
+
+    A call runs one job and is thread-safe; `submit`/`collect` (one thread only) let a worker
+    keep the child busy with the next job while it files the last one's results.
 
     Args:
         target: ``module:function`` of the engine, importable in a fresh interpreter
@@ -122,6 +125,8 @@ class EngineProcess:
         timeout_seconds: a job that runs longer is given up: the child is killed and
             `EngineProcessError` raised (None: no limit).
         preload: checkpoints the child loads before its first job (default engine only).
+        threads: intra-op threads of the child's torch/OpenMP/MKL (``OMP_NUM_THREADS`` and
+            ``MKL_NUM_THREADS`` in its environment); None leaves the libraries' default.
 
     Example:
         >>> engine = EngineProcess()  # doctest: +SKIP
@@ -135,14 +140,18 @@ class EngineProcess:
         *,
         timeout_seconds: float | None = None,
         preload: Sequence[str] = (),
+        threads: int | None = None,
     ) -> None:
         self.target = target
+        self.threads = threads
         self.timeout_seconds = timeout_seconds
         self._preload = tuple(preload)
         self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Connection | None = None
         self.starts = 0
+        #: jobs submitted and not collected yet
+        self.pending = 0
 
     @property
     def pid(self) -> int | None:
@@ -172,18 +181,51 @@ class EngineProcess:
             EngineProcessError: any other failure, a dead child or a timeout (retryable).
         """
         with self._lock:
-            conn = self._ensure_started()
-            try:
-                conn.send(("run", str(input_dir), str(output_dir), tuple(checkpoints)))
-                if not conn.poll(self.timeout_seconds):
-                    self._kill()
-                    raise EngineProcessError(
-                        f"engine ran longer than {self.timeout_seconds:g} s; process killed"
-                    )
-                kind, payload = conn.recv()
-            except (EOFError, OSError) as exc:
-                code = self._reap()
-                raise EngineProcessError(f"engine process died (exit status {code})") from exc
+            self.submit(input_dir, output_dir, checkpoints)
+            return self.collect()
+
+    def submit(self, input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> None:
+        """Hand the child a job without waiting; `collect` returns results in submit order.
+
+        The child takes the next job as soon as it has finished the one before, so a worker
+        that submits job N+1 before it collects job N keeps the engine busy while it files
+        job N's results (`dicom_node.worker.Worker`).
+
+        Raises:
+            EngineProcessError: the child is gone (nothing was submitted).
+        """
+        conn = self._ensure_started()
+        try:
+            conn.send(("run", str(input_dir), str(output_dir), tuple(checkpoints)))
+        except OSError as exc:
+            code = self._reap()
+            raise EngineProcessError(f"engine process died (exit status {code})") from exc
+        self.pending += 1
+
+    def collect(self) -> Sequence[Any]:
+        """The results of the oldest submitted job (waits for them; see `__call__`).
+
+        Raises:
+            AiEngineError: the engine rejected the input or the model (deterministic).
+            EngineProcessError: any other failure, a dead child or a timeout (retryable);
+                after a dead child or a timeout every other submitted job is lost as well
+                (`pending` is 0 again) and must be submitted again.
+        """
+        conn = self._conn
+        if conn is None or self.pending == 0:
+            raise EngineProcessError("no job submitted to the engine process")
+        try:
+            if not conn.poll(self.timeout_seconds):
+                self._kill()
+                self._reap()
+                raise EngineProcessError(
+                    f"engine ran longer than {self.timeout_seconds:g} s; process killed"
+                )
+            kind, payload = conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._reap()
+            raise EngineProcessError(f"engine process died (exit status {code})") from exc
+        self.pending -= 1
         if kind == "ok":
             results: Sequence[Any] = payload
             return results
@@ -228,6 +270,8 @@ class EngineProcess:
             *(arg for checkpoint in self._preload for arg in ("--preload", checkpoint)),
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 command, pass_fds=(theirs.fileno(),), env=env
@@ -256,6 +300,7 @@ class EngineProcess:
         if self._conn is not None:
             self._conn.close()
         self._process, self._conn = None, None
+        self.pending = 0
         return code
 
 

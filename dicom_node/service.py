@@ -145,6 +145,7 @@ class NodeService:
         self._rules = rules or build_rules(settings)
         self._started = False
         self._engine_processes: list[EngineProcess] = []
+        self._workers: list[Worker] = []
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
         self.scp: StorageSCP | None = None
@@ -186,7 +187,8 @@ class NodeService:
                 engines = [self._engine]
             else:  # one worker thread per engine process; claims are atomic renames
                 engines = [self._own_engine(s) for _ in range(s.engine_processes)]
-            steps = [Worker(s, queue, index, self.metrics, e).run_once for e in engines]
+            self._workers = [Worker(s, queue, index, self.metrics, e) for e in engines]
+            steps = [w.run_once for w in self._workers]
         else:  # scaled out: workers elsewhere own running/; the dispatcher follows leases
             from dicom_node.distributed import Dispatcher
 
@@ -286,6 +288,8 @@ class NodeService:
     def _stop_stages(self, timeout: float) -> None:
         if self.scp is not None:
             self.scp.stop()
+        for worker in self._workers:
+            worker.stopping.set()
         for loop in self._loops:
             loop.stop(timeout)
         self._close_engines(timeout)
@@ -301,6 +305,7 @@ class NodeService:
             s.worker_engine or DEFAULT_TARGET,
             timeout_seconds=s.engine_timeout_seconds,
             preload=s.checkpoints,
+            threads=s.engine_thread_count(),
         )
         process.start()  # loads torch and the models while the node waits for studies
         self._engine_processes.append(process)

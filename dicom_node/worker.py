@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -158,9 +159,17 @@ class Worker:
         self._index = index
         self._metrics = metrics
         self._engine: EngineFn = engine or default_engine
+        #: set by the node when it stops: a pipelined chain of jobs ends after the current one
+        self.stopping = threading.Event()
+        self._started: dict[str, float] = {}
 
     def run_once(self) -> bool:
-        """Process one due job, if any.
+        """Process one due job, if any (with a pipelining engine: every due job, see below).
+
+        With an engine that has ``submit``/``collect`` (`dicom_node.engine_process`), the
+        next due job is claimed and submitted before the current one's results are filed, so
+        the engine never waits for the worker's bookkeeping (claims, job.json, fsynced
+        renames); the chain ends when no job is due or `stopping` is set.
 
         Returns:
             True if a job was processed (successfully or not).
@@ -168,8 +177,29 @@ class Worker:
         job = self._queue.claim()
         if job is None:
             return False
-        self.process(job)
-        return True
+        if not (hasattr(self._engine, "submit") and hasattr(self._engine, "collect")):
+            self.process(job)
+            return True
+        engine: Any = self._engine
+        if not self._submit(engine, job):
+            return True
+        while True:
+            following = None if self.stopping.is_set() else self._queue.claim()
+            if following is not None and not self._submit(engine, following):
+                following = None
+            try:
+                results = list(engine.collect())
+            except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
+                self._done(job, None, exc)
+                if following is not None and engine.pending == 0:
+                    # the child died with the following job queued: not that job's fault
+                    self._release(following)
+                    following = None
+            else:
+                self._done(job, results, None)
+            if following is None:
+                return True
+            job = following
 
     def process(self, job: Job) -> None:
         """Run the engine on a claimed job (state ``running``).
@@ -177,6 +207,15 @@ class Worker:
         Args:
             job: the job.
         """
+        input_dir, output_dir = self._begin(job)
+        try:
+            results = list(self._engine(input_dir, output_dir, job.checkpoints))
+        except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
+            self._done(job, None, exc)
+            return
+        self._done(job, results, None)
+
+    def _begin(self, job: Job) -> tuple[Path, Path]:
         folder = self._queue.job_dir(job)
         input_dir, output_dir = folder / INPUT_DIR, folder / OUTPUT_DIR
         shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an interrupted run
@@ -185,15 +224,43 @@ class Worker:
         logger.info("job running", extra={**ctx, "model_id": ",".join(job.checkpoints)})
         if job.attempts.get(JobStageValues.PROCESS, 0) <= 1:
             self._observe_receive_to_queued(job, input_dir)
-        started = time.monotonic()
+        self._started[job.job_id] = time.monotonic()
+        return input_dir, output_dir
+
+    def _submit(self, engine: Any, job: Job) -> bool:
+        input_dir, output_dir = self._begin(job)
         try:
-            results = list(self._engine(input_dir, output_dir, job.checkpoints))
-            outcomes = [outcome_from_result(r, output_dir) for r in results]
-        except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
-            self._metrics.observe("run_seconds", time.monotonic() - started)
-            self._failed(job, exc, retryable=not isinstance(exc, AiEngineError))
-            return
+            engine.submit(input_dir, output_dir, job.checkpoints)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job
+            self._done(job, None, exc)
+            return False
+        return True
+
+    def _release(self, job: Job) -> None:
+        """Put a claimed job that never ran back into ``ready/``, its attempt not counted."""
+        self._started.pop(job.job_id, None)
+        attempts = job.attempts.get(JobStageValues.PROCESS, 1)
+        job.attempts[JobStageValues.PROCESS] = max(0, attempts - 1)
+        self._queue.move(job, JobStateValues.QUEUED)
+        logger.info(
+            "job handed back: the engine process died before it ran", extra={"job_id": job.job_id}
+        )
+
+    def _done(self, job: Job, results: list[Any] | None, error: Exception | None) -> None:
+        """File one job's engine results (to the outbox) or its failure."""
+        started = self._started.pop(job.job_id, time.monotonic())
+        ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
+        output_dir = self._queue.job_dir(job) / OUTPUT_DIR
+        if error is None and results is not None:
+            try:
+                outcomes = [outcome_from_result(r, output_dir) for r in results]
+            except Exception as exc:  # noqa: BLE001 - an unusable result fails the job
+                error = exc
         self._metrics.observe("run_seconds", time.monotonic() - started)
+        if error is not None or results is None:
+            failure = error or RuntimeError("engine returned nothing")
+            self._failed(job, failure, retryable=not isinstance(failure, AiEngineError))
+            return
         for result in results:  # per-stage engine times, when the engine reports them
             for stage, value in dict(getattr(result, "seconds", None) or {}).items():
                 if stage in ENGINE_STAGES:
