@@ -159,6 +159,8 @@ class Worker:
         self._index = index
         self._metrics = metrics
         self._engine: EngineFn = engine or default_engine
+        #: the engine takes a job while it works on another (`EngineProcess.submit`/`collect`)
+        self._pipelined = hasattr(self._engine, "submit") and hasattr(self._engine, "collect")
         #: set by the node when it stops: a pipelined chain of jobs ends after the current one
         self.stopping = threading.Event()
         self._started: dict[str, float] = {}
@@ -177,7 +179,7 @@ class Worker:
         job = self._queue.claim()
         if job is None:
             return False
-        if not (hasattr(self._engine, "submit") and hasattr(self._engine, "collect")):
+        if not self._pipelined:
             self.process(job)
             return True
         engine: Any = self._engine
@@ -190,16 +192,26 @@ class Worker:
             try:
                 results = list(engine.collect())
             except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
+                self._engine_took(following)
                 self._done(job, None, exc)
                 if following is not None and engine.pending == 0:
                     # the child died with the following job queued: not that job's fault
                     self._release(following)
                     following = None
             else:
+                self._engine_took(following)
                 self._done(job, results, None)
             if following is None:
                 return True
             job = following
+
+    def _engine_took(self, job: Job | None) -> None:
+        """Time a queued job's run from now: the engine has just answered for the job before it.
+
+        So ``run_seconds`` and ``processing_seconds`` stay one engine run, without the wait.
+        """
+        if job is not None and job.job_id in self._started:
+            self._started[job.job_id] = time.monotonic()
 
     def process(self, job: Job) -> None:
         """Run the engine on a claimed job (state ``running``).
