@@ -18,7 +18,13 @@ Tables (mean ± std over seeds): normal-only models; semi-supervised models (the
 configuration has ``unlabelled: val``: they also saw the val images, without labels); the
 supervised baseline (labels of val), the reference. Columns: image AUROC, AUPRC,
 sensitivity and specificity at the calibrated threshold, pixel-AUROC and Dice where the test
-split has masks (brain), and the training wall time. The last line is one JSON object.
+split has masks (brain), the val AUROC written in the checkpoint's card, and the training
+wall time.
+
+Selection (the rule the shipped defaults follow, stated before the runs it judges): per data
+set, among the normal-only models, the model with the highest **mean val AUROC over the
+seeds run**; of that model, the seed with the highest val AUROC is the checkpoint to ship.
+Test figures play no part in it. The last line is one JSON object (rows and selection).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ DATASETS: dict[str, Path] = {
 }
 SUPERVISED = {"cnn_supervised"}
 METRICS = ("auroc", "auprc", "sensitivity", "specificity", "pixel_auroc", "dice")
+COLUMNS = (*METRICS, "val_auroc")
 
 
 def config_for(model_id: str, dataset: str) -> dict[str, Any]:
@@ -98,6 +105,35 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def select(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per data set: the normal-only model with the best mean val AUROC, and its best seed."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if (
+                r["dataset"] == dataset
+                and r["kind"] == "normal-only"
+                and r["val_auroc"] is not None
+            ):
+                by_model.setdefault(r["model"], []).append(r)
+        if not by_model:
+            continue
+        means = {m: statistics.fmean(r["val_auroc"] for r in rs) for m, rs in by_model.items()}
+        model_id = max(means, key=lambda m: means[m])
+        best = max(by_model[model_id], key=lambda r: r["val_auroc"])
+        chosen[dataset] = {
+            "model": model_id,
+            "seeds": len(by_model[model_id]),
+            "mean_val_auroc": round(means[model_id], 4),
+            "seed": best["seed"],
+            "val_auroc": round(best["val_auroc"], 4),
+            "checkpoint": best["checkpoint"],
+            "runner_up": sorted(means, key=lambda m: -means[m])[1:2],
+        }
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="all", help="comma-separated model ids, or all")
@@ -133,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 folder, seconds = train_or_load(model_id, dataset, manifest, seed, args)
                 result = evaluate(str(folder), manifest, "test", n_boot=args.bootstrap)
+                val = checkpoints.read_card(folder).metrics.get("val_auroc")
                 row = {"model": model_id, "dataset": dataset, "seed": seed, "kind": kind,
                        "train_seconds": round(seconds, 1), "checkpoint": str(folder),
-                       **{m: result.get(m) for m in METRICS}}  # fmt: skip
+                       **{m: result.get(m) for m in METRICS},
+                       "val_auroc": None if val is None else float(val)}  # fmt: skip
                 rows.append(row)
                 print(
                     f"  {model_id:<16} {dataset:<8} seed {seed}: AUROC {row['auroc']:.3f}",
@@ -146,18 +184,31 @@ def main(argv: list[str] | None = None) -> int:
         if not group:
             continue
         print(f"\n### {kind}\n")
-        print("| model | data | AUROC | AUPRC | sens | spec | pixel-AUROC | Dice | train s |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| model | data | AUROC | AUPRC | sens | spec | pixel-AUROC | Dice "
+            "| val AUROC | train s |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for model_id in dict.fromkeys(r["model"] for r in group):
             for dataset in names:
                 cell = [r for r in group if r["model"] == model_id and r["dataset"] == dataset]
                 if not cell:
                     continue
-                vals = {m: _fmt([float(r[m]) for r in cell if r[m] is not None]) for m in METRICS}
+                vals = {m: _fmt([float(r[m]) for r in cell if r[m] is not None]) for m in COLUMNS}
                 train = statistics.fmean(r["train_seconds"] for r in cell)
                 print(f"| {model_id} | {dataset} | {vals['auroc']} | {vals['auprc']} "
                       f"| {vals['sensitivity']} | {vals['specificity']} "
-                      f"| {vals['pixel_auroc']} | {vals['dice']} | {train:.0f} |")  # fmt: skip
+                      f"| {vals['pixel_auroc']} | {vals['dice']} | {vals['val_auroc']} "
+                      f"| {train:.0f} |")  # fmt: skip
+    chosen = select(rows)
+    if chosen:
+        print("\n### selection (normal-only, best mean val AUROC; test not used)\n")
+        print("| data | model | seeds | mean val AUROC | ship seed | its val AUROC | runner-up |")
+        print("|---|---|---:|---:|---:|---:|---|")
+        for dataset, c in chosen.items():
+            runner_up = ", ".join(c["runner_up"])
+            print(f"| {dataset} | {c['model']} | {c['seeds']} | {c['mean_val_auroc']:.4f} "
+                  f"| {c['seed']} | {c['val_auroc']:.4f} | {runner_up} |")  # fmt: skip
     print(
         json.dumps(
             {
@@ -168,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 "machine": platform.platform(),
                 "rows": rows,
+                "selection": chosen,
             }
         )
     )

@@ -3,7 +3,9 @@
 One epoch of the conv AE on the committed mini CXR and brain sets, two seeds: the command must
 print the normal-only table and, as its last line, one JSON object with a row per (model,
 data set, seed) whose metrics come from the same evaluation as ``python -m training
-evaluate`` (brain: with pixel metrics, its test split has masks).
+evaluate`` (brain: with pixel metrics, its test split has masks), and per data set the
+selection the defaults follow: the seed of the best normal-only model with the highest val
+AUROC from its card, never a test figure.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 MINI = REPO / "tests" / "data" / "mini"
@@ -50,3 +54,16 @@ def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
     assert "### normal-only" in proc.stdout
     assert "| conv_ae | kermany |" in proc.stdout
     assert " ± " in proc.stdout  # two seeds: mean ± std
+    assert "### selection" in proc.stdout
+    for dataset in ("kermany", "brain"):
+        chosen = report["selection"][dataset]
+        runs_of = [r for r in report["rows"] if r["dataset"] == dataset]
+        cards = {
+            r["seed"]: json.loads(Path(r["checkpoint"], "card.json").read_text())["metrics"]
+            for r in runs_of
+        }
+        best_seed = max(cards, key=lambda k: cards[k]["val_auroc"])
+        assert (chosen["model"], chosen["seed"]) == ("conv_ae", best_seed)
+        assert chosen["mean_val_auroc"] == pytest.approx(
+            sum(c["val_auroc"] for c in cards.values()) / 2, abs=1e-4
+        )
