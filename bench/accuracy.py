@@ -54,19 +54,47 @@ DATASETS: dict[str, Path] = {
     "brain": DATA / "brain_lgg_flair" / "manifest.csv",
 }
 SUPERVISED = {"cnn_supervised"}
+# What a run on each data set accepts and was trained on, written into its card whatever the
+# base configuration was written for (a model whose base config is for brain, run on CXR,
+# must not ship a card that says MR).
+DATASET_CARD: dict[str, dict[str, Any]] = {
+    "kermany": {
+        "modalities": ["CR", "DX"], "body_parts": ["CHEST"], "views": ["AP", "PA"],
+        "data_name": "Kermany pediatric chest X-ray (Guangzhou), CC BY 4.0",
+    },
+    "nih": {
+        "modalities": ["CR", "DX"], "body_parts": ["CHEST"], "views": ["AP", "PA"],
+        "data_name": "NIH ChestX-ray14, pneumonia subset (NIH Clinical Center; attribution)",
+    },
+    "brain": {
+        "modalities": ["MR"], "body_parts": ["BRAIN", "HEAD"], "views": [],
+        "data_name": "TCGA-LGG FLAIR slices (Buda et al. 2019), CC BY-NC-SA 4.0 (non-commercial)",
+    },
+}  # fmt: skip
 METRICS = ("auroc", "auprc", "sensitivity", "specificity", "pixel_auroc", "dice")
 COLUMNS = (*METRICS, "val_auroc")
 
 
 def config_for(model_id: str, dataset: str) -> dict[str, Any]:
-    """The model's CPU configuration for a data set (the ``_brain`` variant for brain)."""
+    """The model's CPU configuration for a data set.
+
+    The ``_brain`` variant for brain, the ``_cxr`` variant for the chest sets, when there is
+    one, else ``<model_id>.yaml``; the card fields that say what the run accepts and was trained
+    on come from `DATASET_CARD`, not from the file.
+    """
     folder = REPO / "training" / "configs"
     path = folder / f"{model_id}.yaml"
-    if dataset == "brain" and (folder / f"{model_id}_brain.yaml").is_file():
-        path = folder / f"{model_id}_brain.yaml"
+    variant = folder / f"{model_id}_{'brain' if dataset == 'brain' else 'cxr'}.yaml"
+    if variant.is_file():
+        path = variant
     if not path.is_file():
         raise SystemExit(f"no training config {path.relative_to(REPO)} for {model_id}")
-    return load_config(path)
+    config = load_config(path)
+    card = DATASET_CARD.get(dataset)
+    if card is not None:
+        what = "train normal + val unlabelled" if config.get("unlabelled") else "normal images"
+        config.update(card, data_name=f"{card['data_name']}; train split, {what}")
+    return config
 
 
 def kind_of(model_id: str, config: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ AUROC from its card, never a test figure.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
     assert runs == {("conv_ae", d, s) for d in ("kermany", "brain") for s in (0, 1)}
     for row in report["rows"]:
         assert 0.0 <= row["auroc"] <= 1.0
-        assert Path(row["checkpoint"], "card.json").is_file()
+        card = json.loads(Path(row["checkpoint"], "card.json").read_text())
+        # the card says what the run was trained on, so a chest run never accepts MR
+        assert card["modalities"] == (["MR"] if row["dataset"] == "brain" else ["CR", "DX"])
         assert (row["pixel_auroc"] is not None) == (row["dataset"] == "brain")
     assert "### normal-only" in proc.stdout
     assert "| conv_ae | kermany |" in proc.stdout
@@ -67,3 +70,22 @@ def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
         assert chosen["mean_val_auroc"] == pytest.approx(
             sum(c["val_auroc"] for c in cards.values()) / 2, abs=1e-4
         )
+
+
+def test_each_run_is_configured_for_its_data_set() -> None:
+    """A model whose base config was written for another data set gets this one's card."""
+    spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "bench" / "accuracy.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # reversed_ae.yaml is the brain config; vae has a single (chest) config
+    for model_id, dataset, modalities, source in [
+        ("reversed_ae", "kermany", ["CR", "DX"], "Kermany"),
+        ("vae", "brain", ["MR"], "TCGA-LGG"),
+        ("brainomaly", "nih", ["CR", "DX"], "ChestX-ray14"),
+    ]:
+        config = bench.config_for(model_id, dataset)
+        assert config["modalities"] == modalities
+        assert source in config["data_name"]
+    assert "val unlabelled" in bench.config_for("brainomaly", "nih")["data_name"]
