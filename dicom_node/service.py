@@ -188,6 +188,7 @@ class NodeService:
             else:  # one worker thread per engine process; claims are atomic renames
                 engines = [self._own_engine(s) for _ in range(s.engine_processes)]
             self._workers = [Worker(s, queue, index, self.metrics, e) for e in engines]
+            Worker.share_work(self._workers)
             steps = [w.run_once for w in self._workers]
         else:  # scaled out: workers elsewhere own running/; the dispatcher follows leases
             from dicom_node.distributed import Dispatcher

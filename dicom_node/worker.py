@@ -163,7 +163,26 @@ class Worker:
         self._pipelined = hasattr(self._engine, "submit") and hasattr(self._engine, "collect")
         #: set by the node when it stops: a pipelined chain of jobs ends after the current one
         self.stopping = threading.Event()
+        #: True while `run_once` holds a job (read by the other workers of the node)
+        self.busy = False
+        self._peers: list[Worker] = []
         self._started: dict[str, float] = {}
+
+    @staticmethod
+    def share_work(workers: Sequence[Worker]) -> None:
+        """Make workers that serve the same queue aware of each other.
+
+        A pipelining worker claims the next job while its engine is busy; with several engine
+        processes that would queue a job behind another while a second engine sits idle, so a
+        worker does not claim ahead while one of its peers is idle.
+        """
+        for worker in workers:
+            worker._peers = [w for w in workers if w is not worker]
+
+    def _claim_ahead(self) -> Job | None:
+        if self.stopping.is_set() or any(not peer.busy for peer in self._peers):
+            return None
+        return self._queue.claim()
 
     def run_once(self) -> bool:
         """Process one due job, if any (with a pipelining engine: every due job, see below).
@@ -171,7 +190,8 @@ class Worker:
         With an engine that has ``submit``/``collect`` (`dicom_node.engine_process`), the
         next due job is claimed and submitted before the current one's results are filed, so
         the engine never waits for the worker's bookkeeping (claims, job.json, fsynced
-        renames); the chain ends when no job is due or `stopping` is set.
+        renames); the chain ends when no job is due or `stopping` is set, and no job is claimed
+        ahead while another worker of the node is idle (`share_work`).
 
         Returns:
             True if a job was processed (successfully or not).
@@ -179,14 +199,22 @@ class Worker:
         job = self._queue.claim()
         if job is None:
             return False
+        self.busy = True
+        try:
+            self._run_chain(job)
+        finally:
+            self.busy = False
+        return True
+
+    def _run_chain(self, job: Job) -> None:
         if not self._pipelined:
             self.process(job)
-            return True
+            return
         engine: Any = self._engine
         if not self._submit(engine, job):
-            return True
+            return
         while True:
-            following = None if self.stopping.is_set() else self._queue.claim()
+            following = self._claim_ahead()
             if following is not None and not self._submit(engine, following):
                 following = None
             try:
@@ -202,7 +230,7 @@ class Worker:
                 self._engine_took(following)
                 self._done(job, results, None)
             if following is None:
-                return True
+                return
             job = following
 
     def _engine_took(self, job: Job | None) -> None:
