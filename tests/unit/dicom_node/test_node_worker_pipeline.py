@@ -120,15 +120,23 @@ def test_a_dead_engine_fails_its_job_and_hands_the_next_one_back_uncounted(
     assert metrics.snapshot().get("process_retries_total") == 1
 
 
+def two_workers(
+    kit: Any, settings: NodeSettings, parts: Any, ct_path: Path
+) -> tuple[list[str], list[PipelinedEngine], list[Worker]]:
+    """Two due jobs and two workers of one node, each with its own pipelining engine."""
+    queue, index, metrics = parts
+    job_ids = [j.job_id for j in queued_jobs(queue, kit, ct_path, 2)]
+    engines = [PipelinedEngine(kit), PipelinedEngine(kit)]
+    workers = [Worker(settings, queue, index, metrics, e) for e in engines]
+    Worker.share_work(workers)
+    return job_ids, engines, workers
+
+
 def test_no_job_is_claimed_ahead_while_another_engine_is_idle(
     kit, settings: NodeSettings, parts, ct_path: Path
 ) -> None:
     """With two engine processes, a second due job goes to the idle one, not into a queue."""
-    queue, index, metrics = parts
-    a, b = (j.job_id for j in queued_jobs(queue, kit, ct_path, 2))
-    first, second = PipelinedEngine(kit), PipelinedEngine(kit)
-    workers = [Worker(settings, queue, index, metrics, e) for e in (first, second)]
-    Worker.share_work(workers)
+    (a, b), (first, second), workers = two_workers(kit, settings, parts, ct_path)
     assert workers[0].run_once() is True
     assert first.log == [f"submit {a}", f"collect {a}"]  # b left for the idle worker
     assert workers[1].run_once() is True
@@ -139,11 +147,7 @@ def test_no_job_is_claimed_ahead_while_another_engine_is_idle(
 def test_jobs_are_claimed_ahead_while_every_other_engine_is_busy(
     kit, settings: NodeSettings, parts, ct_path: Path
 ) -> None:
-    queue, index, metrics = parts
-    a, b = (j.job_id for j in queued_jobs(queue, kit, ct_path, 2))
-    first, second = PipelinedEngine(kit), PipelinedEngine(kit)
-    workers = [Worker(settings, queue, index, metrics, e) for e in (first, second)]
-    Worker.share_work(workers)
+    (a, b), (first, _), workers = two_workers(kit, settings, parts, ct_path)
     workers[1].busy = True  # working on a study of its own
     assert workers[0].run_once() is True
     assert first.log == [f"submit {a}", f"submit {b}", f"collect {a}", f"collect {b}"]
