@@ -148,7 +148,7 @@ def select(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not by_model:
             continue
         means = {m: statistics.fmean(r["val_auroc"] for r in rs) for m, rs in by_model.items()}
-        model_id = max(means, key=lambda m: means[m])
+        model_id, *others = sorted(means, key=lambda m: -means[m])
         best = max(by_model[model_id], key=lambda r: r["val_auroc"])
         chosen[dataset] = {
             "model": model_id,
@@ -157,7 +157,7 @@ def select(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seed": best["seed"],
             "val_auroc": round(best["val_auroc"], 4),
             "checkpoint": best["checkpoint"],
-            "runner_up": sorted(means, key=lambda m: -means[m])[1:2],
+            "runner_up": others[:1],
         }
     return chosen
 
