@@ -46,6 +46,11 @@ def _apply(settings: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     return out
 
 
+def _settings(scoring: dict[str, Any]) -> dict[str, Any]:
+    """Scoring settings without the rule choice (``rule``, ``rules``)."""
+    return {k: v for k, v in scoring.items() if k not in ("rule", "rules")}
+
+
 def recalibrate(
     checkpoint: str,
     out: Path,
@@ -108,6 +113,15 @@ def recalibrate(
             cls, network, config, size, scoring, x_val_n, x_val_a
         )
     new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
+    # the val AUROC of the rules ``fit`` compared still hold when the scoring settings and the
+    # val data are the ones they were measured with: keep them, so the card says what the
+    # rule was chosen among (re-choosing among the kept rule alone would lose that)
+    same_settings = _settings(new_scoring) == _settings(card.training.get("scoring", {}))
+    trained_on = Path(str(card.training.get("manifest", "")))
+    if not trained_on.is_absolute():
+        trained_on = (REPO_ROOT / trained_on).resolve()
+    if same_settings and manifest.resolve() == trained_on:
+        rule_auroc = {**card.metrics.get("val_auroc_by_score_rule", {}), **rule_auroc}
     new_card = dataclasses.replace(
         card,
         name=config["name"],

@@ -192,6 +192,8 @@ def test_calibrate_refits_thresholds_on_val_with_the_same_weights(
     assert new.weights_sha256 == old.weights_sha256  # same weights
     assert new.training["scoring"]["residual"] == "positive"
     assert new.training["scoring"]["rule"] == "map_mean"
+    # other scoring settings: fit's per-rule figures no longer hold, only the re-chosen one
+    assert list(new.metrics["val_auroc_by_score_rule"]) == ["map_mean"]
     assert new.version == f"{old.version}-recal"
     cal = new.calibration
     assert cal.threshold == pytest.approx(np.percentile(cal.healthy_scores, 95))
@@ -200,6 +202,21 @@ def test_calibrate_refits_thresholds_on_val_with_the_same_weights(
     scores = predict_images(checkpoints.load(out, "cpu"), [load_image(i.path) for i in healthy])
     assert sorted(scores.score.tolist()) == pytest.approx(list(cal.healthy_scores), rel=1e-5)
     assert proc.stdout.strip().splitlines()[-1].startswith("{")
+
+
+def test_calibrate_with_the_same_settings_keeps_the_rules_fit_chose_among(
+    tiny_checkpoint, tmp_path
+):
+    old = checkpoints.read_card(tiny_checkpoint)
+    fit_rules = old.metrics["val_auroc_by_score_rule"]
+    assert len(fit_rules) > 1
+    out = tmp_path / "recal"
+    proc = run_cli("calibrate", "--checkpoint", str(tiny_checkpoint), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    new = checkpoints.read_card(out)
+    assert new.training["scoring"]["rule"] == old.training["scoring"]["rule"]
+    assert new.metrics["val_auroc_by_score_rule"] == pytest.approx(fit_rules)
+    assert f"among {list(fit_rules)}" in (out / "README.md").read_text()
 
 
 def test_calibrate_refuses_to_overwrite_its_source(tiny_checkpoint):
