@@ -31,7 +31,7 @@ const STATUS_LABEL = {
 function row(label, value, testId) {
   const r = el('div', { display: 'flex', justifyContent: 'space-between', gap: '8px', padding: '2px 0' });
   r.append(el('span', { color: C.muted }, label));
-  const v = el('span', { color: C.text, textAlign: 'right', fontVariantNumeric: 'tabular-nums' }, value);
+  const v = el('span', { color: C.text, textAlign: 'right', fontVariantNumeric: 'tabular-nums', whiteSpace: 'nowrap' }, value);
   if (testId) v.dataset.testid = testId;
   r.append(v);
   return r;
