@@ -1,14 +1,15 @@
 """Accuracy table: train (or load) every registered model and evaluate it on the test splits.
 
     .venv/bin/python bench/accuracy.py [--models all] [--datasets kermany,nih,brain]
-        [--seeds 0,1,2] [--epochs N] [--limit N] [--runs runs/bench] [--reuse]
+        [--seeds 0,1,2] [--epochs N] [--image-size N] [--limit N] [--runs runs/bench] [--reuse]
         [--manifest NAME=CSV ...]
 
 For each model id of `ai_engine.registry` (or ``--models``), each data set and each seed, the
 model's CPU configuration (``training/configs/<model_id>.yaml``; ``<model_id>_brain.yaml``
 for the brain set when there is one) is trained with the data set's manifest and that seed
 (`training.fit.fit`; the supervised baseline with `training.fit_supervised.fit_supervised`),
-with the configuration's fixed budget (or ``--epochs``), into
+with the configuration's fixed budget (or ``--epochs``) and image size (or ``--image-size``
+N: N x N, for the model and its input), into
 ``<runs>/<model_id>/<dataset>/seed<k>/``; ``--reuse`` loads a checkpoint already there
 instead of training it again. Every checkpoint is then evaluated on the data set's ``test``
 split with `training.evaluate.evaluate` (the same code as ``python -m training evaluate``).
@@ -114,6 +115,10 @@ def train_or_load(
         return out, float(card.training.get("wall_seconds", float("nan")))
     config = config_for(model_id, dataset)
     config.update(manifest=str(manifest), seed=seed, name=f"bench-{model_id}-{dataset}-s{seed}")
+    if args.image_size:
+        size = [args.image_size, args.image_size]
+        init_args = {**config.get("init_args", {}), "image_size": size}
+        config.update(image_size=size, init_args=init_args)
     started = time.monotonic()
     if model_id in SUPERVISED:
         from training.fit_supervised import fit_supervised
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="kermany,nih,brain")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int, default=None, help="override every budget")
+    parser.add_argument("--image-size", type=int, default=None, help="N: train at N x N")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per set")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--reuse", action="store_true", help="load checkpoints already there")
@@ -243,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": "accuracy",
                 "seeds": seeds,
                 "epochs_override": args.epochs,
+                "image_size_override": args.image_size,
                 "limit": args.limit,
                 "cpus": os.cpu_count(),
                 "machine": platform.platform(),

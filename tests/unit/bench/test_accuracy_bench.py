@@ -31,6 +31,7 @@ def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
         "--manifest", f"kermany={MINI / 'cxr_kermany_pediatric' / 'manifest.csv'}",
         "--manifest", f"brain={MINI / 'brain_lgg_flair' / 'manifest.csv'}",
         "--epochs", "1",
+        "--image-size", "32",
         "--seeds", "0,1",
         "--bootstrap", "20",
         "--runs", str(tmp_path / "runs"),
@@ -54,6 +55,8 @@ def test_accuracy_bench_tiny_run_reports_every_run(tmp_path: Path) -> None:
         # the card says what the run was trained on, so a chest run never accepts MR
         assert card["modalities"] == (["MR"] if row["dataset"] == "brain" else ["CR", "DX"])
         assert (row["pixel_auroc"] is not None) == (row["dataset"] == "brain")
+        # --image-size trains and evaluates at that size, the network included
+        assert card["image_size"] == [32, 32] == card["architecture"]["image_size"]
     assert "### normal-only" in proc.stdout
     assert "| conv_ae | kermany |" in proc.stdout
     assert " ± " in proc.stdout  # two seeds: mean ± std
