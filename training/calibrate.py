@@ -115,13 +115,16 @@ def recalibrate(
     new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
     # the val AUROC of the rules ``fit`` compared still hold when the scoring settings and the
     # val data are the ones they were measured with: keep them, so the card says what the
-    # rule was chosen among (re-choosing among the kept rule alone would lose that)
+    # rule was chosen among (re-choosing among the kept rule alone would lose that), unless
+    # the kept rule is not their best (``--set scoring.rules=[...]`` forced another one)
     same_settings = _settings(new_scoring) == _settings(card.training.get("scoring", {}))
     trained_on = Path(str(card.training.get("manifest", "")))
     if not trained_on.is_absolute():
         trained_on = (REPO_ROOT / trained_on).resolve()
     if same_settings and manifest.resolve() == trained_on:
-        rule_auroc = {**card.metrics.get("val_auroc_by_score_rule", {}), **rule_auroc}
+        merged = {**card.metrics.get("val_auroc_by_score_rule", {}), **rule_auroc}
+        if max(merged, key=merged.__getitem__) == rule:
+            rule_auroc = merged
     new_card = dataclasses.replace(
         card,
         name=config["name"],

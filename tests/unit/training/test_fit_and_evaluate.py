@@ -217,6 +217,14 @@ def test_calibrate_with_the_same_settings_keeps_the_rules_fit_chose_among(
     assert new.training["scoring"]["rule"] == old.training["scoring"]["rule"]
     assert new.metrics["val_auroc_by_score_rule"] == pytest.approx(fit_rules)
     assert f"among {list(fit_rules)}" in (out / "README.md").read_text()
+    # a rule forced by --set is not "chosen among" the others: only its own figure stays
+    worst = min(fit_rules, key=fit_rules.__getitem__)
+    assert fit_rules[worst] < max(fit_rules.values())
+    forced = tmp_path / "forced"
+    args = ["--checkpoint", str(tiny_checkpoint), "--out", str(forced)]
+    proc = run_cli("calibrate", *args, "--set", f"scoring.rules=[{worst}]")
+    assert proc.returncode == 0, proc.stderr
+    assert list(checkpoints.read_card(forced).metrics["val_auroc_by_score_rule"]) == [worst]
 
 
 def test_calibrate_refuses_to_overwrite_its_source(tiny_checkpoint):
