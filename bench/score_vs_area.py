@@ -23,6 +23,7 @@ import torch
 from ai_engine import checkpoints
 from ai_engine.metrics import auroc
 from training.data import load_batch, read_manifest
+from training.fit import _predict
 
 
 def body_area(x: torch.Tensor, level: float) -> np.ndarray:
@@ -43,8 +44,7 @@ def main() -> None:
         items = read_manifest(args.manifest, split)
         x = load_batch([i.path for i in items], model.card.image_size)
         labels = np.array([i.label for i in items])
-        with torch.no_grad():
-            score = torch.cat([model.predict(b).score for b in torch.split(x, 64)]).numpy()
+        score = _predict(model, x).score.numpy()  # in batches, as fit scores val
         area = body_area(x, args.level)
         rows.append(
             {
