@@ -1,7 +1,8 @@
 """Command line: ``python -m training fit|evaluate|manifest|export``.
 
-- ``fit --config training/configs/<model_id>.yaml --out DIR``: train on the manifest's train
-  split (normal images), calibrate on val, write a checkpoint folder with its model card.
+- ``fit --config training/configs/<model_id>.yaml --out DIR [--device auto|cpu|cuda]``: train on
+  the manifest's train split (normal images), calibrate on val, write a checkpoint folder with
+  its model card. ``--device auto`` (the default) trains on CUDA when torch sees a GPU.
 - ``fit-supervised --config training/configs/cnn_supervised.yaml --out DIR``: train a labelled
   classifier on the val split (k-fold CV inside val picks the epochs, then a refit on all of
   val), calibrate on its out-of-fold scores, write a checkpoint (training/fit_supervised.py).
@@ -23,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
+DEVICE_HELP = "auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -38,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     p_fit.add_argument(
         "--limit", type=int, default=None, help="at most N images per set (smoke runs)"
     )
+    p_fit.add_argument("--device", default="auto", help=DEVICE_HELP)
     p_sup = sub.add_parser("fit-supervised", help="train a labelled classifier (cnn_supervised)")
     p_sup.add_argument("--config", type=Path, required=True)
     p_sup.add_argument("--out", type=Path, required=True)
     p_sup.add_argument("--epochs", type=int, default=None, help="override the config")
     p_sup.add_argument("--limit", type=int, default=None, help="at most N images per class")
+    p_sup.add_argument("--device", default="auto", help=DEVICE_HELP)
     p_ev = sub.add_parser("evaluate", help="score a manifest split, print JSON metrics")
     p_ev.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
     p_ev.add_argument("--manifest", type=Path, required=True)
@@ -93,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fit":
             from training.fit import fit, load_config
 
-            card = fit(load_config(args.config), args.out, epochs=args.epochs, limit=args.limit)
+            card = fit(
+                load_config(args.config),
+                args.out,
+                epochs=args.epochs,
+                limit=args.limit,
+                device=args.device,
+            )
             print(
                 json.dumps(
                     {
@@ -109,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             from training.fit_supervised import fit_supervised
 
             card = fit_supervised(
-                load_config(args.config), args.out, epochs=args.epochs, limit=args.limit
+                load_config(args.config),
+                args.out,
+                epochs=args.epochs,
+                limit=args.limit,
+                device=args.device,
             )
             print(
                 json.dumps(

@@ -55,6 +55,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to train on: ``None`` or ``"auto"`` is CUDA when there is one, else CPU.
+
+    Raises:
+        ValueError: CUDA was asked for and torch sees no CUDA device.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: torch sees no CUDA device here")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what a card records as the device."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def load_config(path: Path) -> dict[str, Any]:
     with path.open() as fh:
         config: dict[str, Any] = yaml.safe_load(fh)
@@ -125,7 +146,11 @@ def _holdout_patients(items: list[Any], fraction: float, seed: int) -> set[str]:
 
 
 def fit(
-    config: dict[str, Any], out: Path, epochs: int | None = None, limit: int | None = None
+    config: dict[str, Any],
+    out: Path,
+    epochs: int | None = None,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
 ) -> ModelCard:
     """Train, calibrate and save. Returns the written model card.
 
@@ -134,8 +159,13 @@ def fit(
         out: checkpoint folder to write.
         epochs: override the config's epochs (smoke tests).
         limit: use at most this many images per split/class (smoke tests).
+        device: where the network trains and scores (`resolve_device`; default: CUDA when
+            there is one). Images are loaded, shuffled and augmented on the CPU with the
+            seeded generator either way and moved to the device a batch at a time, so a CPU
+            run re-makes the same weights; a CUDA run is not bit-identical to it.
     """
     started = time.time()
+    target = resolve_device(device)
     seed = int(config.get("seed", 0))
     seed_everything(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -181,8 +211,9 @@ def fit(
         x_unlabelled = mix[torch.randperm(len(mix), generator=torch.Generator().manual_seed(seed))]
 
     cls = registry.get(config["model_id"])
-    network = cls.build_network(**config["init_args"])
+    network = cls.build_network(**config["init_args"]).to(target)
     trainer = cls.make_trainer(network, optim_cfg)
+    x_val_n_on = x_val_n.to(target)  # what validation_loss feeds the network directly
     if unlabelled:
         set_unlabelled = getattr(trainer, "set_unlabelled", None)
         if set_unlabelled is None:
@@ -209,11 +240,11 @@ def fit(
                 batch = torch.roll(batch, shifts=shift, dims=3)
                 gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
                 batch = (batch * gain).clamp(0, 1)
-                step = trainer.step(batch)
+                step = trainer.step(batch.to(target))
                 for name, value in step.items():
                     sums[name] = sums.get(name, 0.0) + value * len(batch)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in step.items()})
-            val_loss = trainer.validation_loss(x_val_n)
+            val_loss = trainer.validation_loss(x_val_n_on)
             trainer.end_epoch(val_loss)
             losses = {k: v / len(order) for k, v in sums.items()}
             entry: dict[str, float] = {**losses, "val_normal_loss": val_loss}
@@ -283,6 +314,7 @@ def fit(
             "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},
             "wall_seconds": round(time.time() - started, 1),
             "torch": torch.__version__,
+            "device": device_name(target),
         },
         metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
         architecture=dict(config["init_args"]),

@@ -33,7 +33,14 @@ from ai_engine.models.cnn_supervised.model import CnnSupervisedModel, Supervised
 from ai_engine.transforms import describe
 from ai_engine.types import Calibration, ModelCard
 from training.data import Item, load_batch, read_manifest
-from training.fit import REPO_ROOT, _predict, seed_everything, write_card_table
+from training.fit import (
+    REPO_ROOT,
+    _predict,
+    device_name,
+    resolve_device,
+    seed_everything,
+    write_card_table,
+)
 from training.log import TrainingLog
 
 logger = logging.getLogger(__name__)
@@ -67,8 +74,12 @@ def _train_epoch(
     y: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    device: torch.device,
 ) -> float:
-    """One epoch of shuffled mini-batches with fit.py's light augmentation; mean loss."""
+    """One epoch of shuffled mini-batches with fit.py's light augmentation; mean loss.
+
+    Shuffling and augmentation run on the CPU (seeded); each batch then goes to ``device``.
+    """
     order = torch.randperm(len(x), generator=generator)
     total = 0.0
     for start in range(0, len(order), batch_size):
@@ -78,7 +89,7 @@ def _train_epoch(
         batch = torch.roll(batch, shifts=shift, dims=3)
         gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
         batch = (batch * gain).clamp(0, 1)
-        total += trainer.step(batch, y[idx])["loss"] * len(idx)
+        total += trainer.step(batch.to(device), y[idx].to(device))["loss"] * len(idx)
     return total / max(1, len(x))
 
 
@@ -107,7 +118,11 @@ def _card(
 
 
 def fit_supervised(
-    config: dict[str, Any], out: Path, epochs: int | None = None, limit: int | None = None
+    config: dict[str, Any],
+    out: Path,
+    epochs: int | None = None,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
 ) -> ModelCard:
     """Cross-validate, refit, calibrate and save (see the module docstring).
 
@@ -116,11 +131,14 @@ def fit_supervised(
         out: checkpoint folder to write.
         epochs: override ``optim.epochs`` (smoke tests).
         limit: at most this many images per class (smoke tests).
+        device: where the network trains (`training.fit.resolve_device`; default: CUDA when
+            there is one).
 
     Returns:
         The written model card.
     """
     started = time.time()
+    target = resolve_device(device)
     seed = int(config.get("seed", 0))
     image_size = (int(config["image_size"][0]), int(config["image_size"][1]))
     manifest = Path(config["manifest"])
@@ -153,12 +171,12 @@ def fit_supervised(
     for fold in range(k):
         seed_everything(seed + 1 + fold)
         generator = torch.Generator().manual_seed(seed + 1 + fold)
-        network = cls.build_network(**config["init_args"])
+        network = cls.build_network(**config["init_args"]).to(target)
         trainer = cls.make_supervised_trainer(network, optim_cfg)
         held = torch.from_numpy(folds == fold)
         for epoch in range(n_epochs):
             train_loss[fold, epoch] = _train_epoch(
-                trainer, x[~held], y[~held], batch_size, generator
+                trainer, x[~held], y[~held], batch_size, generator, target
             )
             probs = trainer.probabilities(x[held]).numpy()
             oof[epoch, held.numpy()] = probs
@@ -184,9 +202,11 @@ def fit_supervised(
     # --- 3. refit on the whole labelled split for best_epoch + 1 epochs ---
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
-    network = cls.build_network(**config["init_args"])
+    network = cls.build_network(**config["init_args"]).to(target)
     trainer = cls.make_supervised_trainer(network, optim_cfg)
-    refit_loss = [_train_epoch(trainer, x, y, batch_size, generator) for _ in range(best_epoch + 1)]
+    refit_loss = [
+        _train_epoch(trainer, x, y, batch_size, generator, target) for _ in range(best_epoch + 1)
+    ]
     for e, loss in enumerate(refit_loss):
         history[e]["refit_train_loss"] = loss
     network.eval()
@@ -237,6 +257,7 @@ def fit_supervised(
         "scoring": {"rule": "p_abnormal"},
         "wall_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
+        "device": device_name(target),
     }
     metrics = {
         "cv_fold_mean_auroc": float(mean_auroc[best_epoch]),

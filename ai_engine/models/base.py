@@ -49,7 +49,9 @@ class AnomalyModel(ABC):
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         self.card = card
         self.network = network
-        self.device = torch.device("cpu")
+        # where the network's weights are (CPU for a freshly built one): inputs go there
+        first = next(network.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
 
     @classmethod
     @abstractmethod

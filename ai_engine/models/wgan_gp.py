@@ -67,7 +67,8 @@ class SemiSupervisedGanTrainer(ABC):
 
     def __init__(self, generator: nn.Module, critic: nn.Module, optim: dict[str, Any]) -> None:
         self.generator = generator
-        self.critic = critic
+        # the critic is built by make_trainer, outside the network: it trains where G is
+        self.critic = critic.to(next(generator.parameters()).device)
         lr = float(optim.get("lr", 1e-4))
         betas_cfg = optim.get("betas", (0.5, 0.999))
         betas = (float(betas_cfg[0]), float(betas_cfg[1]))

@@ -126,4 +126,10 @@ class SupervisedTrainer:
         self.network.eval()
         if not len(x):
             return torch.empty(0)
-        return torch.cat([torch.sigmoid(self.network(x[i : i + 64])) for i in range(0, len(x), 64)])
+        device = next(self.network.parameters()).device
+        return torch.cat(
+            [
+                torch.sigmoid(self.network(x[i : i + 64].to(device))).cpu()
+                for i in range(0, len(x), 64)
+            ]
+        )
