@@ -54,6 +54,20 @@ def get_model(checkpoint: str, device: torch.device | None = None) -> AnomalyMod
     return _MODELS[key]
 
 
+def infer_batch(model: AnomalyModel, batch: torch.Tensor, amp: bool | None = None) -> AnomalyOutput:
+    """``model.predict`` on one preprocessed (B, 1, H, W) batch, on the model's device.
+
+    Args:
+        model: the loaded model.
+        batch: model input (`ai_engine.transforms.model_input` of each image), any device.
+        amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on
+            CUDA only, as the node and ``training evaluate`` run.
+    """
+    use_amp = model.device.type == "cuda" if amp is None else amp
+    with torch.autocast(device_type=model.device.type, enabled=use_amp):
+        return model.predict(batch.to(model.device))
+
+
 def predict_images(
     model: AnomalyModel,
     images: Sequence[FloatArray],
@@ -74,14 +88,12 @@ def predict_images(
     """
     size = model.card.image_size
     scores, maps, recons = [], [], []
-    use_amp = model.device.type == "cuda"
     timed = seconds if seconds is not None else {}
     for start in range(0, len(images), BATCH_SIZE):
         t0 = time.perf_counter()
         batch = torch.stack([model_input(img, size) for img in images[start : start + BATCH_SIZE]])
         t1 = time.perf_counter()
-        with torch.autocast(device_type=model.device.type, enabled=use_amp):
-            out = model.predict(batch.to(model.device))
+        out = infer_batch(model, batch)
         scores.append(out.score.float().cpu())
         maps.append(out.anomaly_map.float().cpu())
         if out.reconstruction is not None:

@@ -1,0 +1,199 @@
+"""Speed of every registered model at one input size: inference images/s with and without mixed
+precision, and training images/s, on the GPU when there is one (else the CPU).
+
+    .venv/bin/python bench/model_speed.py [--models all] [--size 256] [--batch 16]
+        [--configs full|cpu] [--seconds 3] [--device auto|cpu|cuda] [--threads N] [--no-train]
+
+Per model: the network of its config (``training/configs/<id>_full.yaml``, the GPU budget, with
+``--configs full`` where one exists, else ``<id>.yaml``) is built for ``--size``² input with
+untrained weights (speed does not depend on the weights' values) and seeded.
+
+- Inference: ``ai_engine.pipeline.infer_batch`` (what ``predict_images`` runs for the node and
+  ``training evaluate``: ``model.predict`` under ``torch.autocast``) on a ready batch of
+  ``--batch`` of the committed sample radiographs (``model_input`` at ``--size``²), once with
+  mixed precision off (fp32) and once on (float16 on CUDA, bfloat16 on the CPU). The node uses
+  mixed precision on CUDA only. Scores and maps are copied back to the CPU in every call, as
+  the pipeline does. AnoGAN's inference is its latent search (``scoring.search_steps``).
+- Training: ``trainer.step`` of the model's own trainer (``make_trainer``; the supervised
+  baseline's ``make_supervised_trainer``), the step ``training fit`` runs, on CPU batches moved
+  to the device per step as fit does; fp32 (fit has no mixed precision). Semi-supervised
+  trainers get the same images as their unlabelled mix.
+- Each cell: one warm-up call, then calls until ``--seconds`` have passed (at least 2); on
+  CUDA every call ends with a synchronisation. ``peak GiB``: the most GPU memory allocated in
+  the model's cells (CUDA only).
+
+A failing cell (e.g. an operation without a bfloat16 kernel) prints its error instead of a
+number; the others still run. Prints a table, then, as the last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ai_engine import pipeline, registry
+from ai_engine.dicom_io.reader import read_image
+from ai_engine.models.base import AnomalyModel
+from ai_engine.transforms import model_input
+from training.fit import _provisional_card, device_name, load_config, resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "training" / "configs"
+SAMPLES = REPO / "tests" / "data" / "dicom"
+
+
+def sample_images() -> list[np.ndarray]:
+    """The committed one-image sample radiographs, decoded by the engine's reader."""
+    images = []
+    for folder in sorted(p for p in SAMPLES.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.dcm"))
+        if len(files) == 1:
+            images.append(read_image(files[0]).pixels)
+    return images
+
+
+def config_for(model_id: str, configs: str, size: int) -> tuple[str, dict[str, Any]]:
+    """(config file name, config resized to ``size``²): the ``_full`` one when asked and there."""
+    path = CONFIGS / f"{model_id}_full.yaml"
+    if configs != "full" or not path.exists():
+        path = CONFIGS / f"{model_id}.yaml"
+    config = load_config(path)
+    config["image_size"] = [size, size]
+    config["init_args"] = {**config["init_args"], "image_size": [size, size]}
+    return path.name, config
+
+
+def images_per_second(call: Callable[[], object], n: int, seconds: float, cuda: bool) -> float:
+    """Images/s of ``call`` (``n`` images each): a warm-up call, then ``seconds`` (≥ 2 calls)."""
+
+    def once() -> None:
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+
+    once()
+    calls, started = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - started < seconds:
+        once()
+        calls += 1
+    return calls * n / (time.perf_counter() - started)
+
+
+def _cell(call: Callable[[], object], n: int, seconds: float, cuda: bool) -> float | str:
+    try:
+        return round(images_per_second(call, n, seconds, cuda), 1)
+    except Exception as exc:  # noqa: BLE001 - a failing cell is reported, the rest still runs
+        return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+
+
+def measure(
+    model_id: str, args: argparse.Namespace, device: torch.device, x_cpu: torch.Tensor
+) -> dict[str, Any]:
+    """One row: the model's inference (fp32, mixed precision) and training images/s."""
+    name, config = config_for(model_id, args.configs, args.size)
+    cls = registry.get(model_id)
+    torch.manual_seed(0)
+    network = cls.build_network(**config["init_args"]).to(device)
+    rules = config.get("scoring", {}).get("rules") or list(cls.score_rules())
+    scoring = {**config.get("scoring", {}), "rule": rules[0]}
+    card = _provisional_card(config, (args.size, args.size), scoring)
+    model: AnomalyModel = cls(card, network).eval()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    x = x_cpu.to(device)
+
+    def infer(amp: bool) -> Callable[[], object]:
+        def call() -> object:
+            out = pipeline.infer_batch(model, x, amp=amp)
+            return out.score.float().cpu(), out.anomaly_map.float().cpu()
+
+        return call
+
+    row: dict[str, Any] = {
+        "model": model_id,
+        "config": name,
+        "params_m": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
+        "batch": len(x_cpu),
+        "infer_fp32_img_s": _cell(infer(False), len(x_cpu), args.seconds, cuda),
+        "infer_amp_img_s": _cell(infer(True), len(x_cpu), args.seconds, cuda),
+    }
+    if not args.no_train:
+        row["train_img_s"] = _cell(train_call(cls, network, config, x_cpu, device),
+                                   len(x_cpu), args.seconds, cuda)  # fmt: skip
+    if cuda:
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return row
+
+
+def train_call(
+    cls: type[AnomalyModel],
+    network: torch.nn.Module,
+    config: dict[str, Any],
+    x_cpu: torch.Tensor,
+    device: torch.device,
+) -> Callable[[], object]:
+    """One training step of the model's trainer on ``x_cpu`` moved to ``device``."""
+    if cls.requires_labels:
+        trainer = cls.make_supervised_trainer(network, config["optim"])  # type: ignore[attr-defined]
+        labels = (torch.arange(len(x_cpu)) % 2).float()
+        return lambda: trainer.step(x_cpu.to(device), labels.to(device))
+    trainer = cls.make_trainer(network, config["optim"])
+    if config.get("unlabelled"):
+        trainer.set_unlabelled(x_cpu)  # type: ignore[attr-defined]
+    return lambda: trainer.step(x_cpu.to(device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="all", help="comma-separated ids, or all")
+    parser.add_argument("--size", type=int, default=256, help="input size (square)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--configs", choices=("full", "cpu"), default="full")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-train", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ids = registry.list_ids() if args.models == "all" else args.models.split(",")
+    images = sample_images()
+    size = (args.size, args.size)
+    x_cpu = torch.stack([model_input(images[i % len(images)], size) for i in range(args.batch)])
+    rows = [measure(model_id, args, device, x_cpu) for model_id in ids]
+
+    columns = ["model", "config", "params_m", "batch", "infer_fp32_img_s", "infer_amp_img_s"]
+    columns += [c for c in ("train_img_s", "peak_gib") if c in rows[0]]
+    amp = "float16" if device.type == "cuda" else "bfloat16"
+    print(f"Model speed at {args.size}x{args.size} on {device_name(device)} "
+          f"({args.threads} threads; mixed precision = {amp} autocast)")  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" if c in ("model", "config") else "---:" for c in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    info = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "size": args.size,
+        "batch": args.batch,
+        "configs": args.configs,
+        "seconds_per_cell": args.seconds,
+        "amp_dtype": amp,
+    }
+    print(json.dumps({**info, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
