@@ -2,18 +2,20 @@
 
     .venv/bin/python bench/accuracy.py [--models all] [--datasets kermany,nih,brain]
         [--seeds 0,1,2] [--epochs N] [--image-size N] [--limit N] [--runs runs/bench] [--reuse]
-        [--manifest NAME=CSV ...]
+        [--configs cpu|full] [--device auto|cpu|cuda] [--manifest NAME=CSV ...]
 
 For each model id of `ai_engine.registry` (or ``--models``), each data set and each seed, the
 model's CPU configuration (``training/configs/<model_id>.yaml``; ``<model_id>_brain.yaml``
 for the brain set when there is one) is trained with the data set's manifest and that seed
 (`training.fit.fit`; the supervised baseline with `training.fit_supervised.fit_supervised`),
 with the configuration's fixed budget (or ``--epochs``) and image size (or ``--image-size``
-N: N x N, for the model and its input), into
+N: N x N, for the model and its input), on ``--device`` (default: CUDA when there is one), into
 ``<runs>/<model_id>/<dataset>/seed<k>/``; ``--reuse`` loads a checkpoint already there
 instead of training it again. Every checkpoint is then evaluated on the data set's ``test``
 split with `training.evaluate.evaluate` (the same code as ``python -m training evaluate``).
 Model selection and thresholds use ``val`` only (inside `fit`); ``test`` is read here only.
+``--configs full`` trains the GPU budgets instead (``<model_id>_full.yaml`` where there is one:
+wider networks, 128² and more epochs; the CPU configuration for the others).
 
 Tables (mean ± std over seeds): normal-only models; semi-supervised models (their
 configuration has ``unlabelled: val``: they also saw the val images, without labels); the
@@ -76,17 +78,21 @@ METRICS = ("auroc", "auprc", "sensitivity", "specificity", "pixel_auroc", "dice"
 COLUMNS = (*METRICS, "val_auroc")
 
 
-def config_for(model_id: str, dataset: str) -> dict[str, Any]:
-    """The model's CPU configuration for a data set.
+def config_for(model_id: str, dataset: str, budget: str = "cpu") -> dict[str, Any]:
+    """The model's configuration for a data set: its CPU budget, or with ``budget="full"`` its
+    GPU budget (``<model_id>_full.yaml``) when it has one.
 
-    The ``_brain`` variant for brain, the ``_cxr`` variant for the chest sets, when there is
-    one, else ``<model_id>.yaml``; the card fields that say what the run accepts and was trained
-    on come from `DATASET_CARD`, not from the file.
+    CPU budget: the ``_brain`` variant for brain, the ``_cxr`` variant for the chest sets, when
+    there is one, else ``<model_id>.yaml``. The card fields that say what the run accepts and
+    was trained on come from `DATASET_CARD`, not from the file.
     """
     folder = REPO / "training" / "configs"
     path = folder / f"{model_id}.yaml"
     variant = folder / f"{model_id}_{'brain' if dataset == 'brain' else 'cxr'}.yaml"
-    if variant.is_file():
+    full = folder / f"{model_id}_full.yaml"
+    if budget == "full" and full.is_file():
+        path = full
+    elif variant.is_file():
         path = variant
     if not path.is_file():
         raise SystemExit(f"no training config {path.relative_to(REPO)} for {model_id}")
@@ -113,7 +119,7 @@ def train_or_load(
     if args.reuse and (out / checkpoints.CARD_NAME).is_file():
         card = checkpoints.read_card(out)
         return out, float(card.training.get("wall_seconds", float("nan")))
-    config = config_for(model_id, dataset)
+    config = config_for(model_id, dataset, args.configs)
     config.update(manifest=str(manifest), seed=seed, name=f"bench-{model_id}-{dataset}-s{seed}")
     if args.image_size:
         size = [args.image_size, args.image_size]
@@ -123,9 +129,9 @@ def train_or_load(
     if model_id in SUPERVISED:
         from training.fit_supervised import fit_supervised
 
-        fit_supervised(config, out, epochs=args.epochs, limit=args.limit)
+        fit_supervised(config, out, epochs=args.epochs, limit=args.limit, device=args.device)
     else:
-        fit(config, out, epochs=args.epochs, limit=args.limit)
+        fit(config, out, epochs=args.epochs, limit=args.limit, device=args.device)
     return out, time.monotonic() - started
 
 
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--reuse", action="store_true", help="load checkpoints already there")
     parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--configs", choices=("cpu", "full"), default="cpu", help="budgets")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if any), cpu, cuda[:N]")
     parser.add_argument(
         "--manifest", action="append", default=[], help="NAME=CSV: use CSV for data set NAME"
     )
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = datasets[dataset]
             if not manifest.is_file():
                 raise SystemExit(f"no manifest for {dataset}: {manifest}")
-            kind = kind_of(model_id, config_for(model_id, dataset))
+            kind = kind_of(model_id, config_for(model_id, dataset, args.configs))
             for seed in seeds:
                 folder, seconds = train_or_load(model_id, dataset, manifest, seed, args)
                 result = evaluate(str(folder), manifest, "test", n_boot=args.bootstrap)

@@ -92,3 +92,17 @@ def test_each_run_is_configured_for_its_data_set() -> None:
         assert config["modalities"] == modalities
         assert source in config["data_name"]
     assert "val unlabelled" in bench.config_for("brainomaly", "nih")["data_name"]
+
+
+def test_full_budgets_are_the_gpu_configs_where_a_model_has_one():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "bench" / "accuracy.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    full = bench.config_for("reversed_ae", "kermany", "full")
+    assert full["name"] == "reversed_ae-brain-full"  # the file: reversed_ae_full.yaml
+    assert full["init_args"]["channels"] == [32, 64, 128, 256]  # wider than the CPU budget
+    assert full["modalities"] == ["CR", "DX"]  # the data set's card fields, not the file's
+    # no _full config: the CPU budget
+    assert bench.config_for("vae", "kermany", "full") == bench.config_for("vae", "kermany")
