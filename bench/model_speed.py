@@ -32,13 +32,12 @@ import argparse
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from inference import sample_files, timed_calls  # bench/inference.py (bench/ is on sys.path)
 
 from ai_engine import pipeline, registry
 from ai_engine.dicom_io.reader import read_image
@@ -48,17 +47,6 @@ from training.fit import _provisional_card, device_name, load_config, resolve_de
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "training" / "configs"
-SAMPLES = REPO / "tests" / "data" / "dicom"
-
-
-def sample_images() -> list[np.ndarray]:
-    """The committed one-image sample radiographs, decoded by the engine's reader."""
-    images = []
-    for folder in sorted(p for p in SAMPLES.iterdir() if p.is_dir()):
-        files = sorted(folder.glob("*.dcm"))
-        if len(files) == 1:
-            images.append(read_image(files[0]).pixels)
-    return images
 
 
 def config_for(model_id: str, configs: str, size: int) -> tuple[str, dict[str, Any]]:
@@ -72,25 +60,17 @@ def config_for(model_id: str, configs: str, size: int) -> tuple[str, dict[str, A
     return path.name, config
 
 
-def images_per_second(call: Callable[[], object], n: int, seconds: float, cuda: bool) -> float:
-    """Images/s of ``call`` (``n`` images each): a warm-up call, then ``seconds`` (≥ 2 calls)."""
+def _cell(call: Callable[[], object], n: int, seconds: float, cuda: bool) -> float | str:
+    """Images/s of ``call`` (``timed_calls``: a warm-up call, then ``seconds``, at least 2 calls),
+    each call ending with a CUDA synchronisation on a GPU; or the error that stopped it."""
 
-    def once() -> None:
+    def synced() -> None:
         call()
         if cuda:
             torch.cuda.synchronize()
 
-    once()
-    calls, started = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - started < seconds:
-        once()
-        calls += 1
-    return calls * n / (time.perf_counter() - started)
-
-
-def _cell(call: Callable[[], object], n: int, seconds: float, cuda: bool) -> float | str:
     try:
-        return round(images_per_second(call, n, seconds, cuda), 1)
+        return round(timed_calls(synced, n, seconds), 1)
     except Exception as exc:  # noqa: BLE001 - a failing cell is reported, the rest still runs
         return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
 
@@ -167,7 +147,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ids = registry.list_ids() if args.models == "all" else args.models.split(",")
-    images = sample_images()
+    images = [read_image(path).pixels for path in sample_files()]
     size = (args.size, args.size)
     x_cpu = torch.stack([model_input(images[i % len(images)], size) for i in range(args.batch)])
     rows = [measure(model_id, args, device, x_cpu) for model_id in ids]
