@@ -49,6 +49,17 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "training" / "configs"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def config_for(model_id: str, configs: str, size: int) -> tuple[str, dict[str, Any]]:
     """(config file name, config resized to ``size``²): the ``_full`` one when asked and there."""
     path = CONFIGS / f"{model_id}_full.yaml"
@@ -164,7 +175,8 @@ def main() -> None:
     info = {
         "device": device_name(device),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
         "threads": args.threads,
         "size": args.size,
         "batch": args.batch,
