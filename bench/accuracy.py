@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ai_engine import checkpoints, registry  # noqa: E402
+from ai_engine.memory import keep_freed_memory  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import fit, load_config  # noqa: E402
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "--manifest", action="append", default=[], help="NAME=CSV: use CSV for data set NAME"
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as `python -m training` does (ai_engine/memory.py)
     logging.basicConfig(level=logging.WARNING)
     datasets = dict(DATASETS)
     for spec in args.manifest:

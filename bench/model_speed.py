@@ -32,6 +32,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from inference import sample_files, timed_calls  # bench/inference.py (bench/ is
 
 from ai_engine import pipeline, registry
 from ai_engine.dicom_io.reader import read_image
+from ai_engine.memory import keep_freed_memory
 from ai_engine.models.base import AnomalyModel
 from ai_engine.transforms import model_input
 from training.fit import _provisional_card, device_name, load_config, resolve_device
@@ -144,6 +147,30 @@ def train_call(
     return lambda: trainer.step(x_cpu.to(device))
 
 
+def measure_in_child(model_id: str) -> list[dict[str, Any]]:
+    """The model's row, measured in a fresh Python process with this one's arguments.
+
+    A fresh process per model keeps one model's figures from depending on which models ran
+    before it in the same process: glibc's malloc raises its mmap threshold as large blocks are
+    freed, so a process that has already run big networks serves later allocations from its
+    heap, while a fresh one maps and page-faults large tensors on every call.
+    """
+    argv = [a for a in sys.argv[1:]]
+    if "--models" in argv:
+        i = argv.index("--models")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--models=")]
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *argv, "--models", model_id,
+         "--in-process"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"{model_id}: {proc.stderr.strip()[-2000:]}")
+    rows: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="all", help="comma-separated ids, or all")
@@ -154,14 +181,25 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc malloc's thresholds at their defaults (ai_engine/memory.py)",
+    )
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ids = registry.list_ids() if args.models == "all" else args.models.split(",")
-    images = [read_image(path).pixels for path in sample_files()]
-    size = (args.size, args.size)
-    x_cpu = torch.stack([model_input(images[i % len(images)], size) for i in range(args.batch)])
-    rows = [measure(model_id, args, device, x_cpu) for model_id in ids]
+    if args.in_process:  # one model, in the process a parent started for it: the row only
+        if not args.malloc_default:
+            keep_freed_memory()  # as `python -m training` does
+        images = [read_image(path).pixels for path in sample_files()]
+        size = (args.size, args.size)
+        x_cpu = torch.stack([model_input(images[i % len(images)], size) for i in range(args.batch)])
+        print(json.dumps([measure(model_id, args, device, x_cpu) for model_id in ids]))
+        return
+    rows = [row for model_id in ids for row in measure_in_child(model_id)]
 
     columns = ["model", "config", "params_m", "batch", "infer_fp32_img_s", "infer_amp_img_s"]
     columns += [c for c in ("train_img_s", "peak_gib") if c in rows[0]]
@@ -183,6 +221,7 @@ def main() -> None:
         "configs": args.configs,
         "seconds_per_cell": args.seconds,
         "amp_dtype": amp,
+        "malloc": "glibc defaults" if args.malloc_default else "keep_freed_memory",
     }
     print(json.dumps({**info, "rows": rows}))
 

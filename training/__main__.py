@@ -24,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ai_engine.memory import keep_freed_memory
+
 DEVICE_HELP = "auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N"
 
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         return federated_main(argv[1:])
     args = parser.parse_args(argv)
+    keep_freed_memory()  # large tensors reuse freed memory: faster on the CPU, same results
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
