@@ -3,6 +3,7 @@ precision, and training images/s, on the GPU when there is one (else the CPU).
 
     .venv/bin/python bench/model_speed.py [--models all] [--size 256] [--batch 16]
         [--configs full|cpu] [--seconds 3] [--device auto|cpu|cuda] [--threads N] [--no-train]
+        [--malloc-default]
 
 Per model: the network of its config (``training/configs/<id>_full.yaml``, the GPU budget, with
 ``--configs full`` where one exists, else ``<id>.yaml``) is built for ``--size``² input with
@@ -18,6 +19,8 @@ untrained weights (speed does not depend on the weights' values) and seeded.
   baseline's ``make_supervised_trainer``), the step ``training fit`` runs, on CPU batches moved
   to the device per step as fit does; fp32 (fit has no mixed precision). Semi-supervised
   trainers get the same images as their unlabelled mix.
+- Each model runs in a fresh Python process, with `ai_engine.memory.keep_freed_memory` as
+  ``python -m training`` has it (``--malloc-default``: glibc's own malloc thresholds).
 - Each cell: one warm-up call, then calls until ``--seconds`` have passed (at least 2); on
   CUDA every call ends with a synchronisation. ``peak GiB``: the most GPU memory allocated in
   the model's cells (CUDA only).
@@ -151,11 +154,12 @@ def measure_in_child(model_id: str) -> list[dict[str, Any]]:
     """The model's row, measured in a fresh Python process with this one's arguments.
 
     A fresh process per model keeps one model's figures from depending on which models ran
-    before it in the same process: glibc's malloc raises its mmap threshold as large blocks are
-    freed, so a process that has already run big networks serves later allocations from its
-    heap, while a fresh one maps and page-faults large tensors on every call.
+    before it: with glibc's own settings (``--malloc-default``) malloc raises its mmap threshold
+    as large blocks are freed, so a process that has already run big networks serves later
+    allocations from its heap, while a fresh one maps and page-faults large tensors on every
+    call (`ai_engine.memory`).
     """
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     if "--models" in argv:
         i = argv.index("--models")
         del argv[i : i + 2]
