@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
 from ai_engine.models.base import AnomalyModel
+from ai_engine.pipeline import default_device
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
 from training.data import load_batch, read_manifest
@@ -62,7 +63,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         ValueError: CUDA was asked for and torch sees no CUDA device.
     """
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()  # the engine's own choice, so training and scoring agree
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: torch sees no CUDA device here")
