@@ -374,6 +374,9 @@ class Outbox:
             self._failed(job, exc, True)
             return
         self._metrics.observe("send_seconds", time.monotonic() - sending_started)
+        # Counted before the job shows as done, so a client that sees it done in /jobs
+        # finds it in /metrics too.
+        self._metrics.inc("jobs_sent_total")
         out = self._queue.job_dir(job) / "output"
         job.sent_files = [str(p.relative_to(out)) for p in files]
         job.finished_at = utcnow()
@@ -381,7 +384,6 @@ class Outbox:
         job.failed_stage = None
         self._index.record_done(job)
         self._queue.move(job, JobStateValues.DONE)
-        self._metrics.inc("jobs_sent_total")
         logger.info("results delivered", extra={**ctx, "files": len(files)})
         if self._on_result is not None:
             try:

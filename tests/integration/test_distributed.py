@@ -202,6 +202,17 @@ def test_two_workers_one_killed_mid_job_every_study_delivered_once(
 
         wait_for(all_done, 45, "all jobs done")
         assert survivor.poll() is None, "the surviving worker died"
+
+        # The dispatcher counts a processed job when its next pass sees it leave running/,
+        # which can come after the sender delivered it: the counts may lag /jobs by a pass.
+        def counted() -> bool:
+            metrics = requests.get(f"{api}/metrics", timeout=5).text.splitlines()
+            return (
+                f"dicom_node_jobs_processed_total {STUDIES}" in metrics
+                and f"dicom_node_jobs_sent_total {STUDIES}" in metrics
+            )
+
+        wait_for(counted, 5, "metrics count every job processed and sent")
         metrics = requests.get(f"{api}/metrics", timeout=5).text.splitlines()
         assert f"dicom_node_jobs_processed_total {STUDIES}" in metrics
         assert f"dicom_node_jobs_sent_total {STUDIES}" in metrics
