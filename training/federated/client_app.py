@@ -5,6 +5,9 @@ the global model, and (2) scalar metrics: ``num-examples`` (the site's image cou
 the FedAvg weight), mean losses, and the site's privacy spent so far (``epsilon``, ``delta``,
 ``dp-steps``). No image, attribute, patient id or per-image value is sent
 (tests/unit/training/test_federated_messages.py checks this).
+
+A site trains on its node config's ``device`` (default ``auto``: its GPU when it has one);
+weights travel as CPU tensors either way.
 """
 
 from __future__ import annotations
@@ -56,9 +59,11 @@ def train_reply(msg: Message, context: Context) -> Message:
     pid, site = task.site_from_node_config(context.node_config, s)
     state = msg.content["arrays"].to_torch_state_dict()
     round_seed = s.seed * 1000 + int(msg.content["config"].get("server-round", 0)) * 10 + pid
+    device = task.site_device(context.node_config)
     if s.task == "cgan":
         g, d = task.build_gan(s)
         task.load_state_dict_into(state, {"generator": g, "discriminator": d})
+        g, d = g.to(device), d.to(device)
         result = train_local(g, d, site.images, site.attributes, s.local(), seed=round_seed)
         steps, eps = _accumulate_privacy(context, result.steps, result.sample_rate, s)
         new_state = task.state_dict_of({"generator": g, "discriminator": d})
@@ -73,6 +78,7 @@ def train_reply(msg: Message, context: Context) -> Message:
     elif s.task == "classifier":
         model = task.build_classifier(s)
         task.load_state_dict_into(state, {"classifier": model})
+        model = model.to(device)
         _, loss = task.train_classifier_local(model, site, s)
         new_state = task.state_dict_of({"classifier": model})
         metrics = {"loss": loss, "epsilon": float("inf"), "delta": 0.0, "dp-steps": 0}
@@ -96,6 +102,7 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
         task.load_state_dict_into(
             msg.content["arrays"].to_torch_state_dict(), {"generator": g, "discriminator": d}
         )
+        g = g.to(task.site_device(context.node_config))
         n = min(s.fid_samples, len(site.images))
         # synthetic images for this site's own attribute mix (the vectors stay here)
         fake = synthesize(g, site.attributes[:n], seed=s.seed + 7)

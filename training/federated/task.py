@@ -4,7 +4,8 @@ Settings travel as one flat mapping with Flower's hyphenated keys (``num-rounds`
 ...): the Flower app's ``[tool.flwr.app.config]`` (deployment) or the CLI (simulation) sets
 them at the server, which sends them to the sites in every round's ``ConfigRecord``. Which data
 a site trains on is the site's own business: its node config (``partition-id``,
-``num-partitions``, optionally ``manifest``) says so, and the images never leave it.
+``num-partitions``, optionally ``manifest`` and ``device``) says so, and the images never
+leave it.
 """
 
 from __future__ import annotations
@@ -293,6 +294,17 @@ def site_from_node_config(node_config: Mapping[str, Any], s: FedSettings) -> tup
     return pid, load_site(manifest, pid, n, s)
 
 
+def site_device(node_config: Mapping[str, Any]) -> torch.device:
+    """Where a site trains: its node config's ``device`` (``auto``: CUDA when it has one).
+
+    Raises:
+        ValueError: the site asked for CUDA and torch sees none there.
+    """
+    from training.fit import resolve_device
+
+    return resolve_device(str(node_config.get("device", "auto") or "auto"))
+
+
 @functools.lru_cache(maxsize=1)
 def _extractor(checkpoint: str) -> Any:
     from ai_engine.features import encoder_features
@@ -320,8 +332,13 @@ def fid_kid(
 def train_classifier_local(
     model: SmallClassifier, site: SiteData, s: FedSettings
 ) -> tuple[int, float]:
-    """Local SGD-with-momentum epochs of the baseline classifier; (steps, mean BCE loss)."""
+    """Local SGD-with-momentum epochs of the baseline classifier; (steps, mean BCE loss).
+
+    Trains where the model's weights are; the site's images stay on the CPU and each batch
+    moves.
+    """
     torch.manual_seed(s.seed)
+    device = next(model.parameters()).device
     opt = torch.optim.SGD(model.parameters(), lr=s.lr_d, momentum=s.momentum)
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     model.train()
@@ -332,8 +349,8 @@ def train_classifier_local(
         order = torch.randperm(n)
         for start in range(0, n, s.batch_size):
             idx = order[start : start + s.batch_size]
-            x = site.images[idx]
-            loss = nn.functional.binary_cross_entropy_with_logits(model(x), site.labels[idx])
+            x, y = site.images[idx].to(device), site.labels[idx].to(device)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
             if s.proximal_mu > 0:
                 loss = loss + s.proximal_mu / 2 * sum(
                     ((p - anchor[k]) ** 2).sum() for k, p in model.named_parameters()

@@ -11,6 +11,10 @@ k images is protected at group level k (weaker).
 ``epsilon`` composes all DP-SGD steps a site has taken so far with the RDP accountant. The
 proximal term (FedProx, ``proximal_mu`` > 0) is applied as a data-independent weight decay
 towards the round's global weights after each optimiser step.
+
+Training and synthesis run where the generator's weights are (a site's GPU when it put them
+there). Batches, noise and the attribute prior are drawn on the CPU with the seeded generators
+and then moved, so a CPU run gives the same weights whichever device code path it takes.
 """
 
 from __future__ import annotations
@@ -97,10 +101,10 @@ def train_local(
     """Train G and D in place on one site's images.
 
     Args:
-        generator: G, with the round's global weights loaded.
-        discriminator: D, with the round's global weights loaded.
-        images: (N, 1, H, W) real normal images of this site, in [0, 1].
-        attributes: (N, A) their attribute vectors.
+        generator: G, with the round's global weights loaded, on the device to train on.
+        discriminator: D, with the round's global weights loaded, on G's device.
+        images: (N, 1, H, W) real normal images of this site, in [0, 1] (on the CPU).
+        attributes: (N, A) their attribute vectors (on the CPU).
         config: hyper-parameters.
         seed: seeds noise, sampling and the prior.
 
@@ -116,6 +120,7 @@ def train_local(
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    device = next(generator.parameters()).device
     d_loss_fn = DiscriminatorLoss(config.lambda_cond)
     g_loss_fn = GeneratorLoss(config.lambda_cond)
     anchor_g = {k: v.detach().clone() for k, v in generator.named_parameters()}
@@ -151,8 +156,9 @@ def train_local(
                 b = len(real)
                 if b == 0:
                     continue
-                z = torch.randn(b, generator.noise_dim)
-                prior = torch.from_numpy(sample_prior(b, generator.cond_dim, rng))
+                real, attr = real.to(device), attr.to(device)
+                z = torch.randn(b, generator.noise_dim).to(device)
+                prior = torch.from_numpy(sample_prior(b, generator.cond_dim, rng)).to(device)
                 with torch.no_grad():
                     fake = generator(z, prior)
                 logits, attr_pred = d_module(torch.cat([real, fake]))
@@ -168,7 +174,8 @@ def train_local(
                     p.requires_grad_(False)
                 n_fake = config.batch_size
                 requested = torch.from_numpy(sample_prior(n_fake, generator.cond_dim, rng))
-                fake = generator(torch.randn(n_fake, generator.noise_dim), requested)
+                requested = requested.to(device)
+                fake = generator(torch.randn(n_fake, generator.noise_dim).to(device), requested)
                 fake_logits, fake_pred = discriminator(fake)
                 g_loss = g_loss_fn(fake_logits, fake_pred, requested)
                 opt_g.zero_grad()
@@ -223,14 +230,19 @@ def synthesize(
     seed: int = 0,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Images (N, 1, H, W) in [0, 1] for attribute vectors (N, A), with seeded noise."""
+    """Images (N, 1, H, W) in [0, 1] on the CPU for attribute vectors (N, A), seeded noise.
+
+    The generator runs where its weights are; the noise is drawn on the CPU, so a seed gives
+    the same images on every device (up to the device's arithmetic).
+    """
     generator.eval()
+    device = next(generator.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(attributes), batch_size):
-        cond = attributes[start : start + batch_size]
-        z = torch.randn(len(cond), generator.noise_dim, generator=gen)
-        out.append(generator(z, cond))
+        cond = attributes[start : start + batch_size].to(device)
+        z = torch.randn(len(cond), generator.noise_dim, generator=gen).to(device)
+        out.append(generator(z, cond).cpu())
     if not out:
         return torch.empty(0, 1, generator.image_size, generator.image_size)
     return torch.cat(out)
