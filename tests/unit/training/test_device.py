@@ -3,8 +3,9 @@
 CI has no GPU, so the device path is exercised on PyTorch's ``meta`` device: tensors there have
 shapes but no data, and any operation that mixes them with a CPU tensor fails exactly as it
 does with a CUDA tensor ("Tensor on device cpu is not on the expected device meta"). A meta
-tensor has no value to read, so ``.item()`` and ``float()`` of one return 0.0 here; every
-other step is the code `training fit` and the pipeline run.
+tensor has no value to read, so ``.item()`` and ``float()`` of one return 0.0 here
+(``readable_meta``, conftest.py); every other step is the code `training fit` and the pipeline
+run.
 """
 
 from __future__ import annotations
@@ -20,21 +21,6 @@ from training.fit import _provisional_card, load_config, resolve_device
 
 CONFIGS = Path(__file__).resolve().parents[3] / "training" / "configs"
 META = torch.device("meta")
-
-
-@pytest.fixture
-def readable_meta(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``.item()`` / ``float()`` of a meta tensor give 0.0 instead of raising."""
-    item, to_float = torch.Tensor.item, torch.Tensor.__float__
-
-    def meta_item(self: torch.Tensor) -> Any:
-        return 0.0 if self.is_meta else item(self)
-
-    def meta_float(self: torch.Tensor) -> float:
-        return 0.0 if self.is_meta else to_float(self)
-
-    monkeypatch.setattr(torch.Tensor, "item", meta_item)
-    monkeypatch.setattr(torch.Tensor, "__float__", meta_float)
 
 
 def _config(model_id: str) -> dict[str, Any]:

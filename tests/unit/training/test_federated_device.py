@@ -21,23 +21,15 @@ META = torch.device("meta")
 
 
 @pytest.fixture
-def readable_meta(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``.item()`` / ``float()`` of a meta tensor give 0.0, ``.cpu()`` zeros, instead of raising."""
-    item, to_float, to_cpu = torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.cpu
-
-    def meta_item(self: torch.Tensor) -> Any:
-        return 0.0 if self.is_meta else item(self)
-
-    def meta_float(self: torch.Tensor) -> float:
-        return 0.0 if self.is_meta else to_float(self)
+def meta_to_cpu(readable_meta: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also ``.cpu()`` of a meta tensor: zeros of its shape (a meta tensor has no data)."""
+    to_cpu = torch.Tensor.cpu
 
     def meta_cpu(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.is_meta:
             return torch.zeros(self.shape, dtype=self.dtype)
         return to_cpu(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "item", meta_item)
-    monkeypatch.setattr(torch.Tensor, "__float__", meta_float)
     monkeypatch.setattr(torch.Tensor, "cpu", meta_cpu)
 
 
@@ -49,7 +41,7 @@ def _gan() -> tuple[ConditionalUNetGenerator, AuxDiscriminator]:
 
 
 def test_local_gan_training_and_synthesis_run_on_the_networks_device(
-    readable_meta: None,
+    meta_to_cpu: None,
 ) -> None:
     g, d = _gan()
     g, d = g.to(META), d.to(META)
