@@ -56,7 +56,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ai_engine.dicom_io import markers
+from ai_engine.dicom_io import _iod_lookup, markers
 from ai_engine.dicom_io._common import (
     check_unit_interval,
     laterality_from_sources,
@@ -69,6 +69,7 @@ from ai_engine.types import AlgorithmInfo
 
 __all__ = ["PARAMETRIC_MAP_SERIES_NUMBER", "frame_sources", "write_parametric_map"]
 
+_iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
 
 PARAMETRIC_MAP_SERIES_NUMBER = 9004

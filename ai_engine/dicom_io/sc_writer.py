@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ai_engine.dicom_io import markers
+from ai_engine.dicom_io import _iod_lookup, markers
 from ai_engine.dicom_io._common import (
     check_unit_interval,
     laterality_from_sources,
@@ -58,6 +58,7 @@ from ai_engine.types import AlgorithmInfo
 
 __all__ = ["OVERLAY_LABEL", "OVERLAY_SERIES_NUMBER", "render_overlay", "write_overlay_sc"]
 
+_iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
 
 OVERLAY_SERIES_NUMBER = 9005

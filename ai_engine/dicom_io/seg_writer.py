@@ -55,7 +55,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ai_engine.dicom_io import markers
+from ai_engine.dicom_io import _iod_lookup, markers
 from ai_engine.dicom_io._common import (
     new_uid,
     prepare_source,
@@ -71,6 +71,7 @@ __all__ = [
     "write_fractional_seg",
 ]
 
+_iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
 
 BINARY_SERIES_NUMBER = 9001

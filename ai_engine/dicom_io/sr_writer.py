@@ -46,7 +46,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from ai_engine.dicom_io import markers
+from ai_engine.dicom_io import _iod_lookup, markers
 from ai_engine.dicom_io._common import new_uid, prepare_source, series_description
 from ai_engine.types import AlgorithmInfo, ImageResult, StudyResult
 
@@ -65,6 +65,7 @@ __all__ = [
     "write_sr",
 ]
 
+_iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9003
