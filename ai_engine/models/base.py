@@ -12,6 +12,12 @@ from torch import nn
 from ai_engine.types import AnomalyOutput, ModelCard
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's weights are, so its inputs go there (the CPU when it has none)."""
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 class Trainer(Protocol):
     """One model's training procedure on batches of normal images (used by ``training fit``).
 
@@ -49,9 +55,7 @@ class AnomalyModel(ABC):
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         self.card = card
         self.network = network
-        # where the network's weights are (CPU for a freshly built one): inputs go there
-        first = next(network.parameters(), None)
-        self.device = first.device if first is not None else torch.device("cpu")
+        self.device = module_device(network)  # the CPU for a freshly built network
 
     @classmethod
     @abstractmethod

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ai_engine.models.base import module_device
+
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN critic: strided 4x4 convolutions, one unbounded score per receptive-field patch.
@@ -68,7 +70,7 @@ class SemiSupervisedGanTrainer(ABC):
     def __init__(self, generator: nn.Module, critic: nn.Module, optim: dict[str, Any]) -> None:
         self.generator = generator
         # the critic is built by make_trainer, outside the network: it trains where G is
-        self.critic = critic.to(next(generator.parameters()).device)
+        self.critic = critic.to(module_device(generator))
         lr = float(optim.get("lr", 1e-4))
         betas_cfg = optim.get("betas", (0.5, 0.999))
         betas = (float(betas_cfg[0]), float(betas_cfg[1]))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ai_engine.models.base import module_device
 from ai_engine.models.fed_cgan import attributes as attrs
 from ai_engine.models.fed_cgan.local import LocalConfig
 from ai_engine.models.fed_cgan.torch_model import AuxDiscriminator, ConditionalUNetGenerator
@@ -338,7 +339,7 @@ def train_classifier_local(
     moves.
     """
     torch.manual_seed(s.seed)
-    device = next(model.parameters()).device
+    device = module_device(model)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr_d, momentum=s.momentum)
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     model.train()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ai_engine.models.base import AnomalyModel, Trainer
+from ai_engine.models.base import AnomalyModel, Trainer, module_device
 from ai_engine.models.cnn_supervised.loss import ClassifierLoss
 from ai_engine.models.cnn_supervised.torch_model import ResNetClassifier
 from ai_engine.types import AnomalyOutput
@@ -126,7 +126,7 @@ class SupervisedTrainer:
         self.network.eval()
         if not len(x):
             return torch.empty(0)
-        device = next(self.network.parameters()).device
+        device = module_device(self.network)
         return torch.cat(
             [
                 torch.sigmoid(self.network(x[i : i + 64].to(device))).cpu()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ai_engine.models.base import module_device
 from ai_engine.models.fed_cgan.attributes import sample_prior
 from ai_engine.models.fed_cgan.loss import DiscriminatorLoss, GeneratorLoss, cond_loss
 from ai_engine.models.fed_cgan.torch_model import AuxDiscriminator, ConditionalUNetGenerator
@@ -120,7 +121,7 @@ def train_local(
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    device = next(generator.parameters()).device
+    device = module_device(generator)
     d_loss_fn = DiscriminatorLoss(config.lambda_cond)
     g_loss_fn = GeneratorLoss(config.lambda_cond)
     anchor_g = {k: v.detach().clone() for k, v in generator.named_parameters()}
@@ -236,7 +237,7 @@ def synthesize(
     the same images on every device (up to the device's arithmetic).
     """
     generator.eval()
-    device = next(generator.parameters()).device
+    device = module_device(generator)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(attributes), batch_size):
