@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ai_engine import registry
 from ai_engine.errors import ModelLoadError
-from ai_engine.models.base import AnomalyModel
+from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.types import Calibration, ModelCard
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,6 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None) -> 
         raise ModelLoadError(f"weights of {folder} do not fit {card.model_id}: {exc}") from exc
     model = cls(card, network)
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     logger.info("loaded checkpoint", extra={"model_id": card.model_id, "checkpoint": card.name})
     return model.to(device).eval()

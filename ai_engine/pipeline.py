@@ -28,7 +28,7 @@ from ai_engine import checkpoints as ckpt
 from ai_engine.dicom_io import markers
 from ai_engine.dicom_io._common import PreparedSource, prepare_source
 from ai_engine.errors import AiEngineError, UnsupportedInputError
-from ai_engine.models.base import AnomalyModel
+from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.postprocess import fractional_map, map_to_source, region_levels
 from ai_engine.suitability import reason_not_suitable
 from ai_engine.transforms import model_input
@@ -38,11 +38,6 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 16
 _MODELS: dict[tuple[str, str], AnomalyModel] = {}
-
-
-def default_device() -> torch.device:
-    """CUDA when there is a GPU, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def get_model(checkpoint: str, device: torch.device | None = None) -> AnomalyModel:

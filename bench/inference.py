@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     e2e = None
     if not args.no_e2e:
-        from ai_engine.pipeline import default_device
+        from ai_engine.models.base import default_device
 
         device = default_device()
         e2e = end_to_end(args.checkpoint, args.runs, device)

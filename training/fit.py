@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
-from ai_engine.models.base import AnomalyModel
-from ai_engine.pipeline import default_device
+from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
 from training.data import load_batch, read_manifest

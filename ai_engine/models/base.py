@@ -12,6 +12,11 @@ from torch import nn
 from ai_engine.types import AnomalyOutput, ModelCard
 
 
+def default_device() -> torch.device:
+    """Where the engine runs a model by default: CUDA when torch sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def module_device(module: nn.Module) -> torch.device:
     """Where a module's weights are, so its inputs go there (the CPU when it has none)."""
     first = next(module.parameters(), None)
