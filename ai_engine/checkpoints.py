@@ -100,9 +100,19 @@ def card_from_dict(data: dict[str, Any]) -> ModelCard:
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             architecture=dict(data.get("architecture", {})),
+            anatomy=_anatomy(data.get("anatomy", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"model card is missing or has a bad field: {exc}") from exc
+
+
+def _anatomy(value: object) -> str:
+    """The card's ``anatomy``, one of `ai_engine.anatomy.ANATOMIES`."""
+    from ai_engine.anatomy import ANATOMIES
+
+    if value not in ANATOMIES:
+        raise ValueError(f"anatomy {value!r} is not one of {list(ANATOMIES)}")
+    return str(value)
 
 
 def read_card(name_or_path: str | Path) -> ModelCard:

@@ -75,6 +75,8 @@ class ModelCard:
         training: free-form facts about training (data, split, epochs, seed, ...).
         metrics: validation metrics.
         architecture: constructor arguments of the network (``init_args``).
+        anatomy: the region its findings belong to (see `ai_engine.anatomy`): "" for none,
+            "lungs" or "brain"; preprocessing then restricts map and score to it.
     """
 
     model_id: str
@@ -90,6 +92,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     architecture: dict[str, Any] = field(default_factory=dict)
+    anatomy: str = ""
 
     @property
     def algorithm(self) -> AlgorithmInfo:
