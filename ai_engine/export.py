@@ -4,9 +4,9 @@ What is exported is the model's *reconstruction* ``(B, 1, H, W) -> (B, 1, H, W)`
 ``nn.Module``, batch size dynamic, H and W fixed to the card's ``image_size``). The anomaly map
 and the image score are not in the graph: MONAI's ``GaussianFilter`` builds its kernel inside
 ``forward`` and does not export, and computing map and score with the very code of
-`ai_engine.models.reconstruction` keeps one definition of them. `onnx_model` therefore wraps
-an ONNX Runtime session in the same `ReconstructionModel` adapter the torch path uses, so
-`ai_engine.pipeline.predict_images` gives ONNX scores with the same preprocessing
+`ai_engine.models.components.reconstruction` keeps one definition of them. `onnx_model`
+therefore wraps an ONNX Runtime session in the same `ReconstructionModel` adapter the torch
+path uses, so `ai_engine.pipeline.predict_images` gives ONNX scores with the same preprocessing
 (`ai_engine.transforms.model_input`), batching and post-processing.
 
 Exportable: models whose scoring is `ReconstructionModel.predict` (``conv_ae``, ``vae``).
@@ -39,7 +39,7 @@ from torch import nn
 from ai_engine import checkpoints as ckpt
 from ai_engine.errors import AiEngineError
 from ai_engine.models.base import AnomalyModel
-from ai_engine.models.reconstruction import ReconstructionModel
+from ai_engine.models.components.reconstruction import ReconstructionModel
 from ai_engine.types import FloatArray, ModelCard
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def exportability(model: AnomalyModel) -> str | None:
         return (
             f"model {model.card.model_id!r} ({cls.__name__}) is not a reconstruction model; "
             "only the reconstruction network is exported and its scoring is not that of "
-            "ai_engine.models.reconstruction"
+            "ai_engine.models.components.reconstruction"
         )
     if cls.predict is not ReconstructionModel.predict:
         return (

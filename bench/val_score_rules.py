@@ -21,7 +21,7 @@ import torch
 
 from ai_engine import checkpoints
 from ai_engine.metrics import auroc
-from ai_engine.models.reconstruction import image_scores, smoothed_error
+from ai_engine.models.components.reconstruction import image_scores, smoothed_error
 from training.data import load_batch, read_manifest
 
 

@@ -4,7 +4,7 @@ Scoring (``card.training["scoring"]``): ``rule`` = ``features`` (the paper's mai
 ``||f_xx(x, x) - f_xx(x, G(E(x)))||_1`` with f_xx the last conv feature map of D_xx, averaged
 over features) or ``l1`` (``||x - G(E(x))||_1`` averaged over pixels); ``map_sigma`` (2.0): the
 map is ``|x - G(E(x))|`` smoothed with a Gaussian of that sigma (px). The reconstruction
-rules of `ai_engine.models.reconstruction` (``mse``, ``map_mean``, ``map_top`` with
+rules of `ai_engine.models.components.reconstruction` (``mse``, ``map_mean``, ``map_top`` with
 ``top_fraction``) are offered as well.
 """
 
@@ -18,8 +18,8 @@ from torch import nn
 from ai_engine.models.alad.loss import DiscriminatorLoss, GeneratorEncoderLoss
 from ai_engine.models.alad.torch_model import ALADNetwork
 from ai_engine.models.base import AnomalyModel, Trainer
-from ai_engine.models.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
-from ai_engine.models.reconstruction import image_scores, smoothed_error
+from ai_engine.models.components.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
+from ai_engine.models.components.reconstruction import image_scores, smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("features", "l1", *RECONSTRUCTION_RULES)

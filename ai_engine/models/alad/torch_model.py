@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ai_engine.models.dcgan import ConvEncoder, ConvGenerator, apply_spectral_norm
+from ai_engine.models.components.dcgan import ConvEncoder, ConvGenerator, apply_spectral_norm
 
 
 def _leaky() -> nn.Module:

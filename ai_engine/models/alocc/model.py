@@ -16,7 +16,7 @@ from torch import nn
 from ai_engine.models.alocc.loss import DiscriminatorLoss, GeneratorLoss
 from ai_engine.models.alocc.torch_model import Alocc
 from ai_engine.models.base import AnomalyModel, Trainer
-from ai_engine.models.reconstruction import smoothed_error
+from ai_engine.models.components.reconstruction import smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("d_rx", "d_x")

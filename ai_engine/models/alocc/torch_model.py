@@ -3,7 +3,7 @@
 - R (`Reconstructor`): fully convolutional encoder-decoder, no pooling (strided convs), BatchNorm
   after each layer, LeakyReLU 0.2 in the encoder and ReLU in the decoder, a 1x1 bottleneck conv
   to ``latent_dim`` channels, sigmoid output in [0, 1].
-- D: the DCGAN discriminator of `ai_engine.models.ganomaly.torch_model.DCEncoder` with one
+- D: the DCGAN discriminator `ai_engine.models.components.dcgan.DCEncoder` with one
   output logit (D(X) = sigmoid(logit), the likelihood of the target class).
 """
 
@@ -15,7 +15,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from ai_engine.models.ganomaly.torch_model import LEAKY, DCEncoder
+from ai_engine.models.components.dcgan import LEAKY, DCEncoder, down_convs, up_convs
 
 
 class Reconstructor(nn.Module):
@@ -34,47 +34,11 @@ class Reconstructor(nn.Module):
             raise ValueError(
                 f"image_size {list(image_size)} must be divisible by 2**len(channels) = {factor}"
             )
-        layers: list[nn.Module] = []
-        c_in = 1
-        for c_out in channels:
-            layers.append(
-                Convolution(
-                    2,
-                    c_in,
-                    int(c_out),
-                    strides=2,
-                    kernel_size=4,
-                    padding=1,
-                    act=LEAKY,
-                    norm="BATCH",
-                    bias=False,
-                )
-            )
-            c_in = int(c_out)
+        layers = down_convs(1, channels, "BATCH", norm_first=True, bias=False)
+        c_in = int(channels[-1])
         layers.append(Convolution(2, c_in, latent_dim, kernel_size=1, act=LEAKY, norm="BATCH"))
         self.encoder = nn.Sequential(*layers)
-        ups: list[nn.Module] = []
-        c_in = latent_dim
-        outs = [*(int(c) for c in reversed(channels[:-1])), 1]
-        for i, c_out in enumerate(outs):
-            last = i == len(outs) - 1
-            ups.append(
-                Convolution(
-                    2,
-                    c_in,
-                    c_out,
-                    strides=2,
-                    kernel_size=4,
-                    padding=1,
-                    output_padding=0,
-                    is_transposed=True,
-                    act=None if last else "RELU",
-                    norm=None if last else "BATCH",
-                    conv_only=last,
-                    bias=last,
-                )
-            )
-            c_in = c_out
+        ups = up_convs(latent_dim, [*(int(c) for c in reversed(channels[:-1])), 1])
         self.decoder = nn.Sequential(*ups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ Scoring (``card.training["scoring"]``, all optional):
   the lowest loss for that image. The result does not depend on the batch an image is in;
 - ``rule``: ``anomaly_score`` (the search loss at the end, the paper's score), ``residual``
   or ``discrimination`` (its two terms), or a reconstruction rule of
-  `ai_engine.models.reconstruction` on G(z*) (``mse``, ``map_mean``, ``map_top``);
+  `ai_engine.models.components.reconstruction` on G(z*) (``mse``, ``map_mean``, ``map_top``);
 - ``map_sigma`` (2.0): the map is ``|x - G(z*)|`` smoothed with a Gaussian of that sigma (px).
 """
 
@@ -23,8 +23,8 @@ from torch import nn
 from ai_engine.models.anogan.loss import DiscriminatorLoss, GeneratorLoss, LatentSearchLoss
 from ai_engine.models.anogan.torch_model import DCGAN
 from ai_engine.models.base import AnomalyModel, Trainer
-from ai_engine.models.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
-from ai_engine.models.reconstruction import image_scores, smoothed_error
+from ai_engine.models.components.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
+from ai_engine.models.components.reconstruction import image_scores, smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("anomaly_score", "residual", "discrimination", *RECONSTRUCTION_RULES)

@@ -1,4 +1,4 @@
-"""Brainomaly's generator loss (seed 003, eq. 2.16-2.19); the critic's is in models/wgan_gp.py."""
+"""Brainomaly's generator loss (seed 003, eq. 2.16-2.19); critic: components/wgan_gp.py."""
 
 from __future__ import annotations
 

@@ -10,15 +10,15 @@ from torch import nn
 from ai_engine.models.base import Trainer
 from ai_engine.models.brainomaly.loss import GeneratorLoss
 from ai_engine.models.brainomaly.torch_model import AdditiveMapGenerator
-from ai_engine.models.reconstruction import ReconstructionModel
-from ai_engine.models.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
+from ai_engine.models.components.reconstruction import ReconstructionModel
+from ai_engine.models.components.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
 
 
 class BrainomalyModel(ReconstructionModel):
     """Brainomaly; the "reconstruction" is the generator's healthy version of the input.
 
-    Scoring is the shared reconstruction scoring (`ai_engine.models.reconstruction`): with
-    ``map_sigma: 0`` and rule ``map_mean`` the score is the paper's mean of the absolute
+    Scoring is the shared reconstruction scoring (`ai_engine.models.components.reconstruction`):
+    with ``map_sigma: 0`` and rule ``map_mean`` the score is the paper's mean of the absolute
     difference map.
     """
 

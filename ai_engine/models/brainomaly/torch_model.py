@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import UNet
 from torch import nn
+
+from ai_engine.models.components.translation import unet_body, zero_head
 
 
 class AdditiveMapGenerator(nn.Module):
-    """Encoder-decoder (MONAI UNet, instance norm) producing a bounded additive map.
+    """Encoder-decoder (`components.translation.unet_body`) producing a bounded additive map.
 
     Args:
         image_size: (H, W); both divisible by 16 (four stride-2 levels).
@@ -35,24 +36,8 @@ class AdditiveMapGenerator(nn.Module):
         num_res_units: int = 1,
     ) -> None:
         super().__init__()
-        if len(channels) != 4:
-            raise ValueError(f"channels must have 4 entries, got {list(channels)}")
-        if int(image_size[0]) % 16 or int(image_size[1]) % 16:
-            raise ValueError(f"image_size must be divisible by 16, got {list(image_size)}")
-        self.body = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=int(channels[0]),
-            channels=(*[int(c) for c in channels], int(latent_dim)),
-            strides=(2, 2, 2, 2),
-            num_res_units=num_res_units,
-            norm="INSTANCE",
-        )
-        out_conv = nn.Conv2d(int(channels[0]), 1, kernel_size=1)
-        nn.init.zeros_(out_conv.weight)
-        if out_conv.bias is not None:
-            nn.init.zeros_(out_conv.bias)
-        self.head = nn.Sequential(nn.LeakyReLU(0.2), out_conv)
+        self.body = unet_body(image_size, channels, latent_dim, num_res_units)
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), zero_head(int(channels[0])))
 
     def additive_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> tanh map in (-1, 1), (B, 1, H, W)."""

@@ -1,4 +1,4 @@
-"""`AnomalyModel` adapter of the convolutional autoencoder (scoring: models/reconstruction.py)."""
+"""`AnomalyModel` adapter of the convolutional autoencoder (scoring: components)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ai_engine.models.conv_ae.torch_model import ConvAutoEncoder
-from ai_engine.models.reconstruction import ReconstructionModel
+from ai_engine.models.components.autoencoder import ConvAutoEncoder
+from ai_engine.models.components.reconstruction import ReconstructionModel
 
 
 class ConvAEModel(ReconstructionModel):

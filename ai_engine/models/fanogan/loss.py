@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ai_engine.models.dcgan import ConvEncoder
+from ai_engine.models.components.dcgan import ConvEncoder
 
 
 class CriticLoss(nn.Module):

@@ -9,7 +9,7 @@ switches in ``end_epoch``, so ``optim.epochs`` = GAN epochs + encoder epochs.
 Scoring (``card.training["scoring"]``): ``rule`` = ``izi_f`` (A_R + kappa * A_D, the paper's
 score), ``image_residual`` (A_R) or ``feature_residual`` (A_D); ``kappa`` (1.0); ``map_sigma``
 (2.0): the map is ``|x - G(E(x))|`` smoothed with a Gaussian of that sigma (px). The
-reconstruction rules of `ai_engine.models.reconstruction` (``mse``, ``map_mean``,
+reconstruction rules of `ai_engine.models.components.reconstruction` (``mse``, ``map_mean``,
 ``map_top`` with ``top_fraction``) are offered as well.
 """
 
@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from ai_engine.models.base import AnomalyModel, Trainer
+from ai_engine.models.components.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
+from ai_engine.models.components.reconstruction import image_scores, smoothed_error
 from ai_engine.models.fanogan.loss import CriticLoss, GeneratorLoss, IzifLoss
 from ai_engine.models.fanogan.torch_model import FAnoGANNetwork
-from ai_engine.models.reconstruction import SCORE_RULES as RECONSTRUCTION_RULES
-from ai_engine.models.reconstruction import image_scores, smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("izi_f", "image_residual", "feature_residual", *RECONSTRUCTION_RULES)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ai_engine.models.dcgan import ConvEncoder, ConvGenerator
+from ai_engine.models.components.dcgan import ConvEncoder, ConvGenerator
 
 
 class FAnoGANNetwork(nn.Module):

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ai_engine.models.base import AnomalyModel, Trainer
+from ai_engine.models.components.reconstruction import image_scores, smoothed_error
 from ai_engine.models.ganomaly.loss import DiscriminatorLoss, GeneratorLoss
 from ai_engine.models.ganomaly.torch_model import Ganomaly
-from ai_engine.models.reconstruction import image_scores, smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("latent", "map_top")

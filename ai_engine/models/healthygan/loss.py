@@ -1,4 +1,4 @@
-"""HealthyGAN's generator loss (seed 003, eqs. 2.9-2.14); the critic's is in models/wgan_gp.py."""
+"""HealthyGAN's generator loss (seed 003, eqs. 2.9-2.14); critic: components/wgan_gp.py."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ai_engine.models.base import Trainer
+from ai_engine.models.components.reconstruction import ReconstructionModel
+from ai_engine.models.components.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
 from ai_engine.models.healthygan.loss import GeneratorLoss
 from ai_engine.models.healthygan.torch_model import MaskedGenerator
-from ai_engine.models.reconstruction import ReconstructionModel
-from ai_engine.models.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
 
 
 class HealthyGANModel(ReconstructionModel):

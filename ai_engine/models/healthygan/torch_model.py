@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import UNet
 from torch import nn
+
+from ai_engine.models.components.translation import unet_body, zero_head
 
 
 class MaskedGenerator(nn.Module):
-    """Encoder-decoder (MONAI UNet, instance norm) with two heads: B_int and the mask M.
+    """Encoder-decoder (`components.translation.unet_body`) with two heads: B_int and mask M.
 
     Args:
         image_size: (H, W); both divisible by 16.
@@ -36,29 +37,10 @@ class MaskedGenerator(nn.Module):
         num_res_units: int = 1,
     ) -> None:
         super().__init__()
-        if len(channels) != 4:
-            raise ValueError(f"channels must have 4 entries, got {list(channels)}")
-        if int(image_size[0]) % 16 or int(image_size[1]) % 16:
-            raise ValueError(f"image_size must be divisible by 16, got {list(image_size)}")
-        width = int(channels[0])
-        self.body = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=width,
-            channels=(*[int(c) for c in channels], int(latent_dim)),
-            strides=(2, 2, 2, 2),
-            num_res_units=num_res_units,
-            norm="INSTANCE",
-        )
+        self.body = unet_body(image_size, channels, latent_dim, num_res_units)
         self.act = nn.LeakyReLU(0.2)
-        self.image_head = nn.Conv2d(width, 1, kernel_size=1)
-        nn.init.zeros_(self.image_head.weight)
-        if self.image_head.bias is not None:
-            nn.init.zeros_(self.image_head.bias)
-        self.mask_head = nn.Conv2d(width, 1, kernel_size=1)
-        nn.init.zeros_(self.mask_head.weight)
-        if self.mask_head.bias is not None:
-            nn.init.constant_(self.mask_head.bias, -3.0)
+        self.image_head = zero_head(int(channels[0]))
+        self.mask_head = zero_head(int(channels[0]), bias=-3.0)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, H, W) -> intermediate image B_int and mask M, each (B, 1, H, W) in [0, 1]."""

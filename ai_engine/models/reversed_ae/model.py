@@ -16,7 +16,11 @@ from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from ai_engine.models.base import Trainer
-from ai_engine.models.reconstruction import SCORE_RULES, ReconstructionModel, image_scores
+from ai_engine.models.components.reconstruction import (
+    SCORE_RULES,
+    ReconstructionModel,
+    image_scores,
+)
 from ai_engine.models.reversed_ae.loss import (
     clahe,
     kl_divergence,

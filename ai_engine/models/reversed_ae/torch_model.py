@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ai_engine.models.vae.torch_model import ConvVAE
+from ai_engine.models.components.autoencoder import ConvVAE
 
 
 class ReversedAutoEncoder(ConvVAE):

@@ -1,6 +1,6 @@
 """SAGAN's generator loss (seed 003, eqs. 2.23-2.26) and its pseudo-anomaly synthesis.
 
-The critic's WGAN-GP loss (eq. 2.27) is the shared one of models/wgan_gp.py.
+The critic's WGAN-GP loss (eq. 2.27) is the shared one of models/components/wgan_gp.py.
 """
 
 from __future__ import annotations

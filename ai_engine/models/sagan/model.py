@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ai_engine.models.base import Trainer
-from ai_engine.models.reconstruction import ReconstructionModel
+from ai_engine.models.components.reconstruction import ReconstructionModel
+from ai_engine.models.components.wgan_gp import SemiSupervisedGanTrainer
 from ai_engine.models.sagan.loss import GeneratorLoss, synthesise_anomalies
 from ai_engine.models.sagan.torch_model import SaganCritic, SaganGenerator
-from ai_engine.models.wgan_gp import SemiSupervisedGanTrainer
 
 
 class SaganModel(ReconstructionModel):

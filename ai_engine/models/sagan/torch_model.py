@@ -25,13 +25,13 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from ai_engine.models.components.wgan_gp import PatchDiscriminator
 from ai_engine.models.sagan.positions import (
     ATTENTION_ENCODINGS,
     ENCODINGS,
     BottleneckAttention,
     PositionChannels,
 )
-from ai_engine.models.wgan_gp import PatchDiscriminator
 
 BACKBONES = ("unet", "swin")
 OUTPUTS = ("residual", "image")

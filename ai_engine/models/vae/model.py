@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ai_engine.models.reconstruction import ReconstructionModel
+from ai_engine.models.components.autoencoder import ConvVAE
+from ai_engine.models.components.reconstruction import ReconstructionModel
 from ai_engine.models.vae.loss import VAELoss
-from ai_engine.models.vae.torch_model import ConvVAE
 
 
 class VAEModel(ReconstructionModel):

@@ -5,7 +5,7 @@ import torch
 from ai_engine import registry
 from ai_engine.errors import UnknownModelError
 from ai_engine.models.base import AnomalyModel
-from ai_engine.models.conv_ae.torch_model import ConvAutoEncoder
+from ai_engine.models.components.autoencoder import ConvAutoEncoder
 
 
 def test_unknown_model_id_lists_the_valid_ones():

@@ -1,7 +1,12 @@
-"""The convolutional autoencoder of seed 001 as a pure ``nn.Module``.
+"""Autoencoder bodies shared by the reconstruction models (``conv_ae``, ``vae``, ``reversed_ae``).
 
-Encoder: 4 convolutional layers with ReLU and max-pooling; a fully connected bottleneck;
-decoder: 4 transposed convolutions mirroring the encoder, sigmoid output in [0, 1].
+- `ConvAutoEncoder`: the convolutional autoencoder of seed 001. Encoder: 4 convolutional
+  layers with ReLU and max-pooling; a fully connected bottleneck; decoder: 4 transposed
+  convolutions mirroring the encoder, sigmoid output in [0, 1].
+- `ConvVAE`: the same encoder/decoder with a Gaussian latent (mean and log-variance heads).
+
+The attribute names are part of the shipped checkpoints' state-dict keys (``body.encoder.0``
+...); renaming one makes ``default-cxr``, ``default-brain`` and ``ae-cxr`` unloadable.
 """
 
 from __future__ import annotations
@@ -85,3 +90,40 @@ class ConvAutoEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct (B, 1, H, W) images."""
         return self.decode(self.encode(x))
+
+
+class ConvVAE(nn.Module):
+    """VAE with the `ConvAutoEncoder` layout; ``forward`` returns the mean reconstruction.
+
+    Args:
+        image_size: (H, W), divisible by 16.
+        channels: encoder channels (4 entries).
+        latent_dim: size of the Gaussian latent.
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (128, 128),
+        channels: Sequence[int] = (16, 32, 64, 64),
+        latent_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        self.body = ConvAutoEncoder(image_size, channels, latent_dim)
+        n_features = self.body.to_latent.in_features
+        self.to_logvar = nn.Linear(n_features, latent_dim)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) -> mean and log-variance, each (B, latent_dim)."""
+        features = self.body.encoder(x).flatten(1)
+        return self.body.to_latent(features), self.to_logvar(features).clamp(-10, 10)
+
+    def sample_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterised pass for training: (reconstruction, mu, logvar)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.body.decode(z), mu, logvar
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction from the latent mean (inference)."""
+        mu, _ = self.encode(x)
+        return self.body.decode(mu)
