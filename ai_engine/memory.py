@@ -4,8 +4,8 @@ glibc serves a block larger than its mmap threshold (adjusted as blocks are free
 above 32 MiB on 64-bit) with a fresh ``mmap`` and gives it back to the kernel on ``free``, and it
 trims the top of its heap when more than the trim threshold is free there. A network's
 activations at 256² and batch 8 are blocks of that size, so every forward and backward pass
-page-faults them in again. Measured on the project's 2-core machine (bench/README.md,
-"model_speed.py"): a Reversed AE forward pass at 256², batch 8, took 0.47-0.50 s with glibc's
+page-faults them in again. Measured on the project's 2-core machine (docs/results/model_speed.md):
+a Reversed AE forward pass at 256², batch 8, took 0.47-0.50 s with glibc's
 defaults and 0.23-0.24 s with both thresholds at 1 GiB.
 
 `keep_freed_memory` sets both thresholds to 1 GiB for the calling process. Nothing computed
