@@ -33,6 +33,7 @@ TRAIN_METRICS = (
     "cond-cos",
     "epsilon",
     "delta",
+    "epsilon-1e-5",
     "dp-steps",
     "loss",
 )
@@ -41,15 +42,24 @@ EVAL_METRICS = ("num-examples", "partition-id", "fid", "kid", "kid-std")
 
 def _accumulate_privacy(
     context: Context, steps: int, sample_rate: float, s: task.FedSettings
-) -> tuple[int, float]:
-    """Add this round's DP-SGD steps to the site's running total; return (steps, epsilon)."""
+) -> tuple[int, float, float]:
+    """Add this round's DP-SGD steps to the site's running total.
+
+    Returns:
+        (steps, epsilon at the run's delta, epsilon at delta = 1e-5).
+    """
     state = context.state.config_records.get("dp", ConfigRecord({"steps": 0, "sample-rate": 0.0}))
     total = int(state["steps"]) + steps
     # the sample rate is fixed by the site's size and batch size; keep the largest seen
     rate = max(float(state["sample-rate"]), sample_rate)
     context.state.config_records["dp"] = ConfigRecord({"steps": total, "sample-rate": rate})
-    eps = epsilon(s.noise_multiplier, rate, total, s.delta) if s.dp else float("inf")
-    return total, eps
+    if not s.dp:
+        return total, float("inf"), float("inf")
+    return (
+        total,
+        epsilon(s.noise_multiplier, rate, total, s.delta),
+        epsilon(s.noise_multiplier, rate, total, 1e-5),
+    )
 
 
 def train_reply(msg: Message, context: Context) -> Message:
@@ -65,7 +75,7 @@ def train_reply(msg: Message, context: Context) -> Message:
         task.load_state_dict_into(state, {"generator": g, "discriminator": d})
         g, d = g.to(device), d.to(device)
         result = train_local(g, d, site.images, site.attributes, s.local(), seed=round_seed)
-        steps, eps = _accumulate_privacy(context, result.steps, result.sample_rate, s)
+        steps, eps, eps_1e5 = _accumulate_privacy(context, result.steps, result.sample_rate, s)
         new_state = task.state_dict_of({"generator": g, "discriminator": d})
         metrics = {
             "d-loss": result.d_loss,
@@ -73,6 +83,7 @@ def train_reply(msg: Message, context: Context) -> Message:
             "cond-cos": result.cond_cos_fake,
             "epsilon": eps,
             "delta": s.delta,
+            "epsilon-1e-5": eps_1e5,
             "dp-steps": steps,
         }
     elif s.task == "classifier":

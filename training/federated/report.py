@@ -8,6 +8,8 @@
    FID/KID against all real ``train`` images; F-AD = the registered ``conv_ae`` trained on
    the synthetic images only, threshold = ``percentile`` of its reconstruction errors on the
    synthetic images, evaluated on the real ``test`` split.
+   The F-AD autoencoder is saved as a checkpoint (`save_fad_checkpoint`, ``<out>/fad``) that
+   ``python -m training evaluate`` and the node load by path like any other.
 4. Real-trained AE: the same ``conv_ae`` on the pooled real ``train`` images.
 5. FedAvg classifier: `simulation.simulate` with ``task=classifier`` on the labelled ``val``
    split, each site getting its patient share of ``val``; scored on ``test``.
@@ -19,6 +21,7 @@ FID/KID use the project's extractor (encoder of ``ae-cxr``, the conv AE shipped 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -28,10 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ai_engine import registry
+from ai_engine import checkpoints, registry
 from ai_engine.metrics import at_threshold, auprc, auroc
 from ai_engine.models.fed_cgan.attributes import sample_prior
 from ai_engine.models.fed_cgan.local import synthesize, train_local
+from ai_engine.transforms import describe
+from ai_engine.types import ModelCard
 from training.data import read_manifest
 from training.federated import task
 from training.federated.simulation import simulate
@@ -90,13 +95,86 @@ def generator_block(
     n_synthetic: int,
     ae_epochs: int,
     percentile: float,
+    save_to: Path | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(s.seed + 1)
     prior = torch.from_numpy(sample_prior(n_synthetic, s.cond_dim, rng))
     fake = synthesize(g, prior, seed=s.seed + 2)  # type: ignore[arg-type]
     quality = task.fid_kid(real_train.images, fake[: max(len(real_train.images), 2)])
     ae = train_ae(fake, s.image_size, ae_epochs, s.seed)
+    if save_to is not None:
+        save_fad_checkpoint(ae, fake, s, privacy or {}, percentile, save_to)
     return {**quality, "fad": detector_metrics(ae, fake, test, percentile)}
+
+
+def save_fad_checkpoint(
+    net: torch.nn.Module,
+    synthetic: torch.Tensor,
+    s: task.FedSettings,
+    privacy: dict[str, Any],
+    percentile: float,
+    folder: Path,
+) -> Path:
+    """Write the F-AD autoencoder as a checkpoint folder with its model card.
+
+    The card says what the detector learnt from: synthetic images only (``len(synthetic)``
+    images of the federated generator); its threshold is the ``percentile`` of its scores on
+    those synthetic images (no real image calibrates it); the federation's settings and the
+    privacy spent (epsilon at the run's delta and at 1e-5, the privacy unit) are kept in
+    ``training``. The image score is the mean squared reconstruction error, as in the report.
+    """
+    from training.fit import calibrate, write_model_card_readme
+
+    cls = registry.get("conv_ae")
+    size = (s.image_size, s.image_size)
+    config = {
+        "model_id": "conv_ae",
+        "name": f"fad-{Path(s.manifest).parent.name or 'federated'}",
+        "version": "0.1.0",
+        "init_args": {"image_size": list(size), "channels": [16, 32, 64, 64], "latent_dim": 64},
+        "calibration": {"percentile": percentile},
+    }
+    scoring = {"rules": ["mse"], "map_sigma": 2.0}
+    _, _, calibration = calibrate(
+        cls, net, config, size, scoring, synthetic, synthetic[:0], fixed_rule=True
+    )
+    calibration = dataclasses.replace(
+        calibration,
+        threshold_rule=(
+            f"{percentile:g}th percentile of the scores of {len(synthetic)} synthetic images "
+            "of the federated generator (no real image calibrates it)"
+        ),
+    )
+    card = ModelCard(
+        model_id="conv_ae",
+        name=config["name"],
+        version="0.1.0",
+        modalities=("CR", "DX"),
+        body_parts=("CHEST",),
+        views=(),
+        image_size=size,
+        preprocessing=describe(size),
+        weights_sha256="",
+        calibration=calibration,
+        training={
+            "data": f"synthetic only: {len(synthetic)} images of the Fed-GAN (seed 000)",
+            "n_train": len(synthetic),
+            "n_val_normal": len(synthetic),
+            "n_val_abnormal": 0,
+            "unlabelled": "none: calibrated on synthetic images, no labels",
+            "federation": s.to_flower(),
+            "privacy": privacy,
+            "scoring": {"rule": "mse", "map_sigma": 2.0},
+            "seed": s.seed,
+            "torch": torch.__version__,
+        },
+        metrics={},
+        architecture=dict(config["init_args"]),
+    )
+    written = checkpoints.save(folder, card, net.state_dict())
+    write_model_card_readme(folder, written)
+    return folder
 
 
 def classifier_block(
@@ -145,7 +223,17 @@ def run_report(
     g_fed, _ = task.build_gan(fed_s)
     g_fed.load_state_dict(load_file(str(Path(fed_s.out_dir) / "generator.safetensors")))
     t = time.monotonic()
-    fed = generator_block(g_fed, fed_s, real_train, test, n_synthetic, ae_epochs, percentile)
+    fed = generator_block(
+        g_fed,
+        fed_s,
+        real_train,
+        test,
+        n_synthetic,
+        ae_epochs,
+        percentile,
+        save_to=out / "fad",
+        privacy=fed_card["privacy"],
+    )
     timings["fed_fad_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -185,6 +273,9 @@ def run_report(
         "dp": fed_s.dp,
         "epsilon": fed_card["privacy"]["epsilon"],
         "delta": fed_card["privacy"]["delta"],
+        "epsilon_at_delta_1e-5": fed_card["privacy"].get("epsilon_at_delta_1e-5"),
+        "privacy_unit": fed_card["privacy"]["unit"],
+        "fad_checkpoint": str(out / "fad"),
         "epsilon_per_round": [r.get("epsilon") for r in fed_card["rounds"]],
         "site_fid": [
             {"site": r.get("partition_id"), "fid": r.get("fid"), "kid": r.get("kid")}
@@ -242,7 +333,11 @@ def table(summary: dict[str, Any]) -> str:
     rows += [
         "",
         f"rounds {summary['rounds']}, sites {summary['sites']}, DP {summary['dp']}, "
-        f"epsilon {f(eps, 2)} at delta {summary['delta']}, wall {summary['wall_s']:.0f} s",
+        f"epsilon {f(eps, 2)} at delta {summary['delta']} "
+        f"({f(summary.get('epsilon_at_delta_1e-5'), 2)} at delta 1e-5; unit: "
+        f"{summary.get('privacy_unit')}), wall {summary['wall_s']:.0f} s",
+        f"F-AD checkpoint: {summary.get('fad_checkpoint')} (python -m training evaluate "
+        "--checkpoint PATH loads it)",
         f"per-site FID (at the sites, synthetic for the site's own attributes): {sites}",
         f"test: {summary['n_test_normal']} normal / {summary['n_test_abnormal']} abnormal",
     ]

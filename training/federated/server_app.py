@@ -51,7 +51,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
         vals = [(float(row[key]), w) for row, w in zip(rows, weights, strict=True) if key in row]
         if vals:
             out[key] = sum(v * w for v, w in vals) / total
-    for key in ("epsilon", "delta", "dp-steps"):
+    for key in ("epsilon", "delta", "epsilon-1e-5", "dp-steps"):
         vals_max = [float(row[key]) for row in rows if key in row]
         if vals_max:
             out[key] = max(vals_max)
@@ -155,6 +155,7 @@ def run_federation(grid: Grid, s: task.FedSettings) -> dict[str, Any]:
             "mechanism": "DP-SGD (Opacus) on each site's discriminator update" if s.dp else "none",
             "epsilon": last.get("epsilon", float("inf")) if s.dp else None,
             "delta": s.delta if s.dp else None,
+            "epsilon_at_delta_1e-5": last.get("epsilon_1e_5", float("inf")) if s.dp else None,
             "noise_multiplier": s.noise_multiplier,
             "max_grad_norm": s.max_grad_norm,
             "unit": "one image (a patient with k images: group privacy of size k)",

@@ -8,6 +8,15 @@ and its requested attributes are drawn from a public prior (`attributes.sample_p
 update is post-processing and costs no privacy. The privacy unit is one image; a patient with
 k images is protected at group level k (weaker).
 
+Each real image contributes exactly **one** clipped gradient row per step (`private_d_step`):
+D's forward pass under the per-sample hooks sees the real batch alone. The fake half of D's
+loss is computed with the hooks off, on a fixed number of generated images (``batch_size``,
+not the Poisson batch's size, which depends on the data), and its gradient is added to the
+privatised one before the optimiser step. That term depends on G and on D's current weights
+only, both already private, so it is post-processing. (Before, D saw ``cat([real, fake])``
+under the hooks with one fake per real image: adding one real image added two clipped rows,
+a sensitivity of 2C against noise calibrated for C, so the reported epsilon was too small.)
+
 ``epsilon`` composes all DP-SGD steps a site has taken so far with the RDP accountant. The
 proximal term (FedProx, ``proximal_mu`` > 0) is applied as a data-independent weight decay
 towards the round's global weights after each optimiser step.
@@ -91,6 +100,50 @@ def _set_hooks(module: nn.Module, enabled: bool) -> None:
         toggle()
 
 
+def private_d_step(
+    d_module: nn.Module,
+    opt_d: Any,
+    real: torch.Tensor,
+    attr: torch.Tensor,
+    fake: torch.Tensor,
+    loss_fn: DiscriminatorLoss,
+) -> torch.Tensor:
+    """One DP-SGD step of D: one clipped row per real image, the fake term added after noise.
+
+    Args:
+        d_module: D wrapped by Opacus (``GradSampleModule``), hooks enabled.
+        opt_d: its ``DPOptimizer`` (gradients zeroed by the caller).
+        real: (B, 1, H, W) the Poisson batch of real images (B may be 0: noise is still added).
+        attr: (B, A) their attributes.
+        fake: (B', 1, H, W) generated images, B' fixed (not data-dependent).
+        loss_fn: D's loss.
+
+    Returns:
+        The step's loss (real term + fake term), detached. ``p.grad_sample`` of D's parameters
+        keeps the per-sample rows of this step (one per real image) until the next zero_grad.
+    """
+    params = [p for p in d_module.parameters() if p.requires_grad]
+    logits, attr_pred = d_module(real)
+    if len(real):
+        real_loss = loss_fn.real_term(logits, attr_pred, attr)
+    else:  # an empty Poisson batch: zero per-sample rows, then noise as for any other step
+        real_loss = logits.sum() * 0.0 + attr_pred.sum() * 0.0
+    real_loss.backward()  # type: ignore[no-untyped-call]
+    _set_hooks(d_module, enabled=False)
+    try:
+        fake_logits, _ = d_module(fake)
+        fake_loss = loss_fn.fake_term(fake_logits)
+        fake_grads = torch.autograd.grad(fake_loss, params, allow_unused=True)
+    finally:
+        _set_hooks(d_module, enabled=True)
+    if opt_d.pre_step():  # clip the real rows, add noise, divide by the expected batch size
+        for p, g in zip(params, fake_grads, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        opt_d.original_optimizer.step()
+    return (real_loss + fake_loss).detach()
+
+
 def train_local(
     generator: ConditionalUNetGenerator,
     discriminator: AuxDiscriminator,
@@ -153,27 +206,30 @@ def train_local(
     try:
         for _ in range(config.epochs):
             for real, attr in loader:
-                steps += 1  # counted even if the Poisson batch is empty (conservative)
+                steps += 1
                 b = len(real)
-                if b == 0:
+                if b == 0 and not config.dp:
                     continue
                 real, attr = real.to(device), attr.to(device)
-                z = torch.randn(b, generator.noise_dim).to(device)
-                prior = torch.from_numpy(sample_prior(b, generator.cond_dim, rng)).to(device)
+                n_fake = config.batch_size
+                z = torch.randn(n_fake, generator.noise_dim).to(device)
+                prior = torch.from_numpy(sample_prior(n_fake, generator.cond_dim, rng)).to(device)
                 with torch.no_grad():
                     fake = generator(z, prior)
-                logits, attr_pred = d_module(torch.cat([real, fake]))
-                d_loss = d_loss_fn(logits[:b], logits[b:], attr_pred[:b], attr)
                 opt_d.zero_grad()
-                d_loss.backward()  # type: ignore[no-untyped-call]
-                opt_d.step()
+                if config.dp:
+                    d_loss = private_d_step(d_module, opt_d, real, attr, fake, d_loss_fn)
+                else:
+                    logits, attr_pred = d_module(torch.cat([real, fake]))
+                    d_loss = d_loss_fn(logits[:b], logits[b:], attr_pred[:b], attr)
+                    d_loss.backward()  # type: ignore[no-untyped-call]
+                    opt_d.step()
                 _proximal_pull(discriminator, anchor_d, config.lr_d, config.proximal_mu)
 
                 # generator step: D frozen, Opacus hooks off (G's update is post-processing)
                 _set_hooks(d_module, enabled=False)
                 for p in discriminator.parameters():
                     p.requires_grad_(False)
-                n_fake = config.batch_size
                 requested = torch.from_numpy(sample_prior(n_fake, generator.cond_dim, rng))
                 requested = requested.to(device)
                 fake = generator(torch.randn(n_fake, generator.noise_dim).to(device), requested)

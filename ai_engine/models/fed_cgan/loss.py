@@ -30,11 +30,26 @@ def cond_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class DiscriminatorLoss(nn.Module):
-    """BCE(real -> 1) + BCE(fake -> 0) + lambda * L_cond(aux head on real images)."""
+    """BCE(real -> 1) + BCE(fake -> 0) + lambda * L_cond(aux head on real images).
+
+    The two halves are also available apart (`real_term`, `fake_term`): under differential
+    privacy only the real half may go through per-sample clipping, one row per real image.
+    """
 
     def __init__(self, lambda_cond: float = 1.0) -> None:
         super().__init__()
         self.lambda_cond = float(lambda_cond)
+
+    def real_term(
+        self, real_logits: torch.Tensor, real_attr_pred: torch.Tensor, real_attr: torch.Tensor
+    ) -> torch.Tensor:
+        """BCE(real -> 1) + lambda * L_cond, means over the real batch (B,) / (B, A)."""
+        adv = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        return adv + self.lambda_cond * cond_loss(real_attr_pred, real_attr)
+
+    def fake_term(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        """BCE(fake -> 0), mean over the fake batch (B',)."""
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def forward(
         self,
@@ -44,10 +59,7 @@ class DiscriminatorLoss(nn.Module):
         real_attr: torch.Tensor,
     ) -> torch.Tensor:
         """Scalar loss from D's outputs on a real batch (B,) / (B, A) and a fake batch (B',)."""
-        adv = F.binary_cross_entropy_with_logits(
-            real_logits, torch.ones_like(real_logits)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        return adv + self.lambda_cond * cond_loss(real_attr_pred, real_attr)
+        return self.real_term(real_logits, real_attr_pred, real_attr) + self.fake_term(fake_logits)
 
 
 class GeneratorLoss(nn.Module):
