@@ -1,5 +1,5 @@
 // The right-side "AI anomaly" panel, rendered as vanilla DOM from the store.
-import { formatScore } from './sr.js';
+import { formatScore, orderImages } from './sr.js';
 import { HEAT_STOPS } from './seg.js';
 import { store } from './store.js';
 import { applyVisibility } from './region.js';
@@ -91,7 +91,7 @@ function renderReport(report, services) {
   if (imgs.length) {
     const list = el('div', { marginTop: '8px' });
     list.append(el('div', { color: C.muted, fontSize: '12px', textTransform: 'uppercase', marginBottom: '2px' }, `Images (${imgs.length})`));
-    for (const g of imgs) {
+    for (const g of orderImages(imgs)) {
       const line = el('div', { display: 'flex', justifyContent: 'space-between', gap: '6px', padding: '2px 0', fontSize: '13px' });
       line.dataset.testid = 'ai-image-line';
       line.append(el('span', { color: C.text, overflow: 'hidden', textOverflow: 'ellipsis', whiteSpace: 'nowrap' }, imageLabel(services, g.sopInstanceUID)));
@@ -193,10 +193,11 @@ export function mountPanel(root, services) {
   root.append(el('div', { fontWeight: '700', fontSize: '15px', color: C.text }, 'AI anomaly detection'));
   const result = el('div');
   const ctl = controls(services);
-  const notice = el('div', { color: C.amber, fontSize: '12px', padding: '10px 0' },
+  // the notice stays in view however far the panel is scrolled (sticky under the title)
+  const notice = el('div', { color: C.amber, fontSize: '12px', padding: '6px 0', position: 'sticky', top: '0', background: '#090c29', zIndex: '1' },
     'Research use only — not for clinical use. Unsupervised model trained on healthy images: the score and map show how unusual the image is, not a diagnosis.');
   notice.dataset.testid = 'ai-notice';
-  root.append(result, ctl.box, notice);
+  root.append(notice, result, ctl.box);
   let last = null;
   const render = (s) => {
     ctl.update(s);

@@ -108,17 +108,36 @@ export function startRegion(services) {
 
 /**
  * Show or hide the region overlay in every viewport (panel checkbox).
+ *
+ * OHIF 3.13's segmentation service has no `setSegmentationVisibility`; it has
+ * `setSegmentVisibility(viewportId, segmentationId, segmentIndex, isVisible)`, so every segment
+ * (the nested threshold levels) is set. An older service's `setSegmentationVisibility` is used
+ * where it exists.
  * @param {object} services OHIF services
+ * @returns {number} how many (viewport, segment) visibilities were set
  */
 export function applyVisibility(services) {
   const { segmentationService, viewportGridService } = services;
   const { region, regionVisible } = store.get();
-  if (!region.segmentationId || !segmentationService?.setSegmentationVisibility) return;
+  if (!region.segmentationId || !segmentationService) return 0;
+  const id = region.segmentationId;
+  const segments = segmentationService.getSegmentation?.(id)?.segments || {};
+  const indices = Object.keys(segments).map(Number).filter((i) => Number.isInteger(i) && i > 0);
+  let set = 0;
   for (const [viewportId] of viewportGridService.getState().viewports) {
     try {
-      segmentationService.setSegmentationVisibility(viewportId, region.segmentationId, regionVisible);
+      if (segmentationService.setSegmentVisibility && indices.length) {
+        for (const index of indices) {
+          segmentationService.setSegmentVisibility(viewportId, id, index, regionVisible);
+          set += 1;
+        }
+      } else if (segmentationService.setSegmentationVisibility) {
+        segmentationService.setSegmentationVisibility(viewportId, id, regionVisible);
+        set += 1;
+      }
     } catch {
       // viewport without this segmentation
     }
   }
+  return set;
 }

@@ -162,3 +162,23 @@ export function latestPerModel(parsed) {
 export function formatScore(v) {
   return typeof v === 'number' && Number.isFinite(v) ? v.toFixed(2) : '–';
 }
+
+/**
+ * The per-image lines of a report in reading order: flagged images first, then normal ones,
+ * each by score (highest first), then not-analysed images; ties keep their SR order.
+ * @param {Array<{status: string, score?: number}>} images parsed image groups
+ * @returns {Array} a new, sorted array
+ */
+export function orderImages(images) {
+  const rank = (g) => (g.status === 'abnormal' ? 0 : g.status === 'not_analysed' ? 2 : 1);
+  return images
+    .map((g, i) => ({ g, i }))
+    .sort((a, b) => {
+      const byRank = rank(a.g) - rank(b.g);
+      if (byRank) return byRank;
+      const sa = typeof a.g.score === 'number' ? a.g.score : -Infinity;
+      const sb = typeof b.g.score === 'number' ? b.g.score : -Infinity;
+      return sb - sa || a.i - b.i;
+    })
+    .map((x) => x.g);
+}

@@ -5,7 +5,9 @@ import { isNodeOutput } from './sr.js';
 /**
  * Normalise the node's `GET /studies/scores` answer into a Map by StudyInstanceUID.
  * Several rows for one study (several models or runs) combine: flagged if any is flagged,
- * the highest score, the newest finished_at.
+ * the score that is highest *on its own model's scale* (score / that model's threshold: raw
+ * scores of models with different thresholds are not comparable), the newest finished_at.
+ * A row without a score is a study the node did not analyse (no image suitable for its model).
  * @param {Array|object} body JSON list of {study_instance_uid, score, is_abnormal, threshold,
  *   model, finished_at}, or an object wrapping it in `studies`/`scores`/`items`
  * @returns {Map<string, {score: number|undefined, abnormal: boolean|undefined, threshold, models: string[], finishedAt, source: 'node'}>}
@@ -30,7 +32,7 @@ export function scoresFromNode(body) {
       });
       continue;
     }
-    if (score !== undefined && (cur.score === undefined || score > cur.score)) {
+    if (score !== undefined && (cur.score === undefined || relative(score, r.threshold) > relative(cur.score, cur.threshold))) {
       cur.score = score;
       cur.threshold = r.threshold;
     }
@@ -39,6 +41,17 @@ export function scoresFromNode(body) {
     if (r.finished_at && (!cur.finishedAt || r.finished_at > cur.finishedAt)) cur.finishedAt = r.finished_at;
   }
   return out;
+}
+
+/**
+ * A score on its model's calibrated scale: score / threshold (1 = at the threshold), or the raw
+ * score where the threshold is missing or not positive.
+ * @param {number} score
+ * @param {number|undefined} threshold
+ * @returns {number}
+ */
+export function relative(score, threshold) {
+  return typeof threshold === 'number' && Number.isFinite(threshold) && threshold > 0 ? score / threshold : score;
 }
 
 /**
@@ -62,18 +75,29 @@ export function scoresFromQido(qidoSeries) {
 }
 
 /**
- * Sort key of a study for the AI column: flagged > normal > analysed without score > no result;
- * by score within a class.
+ * Sort key of a study for the AI column: flagged > normal > AI report (QIDO, result unknown)
+ * > not analysed > no result; within a class by the score on its model's calibrated scale
+ * (`relative`), so studies scored by models with different thresholds rank fairly.
  * @param {object|undefined} entry
  * @returns {number}
  */
 export function sortKey(entry) {
   if (!entry) return 0;
-  const s = typeof entry.score === 'number' ? entry.score : 0;
+  const s = typeof entry.score === 'number' ? relative(entry.score, entry.threshold) : 0;
   const squash = s / (1 + Math.abs(s)); // any real score -> (-1, 1), keeps the order
-  if (entry.abnormal === true) return 30 + squash;
-  if (entry.abnormal === false) return 20 + squash;
-  return 10 + squash;
+  if (entry.abnormal === true) return 40 + squash;
+  if (entry.abnormal === false) return 30 + squash;
+  if (notAnalysed(entry)) return 10;
+  return 20 + squash;
+}
+
+/**
+ * The node answered for this study but scored none of its images: not analysed.
+ * @param {object|undefined} entry
+ * @returns {boolean}
+ */
+export function notAnalysed(entry) {
+  return entry?.source === 'node' && entry.score === undefined && entry.abnormal === undefined;
 }
 
 /**
@@ -89,14 +113,22 @@ export function compareEntries(a, b) {
 /**
  * Text of the AI column cell.
  * @param {object|undefined} entry
- * @returns {{text: string, title: string, level: 'abnormal'|'normal'|'done'|'none'}}
+ * Not analysed never shows as a success mark; the QIDO fallback, which cannot tell an analysed
+ * study from a not-analysed one without reading each SR, says only that an AI report exists.
+ * @param {object|undefined} entry
+ * @returns {{text: string, title: string, level: 'abnormal'|'normal'|'done'|'not-analysed'|'none'}}
  */
 export function cellText(entry) {
   if (!entry) return { text: '', title: 'no AI result', level: 'none' };
   const models = entry.models?.length ? ` (${entry.models.join(', ')})` : '';
   const score = typeof entry.score === 'number' ? entry.score.toFixed(2) : undefined;
-  if (entry.abnormal === true) return { text: `${score ?? ''} ⚠`.trim(), title: `AI: anomalous${models}`, level: 'abnormal' };
-  if (entry.abnormal === false) return { text: score ?? 'normal', title: `AI: within normal${models}`, level: 'normal' };
-  if (score !== undefined) return { text: score, title: `AI score${models}`, level: 'done' };
-  return { text: 'AI ✓', title: `AI result available${models}; score in the viewer`, level: 'done' };
+  const scale =
+    typeof entry.score === 'number' && typeof entry.threshold === 'number' && entry.threshold > 0
+      ? `; ${relative(entry.score, entry.threshold).toFixed(2)} x its threshold ${entry.threshold.toPrecision(3)}`
+      : '';
+  if (entry.abnormal === true) return { text: `${score ?? ''} ⚠`.trim(), title: `AI: anomalous${models}${scale}`, level: 'abnormal' };
+  if (entry.abnormal === false) return { text: score ?? 'normal', title: `AI: within normal${models}${scale}`, level: 'normal' };
+  if (score !== undefined) return { text: score, title: `AI score${models}${scale}`, level: 'done' };
+  if (notAnalysed(entry)) return { text: 'not analysed', title: `AI: not analysed${models}; the reason is in the viewer`, level: 'not-analysed' };
+  return { text: 'AI report', title: `AI report available${models}; open the study for the result`, level: 'done' };
 }

@@ -2,7 +2,7 @@
 // End-to-end check of the viewer + extension with headless Chromium (playwright-core).
 //   node ohif-extension/tests/e2e.mjs --url http://127.0.0.1:3000 --study <StudyInstanceUID> \
 //        [--screenshots DIR] [--timeout 120] [--viewer-user U --viewer-password-file F]
-//        [--no-score-ok]   (accept the QIDO fallback "AI ✓" in the list when the node API is absent)
+//        [--no-score-ok]   (accept the QIDO fallback "AI report" in the list when the node API is absent)
 // Exit 0 and "E2E PASS ..." when: the study list shows the study's AI score (flagged studies
 // first), the viewer's AI panel shows score + flag, a segmentation is loaded into the viewport,
 // the heat map is drawn when the study has a fractional SEG, and no error about display sets

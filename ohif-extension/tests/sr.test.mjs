@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { formatScore, isNodeOutput, latestPerModel, parseAnomalySr, parseGroup } from '../src/sr.js';
+import { formatScore, isNodeOutput, latestPerModel, orderImages, parseAnomalySr, parseGroup } from '../src/sr.js';
 
 const fixture = (name) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8'));
 
@@ -94,4 +94,16 @@ test('not analysed study from the real SR writer: status and reason, no score', 
   assert.equal(r.study.score, undefined);
   assert.equal(r.images[0].status, 'not_analysed');
   assert.equal(r.images[0].reason, 'image too small for the model (64 px)');
+});
+
+test('per-image lines: flagged first, then normal, each by score, then not analysed', () => {
+  const imgs = [
+    { id: 'n1', status: 'normal', score: 0.1 },
+    { id: 'na', status: 'not_analysed' },
+    { id: 'a1', status: 'abnormal', score: 0.6 },
+    { id: 'n2', status: 'normal', score: 0.3 },
+    { id: 'a2', status: 'abnormal', score: 0.9 },
+  ];
+  assert.deepEqual(orderImages(imgs).map((g) => g.id), ['a2', 'a1', 'n2', 'n1', 'na']);
+  assert.equal(imgs[0].id, 'n1', 'the parsed report is not reordered in place');
 });
