@@ -247,6 +247,13 @@ def test_exactly_one_result_set_after_restabilising(
         f"not routing study {pynetdicom_results.study_uid}: study already contains AI node "
         "results" in log
     )
+    # the plugin's status endpoint (Orthanc's REST API, same password): nothing left waiting,
+    # and its state file (kept for a restart) is in Orthanc's storage folder
+    status = requests.get(f"{stack.orthanc_url}/ai-node/routing", auth=stack.auth, timeout=5)
+    assert status.ok, status.text
+    assert status.json()["waiting"] == []
+    assert status.json()["delivered"] >= 1
+    assert requests.get(f"{stack.orthanc_url}/ai-node/routing", timeout=5).status_code == 401
 
 
 def test_unknown_scanner_is_refused(stack: EmbeddedStack) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -80,59 +82,164 @@ def test_study_without_images_is_not_routed(plugin: ModuleType) -> None:
 
 
 def test_config_defaults_and_overrides(plugin: ModuleType) -> None:
-    assert plugin.RoutingConfig.from_orthanc_config({}).target_modality == "ainode"
+    default = plugin.RoutingConfig.from_orthanc_config({"StorageDirectory": "/var/lib/orthanc/db"})
+    assert default.target_modality == "ainode"
+    assert default.retries == -1  # until delivered
+    assert default.state_file == "/var/lib/orthanc/db/ai-node-routing.json"
     cfg = plugin.RoutingConfig.from_orthanc_config(
         {"AiNodeRouting": {"TargetModality": "node2", "Enabled": False, "Retries": 1}}
     )
     assert (cfg.target_modality, cfg.enabled, cfg.retries) == ("node2", False, 1)
+    assert [cfg.delay(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 300.0]
 
 
-def test_router_retries_then_succeeds(plugin: ModuleType) -> None:
-    calls: list[tuple[str, tuple[str, ...]]] = []
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _router(plugin: ModuleType, store, tmp_path: Path, clock: Clock, **config):  # type: ignore[no-untyped-def]
     logs: list[str] = []
+    cfg = plugin.RoutingConfig(state_file=str(tmp_path / "routing.json"), **config)
+    router = plugin.StudyRouter(
+        cfg,
+        store,
+        lambda study_id: (f"uid-{study_id}", [plugin.InstanceInfo(f"{study_id}-i", None, DX)]),
+        logs.append,
+        clock=clock,
+    )
+    return router, logs
+
+
+def test_a_study_waits_with_backoff_until_the_node_takes_it(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
+    """Orthanc's own routing gives up after a few attempts; a study must not be lost that way."""
+    clock, calls = Clock(), []
+    up = {"node": False}
 
     def store(target: str, ids: tuple[str, ...]) -> None:
-        calls.append((target, tuple(ids)))
-        if len(calls) < 3:
+        calls.append(tuple(ids))
+        if not up["node"]:
             raise RuntimeError("association rejected")
 
-    def collect(study_id: str) -> tuple[str, list[object]]:
-        return "1.2.3", [plugin.InstanceInfo("i1", None, DX)]
+    router, logs = _router(plugin, store, tmp_path, clock)
+    router.submit("s1")
+    for expected_delay in (2, 4, 8, 16, 32, 64, 128, 256, 300, 300):
+        router.drain()
+        waiting = router.status()["waiting"]
+        assert [w["study"] for w in waiting] == ["s1"]
+        assert waiting[0]["next_attempt_in_s"] == expected_delay
+        router.drain()  # not due yet: no attempt
+        clock.now += expected_delay
+    assert len(calls) == 10
+    assert "next try in 300 s; 1 studies waiting" in logs[-1]
+    up["node"] = True
+    router.drain()
+    assert router.status() == {"waiting": [], "delivered": 1, "given_up": 0}
+    assert "routed study uid-s1: 1 of 1 instances" in logs[-1]
 
+
+def test_waiting_studies_survive_an_orthanc_restart(plugin: ModuleType, tmp_path: Path) -> None:
+    clock, sent = Clock(), []
+
+    def down(_t: str, _ids: tuple[str, ...]) -> None:
+        raise RuntimeError("node down")
+
+    first, _ = _router(plugin, down, tmp_path, clock)
+    first.submit("s1")
+    first.submit("s2")
+    first.drain()
+    assert json.loads((tmp_path / "routing.json").read_text()) == {"waiting": {"s1": 1, "s2": 1}}
+    # a new Orthanc process: the plugin loads the file and tries both at once
+    second, _ = _router(plugin, lambda _t, ids: sent.extend(ids), tmp_path, clock)
+    assert {w["study"] for w in second.status()["waiting"]} == {"s1", "s2"}
+    second.drain()
+    assert sorted(sent) == ["s1-i", "s2-i"]
+    assert json.loads((tmp_path / "routing.json").read_text()) == {"waiting": {}}
+
+
+def test_one_unreachable_study_does_not_hold_up_the_others(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
+    clock, sent = Clock(), []
+
+    def store(_t: str, ids: tuple[str, ...]) -> None:
+        if ids == ("bad-i",):
+            raise RuntimeError("refused")
+        sent.extend(ids)
+
+    router, _ = _router(plugin, store, tmp_path, clock)
+    router.submit("bad")
+    router.drain()
+    router.submit("good")
+    router.drain()
+    assert sent == ["good-i"]
+    assert [w["study"] for w in router.status()["waiting"]] == ["bad"]
+
+
+def test_a_deleted_study_is_dropped_and_a_retry_limit_gives_up(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
+    clock = Clock()
+
+    def gone(study_id: str) -> tuple[str, list[object]]:
+        raise plugin.StudyGoneError(study_id)
+
+    logs: list[str] = []
     router = plugin.StudyRouter(
-        plugin.RoutingConfig(retries=3), store, collect, logs.append, sleep=lambda _s: None
+        plugin.RoutingConfig(state_file=str(tmp_path / "r.json")),
+        lambda _t, _ids: None,
+        gone,
+        logs.append,
+        clock=clock,
     )
-    plan = router.route("study-id")
-    assert plan.to_send == ("i1",)
-    assert calls == [("ainode", ("i1",))] * 3
-    assert "routed study 1.2.3" in logs[-1]
+    router.submit("s1")
+    router.drain()
+    assert router.status()["waiting"] == []
+    assert "no longer in Orthanc" in logs[-1]
 
-
-def test_router_gives_up_after_retries(plugin: ModuleType) -> None:
-    def store(target: str, ids: tuple[str, ...]) -> None:
+    def down(_t: str, _ids: tuple[str, ...]) -> None:
         raise RuntimeError("down")
 
-    router = plugin.StudyRouter(
-        plugin.RoutingConfig(retries=1),
-        store,
-        lambda _id: ("1.2.3", [plugin.InstanceInfo("i1", None, DX)]),
-        lambda _line: None,
-        sleep=lambda _s: None,
-    )
-    with pytest.raises(RuntimeError):
-        router.route("study-id")
+    limited, logs = _router(plugin, down, tmp_path / "b", clock, retries=1)
+    limited.submit("s1")
+    limited.drain()
+    clock.now += 10
+    limited.drain()
+    assert limited.status() == {"waiting": [], "delivered": 0, "given_up": 1}
+    assert "giving up on study s1 after 2 attempts" in logs[-1]
 
 
-def test_router_thread_runs_queued_studies(plugin: ModuleType) -> None:
+def test_router_thread_runs_queued_studies_and_retries_on_its_own(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
     sent: list[str] = []
+    failures = {"s2": 1}
+
+    def store(_t: str, ids: tuple[str, ...]) -> None:
+        study = ids[0].removesuffix("-i")
+        if failures.get(study):
+            failures[study] -= 1
+            raise RuntimeError("busy")
+        sent.extend(ids)
+
     router = plugin.StudyRouter(
-        plugin.RoutingConfig(),
-        lambda _t, ids: sent.extend(ids),
+        plugin.RoutingConfig(retry_delay_seconds=0.05, state_file=str(tmp_path / "r.json")),
+        store,
         lambda study_id: (study_id, [plugin.InstanceInfo(f"{study_id}-i", None, DX)]),
         lambda _line: None,
     )
     router.start()
     router.submit("s1")
     router.submit("s2")
+    deadline = time.monotonic() + 10
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     router.stop()
-    assert sent == ["s1-i", "s2-i"]
+    assert sorted(sent) == ["s1-i", "s2-i"]
