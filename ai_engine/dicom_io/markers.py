@@ -15,6 +15,10 @@ OUTPUT_MANUFACTURER = "AI Anomaly Node"
 OUTPUT_SERIES_PREFIX = "AI anomaly"
 #: Marking on every output: the results are not for clinical use.
 RESEARCH_USE_NOTICE = "research use only, not for clinical use"
+#: The private coding scheme of concepts DICOM has no code for (declared in every object that
+#: uses it, in CodingSchemeIdentificationSequence).
+PRIVATE_CODING_SCHEME = "99AINODE"
+PRIVATE_CODING_SCHEME_NAME = "AI Anomaly Node private codes"
 
 #: SOP classes the engine writes: never inputs.
 OUTPUT_SOP_CLASS_UIDS = frozenset(

@@ -43,6 +43,7 @@ from ai_engine.dicom_io._common import (
 )
 from ai_engine.dicom_io.seg_writer import (
     BINARY_SERIES_NUMBER,
+    CODING_SCHEMES,
     _content_description,
     binary_mask,
     level_segments,
@@ -133,6 +134,7 @@ def write_binary_seg_volume(
             transfer_syntax_uid=ExplicitVRLittleEndian,
             omit_empty_frames=False,
             series_description=series_description("region"),
+            coding_schemes=CODING_SCHEMES,
         )
     logger.debug(
         "built volume SEG %s: %d slices, %d levels, source series %s",

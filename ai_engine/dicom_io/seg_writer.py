@@ -13,10 +13,13 @@ A Parametric Map is not used: it is not a valid IOD for a 2D radiograph without 
 Reference (stack-notes section 4).
 
 Codes: segmented property category (49755003, SCT, "Morphologically abnormal structure"),
-type (52988006, SCT, "Lesion"); algorithm type AUTOMATIC; algorithm identification with family
-(CID 7162) "Artificial Intelligence", name = model name, version = model version, and
-parameters ``model_id`` and ``weights_sha256`` (the full sha256 of the weights file; it does
-not fit the 64 characters of ContentDescription, which holds model name and version).
+type (ANOMALY_REGION, 99AINODE, "Anomaly region"): the region is where the image differs from
+the healthy training images, not a lesion, and no standard code says that, so the private
+scheme is declared in CodingSchemeIdentificationSequence; algorithm type AUTOMATIC;
+algorithm identification with family (CID 7162) "Artificial Intelligence", name = model
+name, version = model version, and parameters ``model_id`` and ``weights_sha256`` (the full
+sha256 of the weights file; it does not fit the 64 characters of ContentDescription, which
+holds model name and version).
 DeviceSerialNumber holds the first 16 hex digits of the sha256.
 
 Provenance on every object: Manufacturer = `markers.OUTPUT_MANUFACTURER`,
@@ -85,7 +88,14 @@ _YELLOW = (97.1, -21.6, 94.5)
 _RED = (53.2, 80.1, 67.2)
 
 _CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
-_TYPE = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
+_TYPE = hd.sr.CodedConcept("ANOMALY_REGION", markers.PRIVATE_CODING_SCHEME, "Anomaly region")
+CODING_SCHEMES = [
+    hd.coding_schemes.CodingSchemeIdentificationItem(
+        designator=markers.PRIVATE_CODING_SCHEME,
+        name=markers.PRIVATE_CODING_SCHEME_NAME,
+        responsible_organization=markers.OUTPUT_MANUFACTURER,
+    )
+]
 
 
 def _algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
@@ -211,6 +221,7 @@ def _build(
         pixel_measures=_pixel_measures(src),
         omit_empty_frames=False,
         series_description=series_description(kind),
+        coding_schemes=CODING_SCHEMES,
     )
 
 

@@ -69,7 +69,7 @@ _iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9003
-CODING_SCHEME = "99AINODE"
+CODING_SCHEME = markers.PRIVATE_CODING_SCHEME
 STUDY_TRACKING_ID = "anomaly study"
 _IMAGE_TRACKING_PREFIX = "anomaly "
 
@@ -288,7 +288,7 @@ def write_sr(
             coding_schemes=[
                 hd.coding_schemes.CodingSchemeIdentificationItem(
                     designator=CODING_SCHEME,
-                    name="AI Anomaly Node private codes",
+                    name=markers.PRIVATE_CODING_SCHEME_NAME,
                     responsible_organization=markers.OUTPUT_MANUFACTURER,
                 )
             ],

@@ -75,10 +75,18 @@ def _check_provenance(ds: pydicom.Dataset, source: pydicom.Dataset, series_numbe
     assert referenced.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
         source.SOPInstanceUID
     )
+    declared = [i.CodingSchemeDesignator for i in ds.CodingSchemeIdentificationSequence]
+    assert markers.PRIVATE_CODING_SCHEME in declared
     for item in ds.SegmentSequence:
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
-        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+        # an anomaly region, not a lesion: a declared private code (DICOM has none for it)
+        segment_type = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (segment_type.CodeValue, segment_type.CodingSchemeDesignator) == (
+            "ANOMALY_REGION",
+            markers.PRIVATE_CODING_SCHEME,
+        )
+        assert "lesion" not in segment_type.CodeMeaning.lower()
         algo = item.SegmentationAlgorithmIdentificationSequence[0]
         assert algo.AlgorithmName == ALGORITHM.name
         assert algo.AlgorithmVersion == ALGORITHM.version
