@@ -32,7 +32,7 @@ from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.postprocess import fractional_map, map_to_source, region_levels
 from ai_engine.suitability import reason_not_suitable
 from ai_engine.transforms import model_input
-from ai_engine.types import AnomalyOutput, FloatArray, ImageResult, StudyResult
+from ai_engine.types import AlgorithmInfo, AnomalyOutput, FloatArray, ImageResult, StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +278,9 @@ def run(
             sr = write_sr(prepared, study)
             sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
+            # the SR goes last: it is delivered after every object it sums up, so a consumer
+            # that sees the SR finds the SEGs, maps and the KOS of the study already there
+            files.extend(_write_flagged_kos(output_dir, algorithm, prepared, image_results, sr))
             files.append(str(sr_path))
             seconds["write"] = time.perf_counter() - t_write
             study = dataclasses.replace(
@@ -294,6 +297,26 @@ def run(
             )
             results.append(study)
     return results
+
+
+def _write_flagged_kos(
+    output_dir: Path,
+    algorithm: AlgorithmInfo,
+    prepared: Sequence[Dataset],
+    image_results: Sequence[ImageResult],
+    sr: Dataset,
+) -> list[str]:
+    """Write the study's Key Object Selection of flagged images when it has any (worklists)."""
+    from ai_engine.dicom_io.kos_writer import write_flagged_kos
+
+    flagged_uids = {r.sop_instance_uid for r in image_results if r.is_abnormal}
+    flagged = [p for p in prepared if str(p.SOPInstanceUID) in flagged_uids]
+    if not flagged:
+        return []
+    kos = write_flagged_kos(flagged, sr, algorithm)
+    path = output_dir / f"{algorithm.name}_kos_{kos.SOPInstanceUID}.dcm"
+    kos.save_as(path, enforce_file_format=True)
+    return [str(path)]
 
 
 def score_arrays(checkpoint: str, images: Sequence[FloatArray]) -> np.ndarray:

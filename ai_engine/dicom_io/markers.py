@@ -27,6 +27,7 @@ OUTPUT_SOP_CLASS_UIDS = frozenset(
         "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
         "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
         "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection (flagged images)
         "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage
         "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (burned-in map)
     }

@@ -20,6 +20,7 @@ const SR_SOP_CLASS_UIDS = [
   '1.2.840.10008.5.1.4.1.1.88.22',
   '1.2.840.10008.5.1.4.1.1.88.33',
   '1.2.840.10008.5.1.4.1.1.88.34',
+  '1.2.840.10008.5.1.4.1.1.88.59', // Key Object Selection (the node's list of flagged images)
 ];
 
 let services = null;

@@ -70,7 +70,8 @@ export function chooseSeg(segs, { type = 'BINARY', seriesInstanceUID, modelName 
 /**
  * Should OHIF's own handlers be kept away from this instance (they cannot show it)?
  * True for any FRACTIONAL SEG (OHIF 3.13: "Fractional segmentations are not yet supported")
- * and for the node's SR (its image-level TID 1500 crashes OHIF's SR viewport).
+ * for the node's SR (its image-level TID 1500 crashes OHIF's SR viewport), and for the node's
+ * Key Object Selection of flagged images (for PACS worklists; nothing for a viewport to show).
  * @param {object} inst OHIF naturalized instance
  * @returns {boolean}
  */
@@ -79,7 +80,7 @@ export function isHiddenOutput(inst) {
   if (inst.SOPClassUID === SEG_SOP_CLASS_UID) {
     return String(inst.SegmentationType || '').toUpperCase() === 'FRACTIONAL';
   }
-  if (inst.Modality === 'SR') return inst.Manufacturer === OUTPUT_MANUFACTURER;
+  if (inst.Modality === 'SR' || inst.Modality === 'KO') return inst.Manufacturer === OUTPUT_MANUFACTURER;
   return false;
 }
 

@@ -42,12 +42,14 @@ test('naturalized OHIF instances are described too', () => {
   assert.deepEqual(d.referencedSOPInstanceUIDs, ['1.5']);
 });
 
-test('display sets OHIF cannot show are hidden: any fractional SEG, our SR only', () => {
+test('display sets OHIF cannot show are hidden: any fractional SEG, our SR and KOS only', () => {
   const seg = '1.2.840.10008.5.1.4.1.1.66.4';
   assert.equal(isHiddenOutput({ SOPClassUID: seg, SegmentationType: 'FRACTIONAL', Manufacturer: 'X' }), true);
   assert.equal(isHiddenOutput({ SOPClassUID: seg, SegmentationType: 'BINARY', Manufacturer: 'AI Anomaly Node' }), false);
   assert.equal(isHiddenOutput({ Modality: 'SR', Manufacturer: 'AI Anomaly Node' }), true);
   assert.equal(isHiddenOutput({ Modality: 'SR', Manufacturer: 'Radiologist workstation' }), false);
+  assert.equal(isHiddenOutput({ Modality: 'KO', Manufacturer: 'AI Anomaly Node' }), true);
+  assert.equal(isHiddenOutput({ Modality: 'KO', Manufacturer: 'Radiologist workstation' }), false);
 });
 
 test('fractional frame layout maps the frame to its source image', () => {

@@ -70,7 +70,7 @@ def wait_for_results(
             sources = [
                 i["00080018"]["Value"][0]
                 for i in client.search_for_instances(study_uid)
-                if i.get("00080060", {}).get("Value", [""])[0] not in ("SEG", "SR")
+                if i.get("00080060", {}).get("Value", [""])[0] not in ("SEG", "SR", "KO")
             ]
             return Results(study_uid, sources, time.monotonic() - since, found)
         if time.monotonic() > deadline:
@@ -174,6 +174,15 @@ def check_results(client: DICOMwebClient, results: Results, study: str, checkpoi
     assert study_group.abnormal == any(
         g.abnormal for k, g in groups.items() if k != "anomaly study"
     )
+    # a flagged study also gets a Key Object Selection of its flagged images (worklists)
+    flagged = {uid for uid in sources if groups[f"anomaly {uid}"].abnormal}
+    kos_records = results.series.get("KO", [])
+    assert len(kos_records) == (1 if flagged else 0)
+    for record in kos_records:
+        (kos,) = retrieve_series(client, results.study_uid, record)
+        assert kos.Manufacturer == "AI Anomaly Node"
+        assert referenced_uids(kos) >= flagged | {str(sr.SOPInstanceUID)}
+        assert not (referenced_uids(kos) & (set(sources) - flagged))
 
 
 @pytest.fixture(scope="module")

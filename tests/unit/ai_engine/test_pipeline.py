@@ -43,7 +43,8 @@ def test_writes_binary_seg_fractional_seg_and_sr_that_reference_the_source(
     assert result.study_score == image.score
     written = [pydicom.dcmread(f) for f in result.files]
     kinds = sorted((ds.Modality, str(ds.get("SegmentationType", ""))) for ds in written)
-    assert kinds == [("SEG", "BINARY"), ("SEG", "FRACTIONAL"), ("SR", "")]
+    flagged = [("KO", "")] if image.is_abnormal else []  # a KOS only for a flagged study
+    assert kinds == [*flagged, ("SEG", "BINARY"), ("SEG", "FRACTIONAL"), ("SR", "")]
     for ds in written:
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.Manufacturer == OUTPUT_MANUFACTURER
@@ -134,11 +135,10 @@ def test_mr_source_gets_a_parametric_map_instead_of_a_fractional_seg(tmp_path):
     [result] = pipeline.run(d, tmp_path / "out", [str(ckpt)])
     assert result.images[0].score is not None
     sop_classes = sorted(pydicom.dcmread(f).SOPClassUID.name for f in result.files)
-    assert sop_classes == [
-        "Comprehensive SR Storage",
-        "Parametric Map Storage",
-        "Segmentation Storage",
-    ]
+    flagged = ["Key Object Selection Document Storage"] if result.is_abnormal else []
+    assert sop_classes == sorted(
+        ["Comprehensive SR Storage", "Parametric Map Storage", "Segmentation Storage", *flagged]
+    )
 
 
 def test_optional_overlay_secondary_capture_is_written_and_references_the_source(
@@ -151,3 +151,34 @@ def test_optional_overlay_secondary_capture_is_written_and_references_the_source
     assert sc.PhotometricInterpretation == "RGB"
     assert sc.BurnedInAnnotation == "YES"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def test_a_flagged_study_gets_a_key_object_selection_of_its_flagged_images_and_sr(tmp_path):
+    """PACS worklists find flagged studies by Modality KO; a study without a flag gets none."""
+    from tests.unit.ai_engine.dicom_io.conftest import dciodvfy_report
+
+    d = tmp_path / "in"
+    d.mkdir()
+    copy_study("kermany_pneumonia_mono2", d)  # flagged by default-cxr (README samples)
+    copy_study("original_rg1_cr", d)  # not flagged
+    results = {r.study_instance_uid: r for r in pipeline.run(d, tmp_path / "out")}
+    by_flag = {r.is_abnormal: r for r in results.values()}
+    assert set(by_flag) == {True, False}
+    flagged_study = by_flag[True]
+    written = [pydicom.dcmread(f) for f in flagged_study.files]
+    [kos] = [ds for ds in written if ds.Modality == "KO"]
+    [sr] = [ds for ds in written if ds.Modality == "SR"]
+    assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+    assert kos.Manufacturer == OUTPUT_MANUFACTURER
+    assert "research use only" in kos.SeriesDescription
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113000"  # Of Interest
+    referenced = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in kos.ContentSequence
+        if item.ValueType in ("IMAGE", "COMPOSITE")
+    }
+    flagged_images = {i.sop_instance_uid for i in flagged_study.images if i.is_abnormal}
+    assert referenced == flagged_images | {sr.SOPInstanceUID}
+    errors, output = dciodvfy_report(Path(next(f for f in flagged_study.files if "_kos_" in f)))
+    assert not errors, output
+    assert not any(pydicom.dcmread(f).Modality == "KO" for f in by_flag[False].files)
