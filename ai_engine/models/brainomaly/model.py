@@ -7,41 +7,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ai_engine.models.base import Trainer
 from ai_engine.models.brainomaly.loss import GeneratorLoss
 from ai_engine.models.brainomaly.torch_model import AdditiveMapGenerator
-from ai_engine.models.components.reconstruction import ReconstructionModel
-from ai_engine.models.components.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
-
-
-class BrainomalyModel(ReconstructionModel):
-    """Brainomaly; the "reconstruction" is the generator's healthy version of the input.
-
-    Scoring is the shared reconstruction scoring (`ai_engine.models.components.reconstruction`):
-    with ``map_sigma: 0`` and rule ``map_mean`` the score is the paper's mean of the absolute
-    difference map.
-    """
-
-    model_id: ClassVar[str] = "brainomaly"
-    map_description: ClassVar[str] = "absolute difference between the image and its healthy version"
-
-    @classmethod
-    def build_network(cls, **init_args: Any) -> nn.Module:
-        """See `AdditiveMapGenerator` for the arguments."""
-        return AdditiveMapGenerator(**init_args)
-
-    @classmethod
-    def make_trainer(cls, network: nn.Module, optim: dict[str, Any]) -> Trainer:
-        """WGAN-GP with two critic steps per generator step (``optim.n_critic``, default 2)."""
-        if not isinstance(network, AdditiveMapGenerator):
-            raise TypeError(f"expected AdditiveMapGenerator, got {type(network).__name__}")
-        critic = PatchDiscriminator(1, tuple(optim.get("critic_channels", (32, 64, 128))))
-        return BrainomalyTrainer(network, critic, optim)
-
-    @classmethod
-    def score_rules(cls) -> tuple[str, ...]:
-        """``map_mean`` (the paper's score) first, ``map_top`` as an alternative."""
-        return ("map_mean", "map_top")
+from ai_engine.models.components.translation import TranslationGanModel
+from ai_engine.models.components.wgan_gp import SemiSupervisedGanTrainer
 
 
 class BrainomalyTrainer(SemiSupervisedGanTrainer):
@@ -71,3 +40,16 @@ class BrainomalyTrainer(SemiSupervisedGanTrainer):
             self.critic(self.healthy(x_mix)), self.healthy(x_normal), x_normal
         )
         return total, {"g_adv": adversarial.item(), "g_identity": identity.item()}
+
+
+class BrainomalyModel(TranslationGanModel):
+    """Brainomaly; the "reconstruction" is the generator's healthy version of the input.
+
+    Scoring is the shared reconstruction scoring (`ai_engine.models.components.reconstruction`):
+    with ``map_sigma: 0`` and rule ``map_mean`` the score is the paper's mean of the absolute
+    difference map.
+    """
+
+    model_id: ClassVar[str] = "brainomaly"
+    generator_class: ClassVar[type[nn.Module]] = AdditiveMapGenerator
+    trainer_class: ClassVar[type[SemiSupervisedGanTrainer]] = BrainomalyTrainer

@@ -1,4 +1,4 @@
-"""The image-to-image body of the translation GANs (Brainomaly, HealthyGAN).
+"""The image-to-image translation GANs' shared parts (Brainomaly, HealthyGAN).
 
 Both generators are a MONAI UNet with instance norm (four stride-2 levels) followed by 1x1
 heads that start at zero, so that an untrained generator returns its input (a normal image
@@ -8,9 +8,14 @@ needs no change), which matters for short CPU budgets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from monai.networks.nets import UNet
 from torch import nn
+
+from ai_engine.models.base import Trainer
+from ai_engine.models.components.reconstruction import ReconstructionModel
+from ai_engine.models.components.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
 
 
 def unet_body(
@@ -49,3 +54,37 @@ def zero_head(width: int, bias: float = 0.0) -> nn.Conv2d:
     if head.bias is not None:
         nn.init.constant_(head.bias, bias)
     return head
+
+
+class TranslationGanModel(ReconstructionModel):
+    """`AnomalyModel` adapter shared by Brainomaly and HealthyGAN.
+
+    The "reconstruction" is the generator's healthy version of the input, so the map is
+    |x - healthy(x)| and scoring is the shared reconstruction scoring; the trainer is WGAN-GP
+    with a PatchGAN critic (``optim.critic_channels``, default (32, 64, 128)). A subclass names
+    its ``generator_class`` and ``trainer_class``.
+    """
+
+    generator_class: ClassVar[type[nn.Module]]
+    trainer_class: ClassVar[type[SemiSupervisedGanTrainer]]
+    map_description: ClassVar[str] = "absolute difference between the image and its healthy version"
+
+    @classmethod
+    def build_network(cls, **init_args: Any) -> nn.Module:
+        """The generator, built from the card's ``init_args``."""
+        return cls.generator_class(**init_args)
+
+    @classmethod
+    def make_trainer(cls, network: nn.Module, optim: dict[str, Any]) -> Trainer:
+        """The subclass's trainer with a PatchGAN critic."""
+        if not isinstance(network, cls.generator_class):
+            raise TypeError(
+                f"expected {cls.generator_class.__name__}, got {type(network).__name__}"
+            )
+        critic = PatchDiscriminator(1, tuple(optim.get("critic_channels", (32, 64, 128))))
+        return cls.trainer_class(network, critic, optim)
+
+    @classmethod
+    def score_rules(cls) -> tuple[str, ...]:
+        """``map_mean`` (the papers' score) first, ``map_top`` as an alternative."""
+        return ("map_mean", "map_top")

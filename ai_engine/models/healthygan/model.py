@@ -7,36 +7,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ai_engine.models.base import Trainer
-from ai_engine.models.components.reconstruction import ReconstructionModel
-from ai_engine.models.components.wgan_gp import PatchDiscriminator, SemiSupervisedGanTrainer
+from ai_engine.models.components.translation import TranslationGanModel
+from ai_engine.models.components.wgan_gp import SemiSupervisedGanTrainer
 from ai_engine.models.healthygan.loss import GeneratorLoss
 from ai_engine.models.healthygan.torch_model import MaskedGenerator
-
-
-class HealthyGANModel(ReconstructionModel):
-    """HealthyGAN; the "reconstruction" is the masked healthy translation of the input."""
-
-    model_id: ClassVar[str] = "healthygan"
-    map_description: ClassVar[str] = "absolute difference between the image and its healthy version"
-
-    @classmethod
-    def build_network(cls, **init_args: Any) -> nn.Module:
-        """See `MaskedGenerator` for the arguments."""
-        return MaskedGenerator(**init_args)
-
-    @classmethod
-    def make_trainer(cls, network: nn.Module, optim: dict[str, Any]) -> Trainer:
-        """WGAN-GP (critic: known-healthy real, translations of the mix fake, eq. 2.8)."""
-        if not isinstance(network, MaskedGenerator):
-            raise TypeError(f"expected MaskedGenerator, got {type(network).__name__}")
-        critic = PatchDiscriminator(1, tuple(optim.get("critic_channels", (32, 64, 128))))
-        return HealthyGANTrainer(network, critic, optim)
-
-    @classmethod
-    def score_rules(cls) -> tuple[str, ...]:
-        """``map_mean`` (the paper's score) first, ``map_top`` as an alternative."""
-        return ("map_mean", "map_top")
 
 
 class HealthyGANTrainer(SemiSupervisedGanTrainer):
@@ -77,3 +51,11 @@ class HealthyGANTrainer(SemiSupervisedGanTrainer):
         )
         total, terms = self.loss(critic_outputs, x_mix, b_int_m, mask_m, x_normal, b_int_n, mask_n)
         return total, {name: float(value.item()) for name, value in terms.items()}
+
+
+class HealthyGANModel(TranslationGanModel):
+    """HealthyGAN; the "reconstruction" is the masked healthy translation of the input."""
+
+    model_id: ClassVar[str] = "healthygan"
+    generator_class: ClassVar[type[nn.Module]] = MaskedGenerator
+    trainer_class: ClassVar[type[SemiSupervisedGanTrainer]] = HealthyGANTrainer
