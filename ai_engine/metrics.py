@@ -111,6 +111,56 @@ def dice_iou(
     }
 
 
+def pixel_auprc(masks: Sequence[npt.NDArray[Any]], maps: Sequence[npt.NDArray[Any]]) -> float:
+    """Average precision over all pixels of all images (mask > 0 = anomalous pixel)."""
+    y = np.concatenate([np.asarray(m).ravel() > 0 for m in masks]).astype(np.int64)
+    s = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in maps])
+    return auprc(y, s)
+
+
+def best_dice_threshold(
+    masks: Sequence[npt.NDArray[Any]], maps: Sequence[npt.NDArray[Any]], n_candidates: int = 200
+) -> tuple[float, float]:
+    """The map threshold with the highest pooled Dice, and that Dice.
+
+    Candidates: ``n_candidates`` values evenly spaced between the lowest and the highest map
+    value (pooled over all images). Only use it on the split that may choose (val).
+    """
+    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in maps])
+    if values.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = float(values.min()), float(values.max())
+    best = (float("nan"), -1.0)
+    for t in np.linspace(lo, hi, n_candidates)[1:]:
+        d = dice_iou(masks, maps, float(t))["dice"]
+        if np.isfinite(d) and d > best[1]:
+            best = (float(t), d)
+    return best
+
+
+def mean_dice_by_group(
+    masks: Sequence[npt.NDArray[Any]],
+    maps: Sequence[npt.NDArray[Any]],
+    groups: Sequence[str],
+    threshold: float,
+) -> float:
+    """Mean over groups (e.g. patients) of each group's pooled Dice.
+
+    Groups without any anomalous pixel are left out.
+    """
+    by_group: dict[str, tuple[list[Any], list[Any]]] = {}
+    for mask, amap, group in zip(masks, maps, groups, strict=True):
+        m, a = by_group.setdefault(group, ([], []))
+        m.append(mask)
+        a.append(amap)
+    values = [
+        dice_iou(m, a, threshold)["dice"]
+        for m, a in by_group.values()
+        if any(np.asarray(x).any() for x in m)
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def image_report(
     labels: ArrayLike, scores: ArrayLike, threshold: float, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ MODELS: dict[str, str] = {
     "anogan": "ai_engine.models.anogan.model:AnoGANModel",
     "fanogan": "ai_engine.models.fanogan.model:FAnoGANModel",
     "alad": "ai_engine.models.alad.model:ALADModel",
+    "flair_threshold": "ai_engine.models.flair_threshold.model:FlairThresholdModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.

@@ -37,6 +37,7 @@ class Item:
     age: str
     sex: str
     view: str
+    slice: int | None = None  # position in the patient's volume (manifest column "slice")
 
 
 def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
@@ -79,9 +80,27 @@ def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
                     age=row.get("age", "") or "",
                     sex=row.get("sex", "") or "",
                     view=row.get("view", "") or "",
+                    slice=int(row["slice"]) if (row.get("slice") or "").strip() else None,
                 )
             )
     return items
+
+
+def load_items(items: list[Item], image_size: tuple[int, int], anatomy: str = "") -> torch.Tensor:
+    """(N, 1, H, W) model inputs for manifest items with the preprocessing the node applies.
+
+    ``anatomy`` is the card's (`ai_engine.anatomy`): "brain" rebuilds each patient's volume,
+    extracts and normalises the brain (`training.brain_volumes.prepare`); "" reads each image
+    as it is (`load_batch`).
+    """
+    if anatomy == "brain":
+        from training.brain_volumes import prepare
+
+        if not items:
+            return torch.empty(0, 1, *image_size)
+        prepared = prepare(items)
+        return torch.stack([model_input(prepared[i.path].pixels, image_size) for i in items])
+    return load_batch([i.path for i in items], image_size)
 
 
 def load_image(path: Path) -> np.ndarray:

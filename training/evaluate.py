@@ -4,6 +4,14 @@ The last line printed is one JSON object (a contract other tools rely on): auroc
 sensitivity, specificity, f1, accuracy (at the checkpoint's calibrated threshold, named in
 ``threshold_rule``), threshold, n_normal, n_abnormal, ci95 (bootstrap), subgroups by sex and
 age band where the manifest has them, and pixel_auroc / dice / iou when it has masks.
+
+Preprocessing is the node's: a card with ``anatomy: brain`` gets each patient's volume
+rebuilt, brain-extracted and normalised (`training.brain_volumes`), and its pixel metrics are
+computed **inside the brain** only: ``pixel_auroc``, ``pixel_auprc``, ``dice`` / ``iou`` at the
+calibrated pixel threshold (``pixel_threshold``), ``dice_per_patient`` (mean of each
+patient's Dice), and ``dice_best_threshold`` / ``best_pixel_threshold``: the Dice at the
+threshold best *on this split*, an upper bound that only val may use to choose.
+``auroc`` is then the slice AUROC.
 """
 
 from __future__ import annotations
@@ -15,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from ai_engine import checkpoints
-from ai_engine.metrics import auroc, dice_iou, image_report, pixel_auroc
+from ai_engine.metrics import (
+    auroc,
+    best_dice_threshold,
+    dice_iou,
+    image_report,
+    mean_dice_by_group,
+    pixel_auprc,
+    pixel_auroc,
+)
 from ai_engine.pipeline import get_model, predict_images
 from ai_engine.postprocess import map_to_source
 from training.data import Item, ManifestError, load_image, load_mask, read_manifest
@@ -68,7 +84,15 @@ def evaluate(
             "images; AUROC needs both classes"
         )
     model = get_model(checkpoint)
-    images = [load_image(i.path) for i in items]
+    regions: list[np.ndarray] | None = None
+    if card.anatomy == "brain":
+        from training.brain_volumes import prepare
+
+        prepared = prepare(items)
+        images = [prepared[i.path].pixels for i in items]
+        regions = [prepared[i.path].region.mask for i in items]
+    else:
+        images = [load_image(i.path) for i in items]
     output = predict_images(model, images)
     scores = output.score.numpy().astype(np.float64)
     threshold = card.calibration.threshold
@@ -88,7 +112,7 @@ def evaluate(
         k for k, i in enumerate(items) if i.mask_path is not None and i.mask_path.is_file()
     ]
     if with_mask:
-        masks, maps = [], []
+        masks, maps, groups = [], [], []
         for k in range(len(items)):
             item = items[k]
             if item.mask_path is not None and item.mask_path.is_file():
@@ -97,12 +121,23 @@ def evaluate(
                 mask = np.zeros(images[k].shape, dtype=bool)  # healthy: no anomalous pixel
             else:
                 continue
+            amap = map_to_source(output.anomaly_map[k], *mask.shape)
+            if regions is not None:  # pixel metrics inside the anatomy only
+                inside = regions[k]
+                mask, amap = mask[inside], amap[inside]
             masks.append(mask)
-            maps.append(map_to_source(output.anomaly_map[k], *mask.shape))
+            maps.append(amap)
+            groups.append(item.patient_id or str(item.path))
         result["pixel_auroc"] = pixel_auroc(masks, maps)
+        result["pixel_auprc"] = pixel_auprc(masks, maps)
         pix_thr = card.calibration.pixel_thresholds[0]
         result.update(dice_iou(masks, maps, pix_thr))
         result["pixel_threshold"] = pix_thr
+        result["dice_per_patient"] = mean_dice_by_group(masks, maps, groups, pix_thr)
+        best_thr, best_dice = best_dice_threshold(masks, maps)
+        result["dice_best_threshold"] = best_dice
+        result["best_pixel_threshold"] = best_thr
+        result["pixel_metrics_region"] = card.anatomy or "whole image"
         result["n_masks"] = len(with_mask)
     if scores_csv is not None:
         with scores_csv.open("w", newline="") as fh:

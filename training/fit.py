@@ -27,11 +27,12 @@ import yaml
 from tqdm import tqdm
 
 from ai_engine import checkpoints, registry
-from ai_engine.metrics import auroc
+from ai_engine.metrics import auroc, best_dice_threshold
 from ai_engine.models.base import AnomalyModel, default_device
+from ai_engine.postprocess import map_to_source
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
-from training.data import load_batch, read_manifest
+from training.data import load_items, load_mask, read_manifest
 from training.log import TrainingLog
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,14 @@ def fit(
     logger.info(
         "loading %d train, %d+%d val images", len(train_items), len(val_normal), len(val_abnormal)
     )
-    x_train = load_batch([i.path for i in train_items], image_size)
-    x_val_n = load_batch([i.path for i in val_normal], image_size)
-    x_val_a = load_batch([i.path for i in val_abnormal], image_size)
+    anatomy = str(config.get("anatomy", ""))
+    cls = registry.get(config["model_id"])
+    if not cls.trainable:  # a baseline with nothing to learn: build and calibrate only
+        train_items, n_epochs = [], 0
+    x_train = load_items(train_items, image_size, anatomy)
+    x_val_n = load_items(val_normal, image_size, anatomy)
+    x_val_a = load_items(val_abnormal, image_size, anatomy)
+    val_masks = [load_mask(i.mask_path) if i.mask_path else None for i in val_abnormal]
 
     select = str(optim_cfg.get("select", "val_normal_loss"))
     if select not in SELECTION_RULES:
@@ -210,9 +216,8 @@ def fit(
         mix = torch.cat([x_val_n, x_val_a])
         x_unlabelled = mix[torch.randperm(len(mix), generator=torch.Generator().manual_seed(seed))]
 
-    cls = registry.get(config["model_id"])
     network = cls.build_network(**config["init_args"]).to(target)
-    trainer = cls.make_trainer(network, optim_cfg)
+    trainer = cls.make_trainer(network, optim_cfg) if cls.trainable else None
     x_val_n_on = x_val_n.to(target)  # what validation_loss feeds the network directly
     if unlabelled:
         set_unlabelled = getattr(trainer, "set_unlabelled", None)
@@ -229,6 +234,8 @@ def fit(
     best_value, best_state, best_epoch, history = float("inf"), None, -1, []
     with TrainingLog(out / "logs") as log:
         for epoch in range(n_epochs):
+            if trainer is None:  # n_epochs is 0 for a model without a trainer
+                break
             order = torch.randperm(len(x_train), generator=generator)
             sums: dict[str, float] = {}
             starts = range(0, len(order), batch_size)
@@ -279,7 +286,15 @@ def fit(
 
     # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
     rule, rule_auroc, calibration = calibrate(
-        cls, network, config, image_size, scoring, x_val_n, x_val_a, fixed_rule=bool(unlabelled)
+        cls,
+        network,
+        config,
+        image_size,
+        scoring,
+        x_val_n,
+        x_val_a,
+        fixed_rule=bool(unlabelled),
+        val_masks=val_masks,
     )
     card = ModelCard(
         model_id=config["model_id"],
@@ -318,6 +333,7 @@ def fit(
         },
         metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
         architecture=dict(config["init_args"]),
+        anatomy=anatomy,
     )
     card = checkpoints.save(out, card, network.state_dict())
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -334,8 +350,14 @@ def calibrate(
     x_val_n: torch.Tensor,
     x_val_a: torch.Tensor,
     fixed_rule: bool = False,
+    val_masks: list[np.ndarray | None] | None = None,
 ) -> tuple[str, dict[str, float], Calibration]:
     """Choose the score rule on val AUROC and fit the thresholds on healthy val images only.
+
+    With ``calibration.pixel_rule: val_dice`` in the config (and ``val_masks``, one per
+    abnormal val image), the first pixel threshold is instead the one with the best pooled
+    Dice on val (normal val images count with empty masks), as a threshold baseline is
+    calibrated; the further levels stay healthy-pixel percentiles above it.
 
     Args:
         cls: the model class.
@@ -346,6 +368,7 @@ def calibrate(
         x_val_n: healthy val images.
         x_val_a: abnormal val images (only for the rule's AUROC).
         fixed_rule: take the first configured rule instead of choosing on val labels.
+        val_masks: masks of the abnormal val images (for ``pixel_rule: val_dice``).
 
     Returns:
         The rule, the val AUROC of each rule, and the calibration.
@@ -371,6 +394,26 @@ def calibrate(
     pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
     pixel_values = map_n.flatten().numpy()
     pixel_thresholds = tuple(float(np.percentile(pixel_values, p)) for p in pixel_pcts)
+    pixel_rules = tuple(f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts)
+    if cal_cfg.get("pixel_rule") == "val_dice" and val_masks:
+        out_a = outputs[rule][1]
+        masks, maps = [], []
+        for k, mask in enumerate(val_masks):
+            if mask is not None:
+                masks.append(mask)
+                maps.append(map_to_source(out_a.anomaly_map[k], *mask.shape))
+        for k in range(len(map_n)):
+            shape = masks[0].shape if masks else tuple(map_n.shape[-2:])
+            masks.append(np.zeros(shape, dtype=bool))
+            maps.append(map_to_source(map_n[k], *shape))
+        best, best_dice = best_dice_threshold(masks, maps)
+        kept = [(t, r) for t, r in zip(pixel_thresholds, pixel_rules, strict=True) if t > best]
+        pixel_thresholds = (best, *(t for t, _ in kept))
+        pixel_rules = (
+            f"best pooled Dice on val ({best_dice:.3f}; {len(val_masks)} abnormal and "
+            f"{len(map_n)} normal images)",
+            *(r for _, r in kept),
+        )
     calibration = Calibration(
         threshold=float(np.percentile(healthy, pct)),
         threshold_rule=(
@@ -378,9 +421,7 @@ def calibrate(
             f"(operating point: {pct:g}% specificity on healthy val)"
         ),
         pixel_thresholds=pixel_thresholds,
-        pixel_threshold_rules=tuple(
-            f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts
-        ),
+        pixel_threshold_rules=pixel_rules,
         map_scale=2.0 * pixel_thresholds[0],
         healthy_scores=tuple(float(v) for v in np.sort(healthy)),
     )

@@ -56,6 +56,8 @@ class AnomalyModel(ABC):
     map_description: ClassVar[str] = "model-specific anomaly map"
     #: True for classifiers trained with labels (``training fit-supervised``), not ``fit``.
     requires_labels: ClassVar[bool] = False
+    #: False for baselines with nothing to learn: ``training fit`` only builds and calibrates.
+    trainable: ClassVar[bool] = True
 
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         self.card = card
