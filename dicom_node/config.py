@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_node.errors import ConfigError
+from dicom_node.limits import DatasetLimits
 
 ENV_PREFIX = "DICOM_NODE_"
 
@@ -71,6 +72,10 @@ class NodeSettings(BaseSettings):
         allow_any_calling_ae: switch the calling-AE allow-list off (not recommended).
         require_called_ae: reject associations whose called AE title is not ``ae_title``.
         max_associations: concurrent associations accepted.
+        max_dataset_depth: deepest sequence nesting a received data set may have; deeper
+            ones are refused (0xC211) before they are acknowledged (`dicom_node.limits`).
+        max_dataset_elements: data elements (nested included) a received data set may have.
+        max_inflated_mb: size a Deflated data set may inflate to.
         acse_timeout_seconds: association negotiation timeout.
         dimse_timeout_seconds: DIMSE message timeout.
         network_timeout_seconds: idle association timeout.
@@ -182,6 +187,9 @@ class NodeSettings(BaseSettings):
     dimse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     min_free_disk_mb: int = Field(default=1024, ge=0)
+    max_dataset_depth: int = Field(default=32, ge=1, le=100_000)
+    max_dataset_elements: int = Field(default=1_000_000, ge=1)
+    max_inflated_mb: int = Field(default=256, ge=1)
 
     # --- storage, study completion, jobs ---------------------------------------------------
     data_dir: Path = Path("var/dicom_node")
@@ -370,6 +378,15 @@ class NodeSettings(BaseSettings):
         if uses_cstore_tls_files and not self.cstore_tls:
             raise ValueError("cstore_tls_* files are set but cstore_tls is false")
         return self
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        """The receive-time limits of `dicom_node.limits`."""
+        return DatasetLimits(
+            max_depth=self.max_dataset_depth,
+            max_elements=self.max_dataset_elements,
+            max_inflated_bytes=self.max_inflated_mb * 1024 * 1024,
+        )
 
     @property
     def tls_enabled(self) -> bool:

@@ -12,8 +12,13 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   stopping before pixel data), then writes the dataset bytes exactly as sent, with preamble
   and file meta, durably to the spool and only then answers 0x0000. Own outputs
   (`ai_engine.dicom_io.markers.is_own_output`) are answered 0x0000 but not spooled, so they
-  never start a job. Failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210
-  (cannot understand: the header does not parse or lacks StudyInstanceUID).
+  never start a job. Before anything is spooled, the data set's structure is walked once
+  (`dicom_node.limits`): nesting deeper than ``max_dataset_depth``, more elements than
+  ``max_dataset_elements`` or a Deflated data set inflating beyond ``max_inflated_mb``
+  are refused with 0xC211, a value running past the end of the data with 0xC210, native
+  PixelData shorter than Rows x Columns x samples x frames x bits with 0xA900. Other
+  failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210 (cannot
+  understand: the header does not parse or lacks StudyInstanceUID).
 * TLS (``tls_cert_file``/``tls_key_file``; ``tls_ca_file`` requires client certificates):
   the handshake runs in the association's thread (`dicom_node.tls.HandshakeInThreadServer`),
   bounded by the ACSE timeout, so a silent or failing peer never blocks other associations.
@@ -47,6 +52,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from ai_engine.dicom_io.markers import is_own_output
 from dicom_node.config import NodeSettings
 from dicom_node.errors import SpoolError
+from dicom_node.limits import DatasetRefusedError, check_dataset
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.spool import Spool
@@ -293,14 +299,27 @@ class StorageSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "").strip()
         transfer_syntax = event.context.transfer_syntax
         try:
-            if transfer_syntax.is_deflated:
-                header = event.dataset
-            else:
-                header = read_header(
-                    event.encoded_dataset(include_meta=False),
-                    transfer_syntax.is_implicit_VR,
-                    transfer_syntax.is_little_endian,
-                )
+            # structure limits first: nothing is acknowledged that the node cannot process
+            plain = check_dataset(
+                event.encoded_dataset(include_meta=False),
+                implicit=transfer_syntax.is_implicit_VR,
+                little_endian=transfer_syntax.is_little_endian,
+                deflated=transfer_syntax.is_deflated,
+                limits=self._settings.dataset_limits,
+                native_pixels=not transfer_syntax.is_compressed,
+            )
+        except DatasetRefusedError as exc:
+            logger.warning(
+                "C-STORE data set refused",
+                extra={"sop_uid": sop_instance_uid, "reason": exc.reason, "status": exc.status},
+            )
+            self._metrics.inc("instances_rejected_total")
+            self._metrics.inc("instances_refused_limits_total")
+            return exc.status
+        try:
+            header = read_header(
+                plain, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+            )
             study_uid = _text(header, "StudyInstanceUID")
             manufacturer = _text(header, "Manufacturer")
         except Exception as exc:  # noqa: BLE001 - any decoding failure is "cannot understand"
