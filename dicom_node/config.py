@@ -140,6 +140,8 @@ class NodeSettings(BaseSettings):
         api_admin_token_file: file holding the admin token; exclusive with
             ``api_admin_token``.
         orthanc_token_file: file holding ``orthanc_token``; exclusive with it.
+        api_allowed_hosts: host names a state-changing API request's ``Host`` may name
+            besides the loopback names and ``http_host`` (e.g. the node's DNS name).
         tls_cert_file: PEM certificate (chain) of the SCP; with ``tls_key_file`` the SCP
             accepts DIMSE over TLS only.
         tls_key_file: PEM private key of ``tls_cert_file`` (keep it mode 0600).
@@ -232,6 +234,7 @@ class NodeSettings(BaseSettings):
     api_token_file: Path | None = None
     api_admin_token: SecretStr | None = None
     api_admin_token_file: Path | None = None
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- security: secrets from files, DIMSE over TLS ---------------------------------------
     orthanc_token_file: Path | None = None
@@ -258,7 +261,7 @@ class NodeSettings(BaseSettings):
             return self.engine_threads
         return max(1, ((os.cpu_count() or 1) - 1) // self.engine_processes)
 
-    @field_validator("allowed_calling_aes", "checkpoints", mode="before")
+    @field_validator("allowed_calling_aes", "checkpoints", "api_allowed_hosts", mode="before")
     @classmethod
     def _lists_from_env(cls, value: Any) -> Any:
         return _split_list(value)
