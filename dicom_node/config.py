@@ -72,6 +72,11 @@ class NodeSettings(BaseSettings):
         allow_any_calling_ae: switch the calling-AE allow-list off (not recommended).
         require_called_ae: reject associations whose called AE title is not ``ae_title``.
         max_associations: concurrent associations accepted.
+        max_associations_per_peer: open connections allowed from one peer address.
+        association_request_timeout_seconds: a new connection that sends no
+            A-ASSOCIATE-RQ within this time is closed (`dicom_node.admission`).
+        reserved_associations: association slots that connections which have not sent a
+            request yet can never take (kept for peers that associate at once).
         max_dataset_depth: deepest sequence nesting a received data set may have; deeper
             ones are refused (0xC211) before they are acknowledged (`dicom_node.limits`).
         max_dataset_elements: data elements (nested included) a received data set may have.
@@ -185,6 +190,9 @@ class NodeSettings(BaseSettings):
     allow_any_calling_ae: bool = False
     require_called_ae: bool = True
     max_associations: int = Field(default=10, ge=1, le=1000)
+    max_associations_per_peer: int = Field(default=5, ge=1, le=1000)
+    association_request_timeout_seconds: float = Field(default=5.0, gt=0)
+    reserved_associations: int = Field(default=2, ge=0, le=1000)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     dimse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -19,9 +19,12 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   PixelData shorter than Rows x Columns x samples x frames x bits with 0xA900. Other
   failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210 (cannot
   understand: the header does not parse or lacks StudyInstanceUID).
+* Admission (`dicom_node.admission`): per-peer-address connection limit, a short timeout
+  until the A-ASSOCIATE-RQ arrives, and slots idle connections can never take.
 * TLS (``tls_cert_file``/``tls_key_file``; ``tls_ca_file`` requires client certificates):
-  the handshake runs in the association's thread (`dicom_node.tls.HandshakeInThreadServer`),
-  bounded by the ACSE timeout, so a silent or failing peer never blocks other associations.
+  the handshake runs in the association's thread (`dicom_node.admission.AdmissionServer`),
+  bounded by ``association_request_timeout_seconds``, so a silent or failing peer never
+  blocks other associations.
 * ``EVT_RELEASED`` / ``EVT_ABORTED``: the association's studies get their last activity noted
   (the quiet period starts now). Instances received before an abort were acknowledged with
   a success status, so the peer considers them stored: they are **kept** and processed like
@@ -50,13 +53,14 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ai_engine.dicom_io.markers import is_own_output
+from dicom_node.admission import AdmissionLimits, AdmissionServer
 from dicom_node.config import NodeSettings
 from dicom_node.errors import SpoolError
 from dicom_node.limits import DatasetRefusedError, check_dataset
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.spool import Spool
-from dicom_node.tls import HandshakeInThreadServer, server_context
+from dicom_node.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +218,20 @@ class StorageSCP:
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             ssl_context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
         # AE.start_server(block=False) takes no server class: the same steps, with ours.
-        server = self.ae.make_server(
-            (s.host, s.port),
-            ssl_context=ssl_context,
-            evt_handlers=handlers,
-            server_class=HandshakeInThreadServer,
+        server = cast(
+            AdmissionServer,
+            self.ae.make_server(
+                (s.host, s.port),
+                ssl_context=ssl_context,
+                evt_handlers=handlers,
+                server_class=AdmissionServer,
+            ),
+        )
+        server.admission = AdmissionLimits(
+            max_associations=s.max_associations,
+            per_peer=s.max_associations_per_peer,
+            request_timeout=s.association_request_timeout_seconds,
+            reserved=s.reserved_associations,
         )
         thread = threading.Thread(
             target=server.serve_forever, name="dicom-node-scp-accept", daemon=True
