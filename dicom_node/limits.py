@@ -340,11 +340,14 @@ def check_dataset(
         DatasetRefusedError: refused, with the status to answer.
     """
     plain = inflate(data, limits.max_inflated_bytes) if deflated else data
-    walk(
-        plain,
-        implicit=implicit,
-        little_endian=little_endian,
-        limits=limits,
-        native_pixels=native_pixels,
-    )
+    try:
+        walk(
+            plain,
+            implicit=implicit,
+            little_endian=little_endian,
+            limits=limits,
+            native_pixels=native_pixels,
+        )
+    except (struct.error, IndexError, UnicodeError) as exc:  # a structure the walk missed
+        raise _malformed("unreadable element") from exc
     return plain
