@@ -361,7 +361,9 @@ class Router:
             entries.append((path, sop, decision))
 
         claimed: dict[str, set[str]] = {
-            name: self._index.claimed([sop for _, sop, _ in entries], name, version)
+            name: self._index.claimed(
+                [sop for _, sop, _ in entries], name, version, study_instance_uid=study_uid
+            )
             for name, version in versions.items()
         }
         not_routed: dict[str | None, list[str]] = {}
