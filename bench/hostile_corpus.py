@@ -2,7 +2,8 @@
 
 `corpus()` generates the inputs (each with the status class it must get):
 
-* structure: a sequence nested 3000 deep after StudyInstanceUID, PixelData claiming
+* structure: a sequence nested 3000 deep after StudyInstanceUID (also inside a UN of
+  undefined length), one element more than the node's limit, PixelData claiming
   0x7FFFFFF0 bytes and carrying 64 KiB, PixelData shorter than its pixel description, a
   Deflated data set inflating beyond the node's limit: refused, never 0x0000;
 * valid but unusual headers, all in one study with one RT Plan and one CT without pixel
@@ -141,11 +142,12 @@ def _nested(depth: int) -> Sequence:
     return Sequence([inner])
 
 
-def corpus(max_inflated_bytes: int) -> list[CorpusInput]:
+def corpus(max_inflated_bytes: int, max_elements: int = 10_000) -> list[CorpusInput]:
     """The generated inputs (see the module docstring).
 
     Args:
         max_inflated_bytes: the node's inflate limit; the deflate bomb inflates to twice it.
+        max_elements: the node's element limit; one input has one element more.
 
     Returns:
         The inputs, in sending order.
@@ -158,6 +160,15 @@ def corpus(max_inflated_bytes: int) -> list[CorpusInput]:
     sop, study = generate_uid(), generate_uid()
     raw("sequence nested 3000 deep", _raw_header(sop, study) + deep_sequence_bytes(3000),
         sop_uid=sop, study_uid=study)  # fmt: skip
+    sop = generate_uid()
+    unknown = struct.pack("<HH2sHI", 0x0009, 0x1010, b"UN", 0, 0xFFFFFFFF)
+    nested = (struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack(
+        "<HHI", 0x0009, 0x1010, 0xFFFFFFFF)) * 3000  # implicit VR inside UN  # fmt: skip
+    raw("UN of undefined length nested 3000 deep", _raw_header(sop, generate_uid()) + unknown
+        + nested, sop_uid=sop)  # fmt: skip
+    sop = generate_uid()
+    many = b"".join(_element(0x00091000 | (i % 0xFF), "LO", b"xx") for i in range(max_elements + 1))
+    raw(f"{max_elements + 1} elements", _raw_header(sop, generate_uid()) + many, sop_uid=sop)
     sop = generate_uid()
     claims = _raw_header(sop, generate_uid()) + b"".join(
         (
@@ -197,6 +208,8 @@ def corpus(max_inflated_bytes: int) -> list[CorpusInput]:
         ("30-deep sequence in the source",
          lambda ds: setattr(ds, "ProcedureCodeSequence", _nested(30))),
         ("plain radiograph", lambda ds: None),
+        ("SeriesDescription with a newline (log forging)",
+         lambda ds: setattr(ds, "SeriesDescription", "x\nCRITICAL forged")),
     ]  # fmt: skip
     for name, edit in edits:
         ds = _cxr(study, series)

@@ -55,6 +55,7 @@ def _settings(tmp_path: Path, port: int, **overrides: object) -> NodeSettings:
         "poll_interval_seconds": 0.05,
         "min_free_disk_mb": 0,
         "max_inflated_mb": 1,
+        "max_dataset_elements": 10_000,
         "destination": "cstore",
         "cstore_port": port,
         "send_backoff_seconds": 0.2,
@@ -82,7 +83,7 @@ def test_hostile_corpus_every_accepted_instance_ends_in_a_result_or_a_reason(
     node = NodeService(settings)
     node.start()
     try:
-        inputs = hc.corpus(settings.max_inflated_mb * 1024 * 1024)
+        inputs = hc.corpus(settings.max_inflated_mb * 1024 * 1024, settings.max_dataset_elements)
         rows, acked, wrong_status = [], [], []
         for item in inputs:
             status = hc.send(node.scp_port, item, CALLING_AE)
@@ -152,7 +153,7 @@ def test_poison_instance_is_quarantined_and_never_blocks_other_studies(
     node = NodeService(settings, engine)
     node.start()
     try:
-        [poison] = [i for i in hc.corpus(1024 * 1024) if "3000 deep" in i.name]
+        [poison] = [i for i in hc.corpus(1024 * 1024) if i.name == "sequence nested 3000 deep"]
         assert hc.send(node.scp_port, poison, CALLING_AE) == 0
         good = next(i for i in hc.corpus(1024 * 1024) if i.name == "plain radiograph")
         assert hc.send(node.scp_port, good, CALLING_AE) == 0
