@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
+from pydicom import Dataset, config
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, generate_uid
+from pydicom.valuerep import validate_value
 
 from ai_engine.dicom_io import markers
 from ai_engine.errors import UnsupportedInputError
@@ -203,6 +205,37 @@ def _value(source: Dataset, keyword: str) -> object:
         return None
 
 
+#: Attributes kept even when their value does not validate (the writers need them; a bad
+#: UID or pixel description fails the image with a clear error instead).
+_KEEP_ALWAYS = frozenset(
+    {"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"}
+)
+
+
+#: VRs whose values are checked as text (numbers in binary VRs are already numbers; person
+#: names are left to highdicom, which only warns).
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
+
+
+def _drop_invalid_values(copy: Dataset) -> None:
+    """Strict write: empty (Type 2) or remove a value its VR does not allow.
+
+    E.g. a 20-character AccessionNumber (SH), a DS that is not a number.
+    """
+    for elem in list(copy):
+        if elem.VR not in _TEXT_VRS or elem.keyword in _KEEP_ALWAYS or elem.value in (None, ""):
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+        try:
+            for value in values:
+                validate_value(elem.VR, str(value), config.RAISE)
+        except (ValueError, TypeError):
+            if elem.keyword in _TYPE2_FROM_SOURCE:
+                copy[elem.tag].value = None
+            else:
+                del copy[elem.tag]
+
+
 def prepare_source(source: Dataset) -> PreparedSource:
     r"""A copy of a source image's header that highdicom accepts as a derivation source.
 
@@ -218,6 +251,7 @@ def prepare_source(source: Dataset) -> PreparedSource:
     * a source in another character set than the default repertoire (e.g.
       ``\ISO 2022 IR 149``) is written as UTF-8 (``ISO_IR 192``), its values decoded;
     * a missing Modality becomes ``OT`` (other);
+    * any other value its VR does not allow is emptied (Type 2) or removed;
     * a PatientAge that is not an Age String is repaired (`repair_age`) or dropped;
     * a PixelSpacing that is not two positive numbers (e.g. 0 and 0 in Clunie's RG1 sample)
       is removed, so highdicom does not copy an invalid one into the output.
@@ -272,6 +306,7 @@ def prepare_source(source: Dataset) -> PreparedSource:
         copy.PatientSex = sanitise_sex(copy.PatientSex)
     if not str(copy.get("Modality", "") or "").strip():
         copy.Modality = "OT"
+    _drop_invalid_values(copy)
     for keyword in _TYPE2_FROM_SOURCE:
         if keyword not in copy:
             setattr(copy, keyword, None)

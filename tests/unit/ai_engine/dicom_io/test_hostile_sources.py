@@ -68,6 +68,8 @@ def hostile(tmp_path: Path) -> Path:
     ds.PatientSex = "Female"
     ds.ProcedureCodeSequence = _nested(100)
     ds.add_new(0x00091010, "LO", "private")
+    ds.AccessionNumber = "A" * 20  # SH allows 16
+    ds.PatientWeight = "72.1234567890123456"  # DS allows 16 characters
     path = tmp_path / "hostile.dcm"
     ds.save_as(path)
     return path
@@ -96,6 +98,8 @@ def test_prepared_source_holds_only_allow_listed_attributes(hostile: Path) -> No
     assert prepared.PatientSex == "F"
     assert prepared.Modality == "OT"
     assert prepared.SpecificCharacterSet == "ISO_IR 192"
+    assert prepared.AccessionNumber in (None, "")  # Type 2: emptied
+    assert "PatientWeight" not in prepared  # Type 3: removed
 
 
 def test_results_of_a_hostile_source_are_valid_and_carry_no_source_structures(
