@@ -117,7 +117,7 @@ def _send_reject(event: evt.Event, rsd: tuple[int, int, int]) -> None:
     event.assoc.kill()
 
 
-def part10_with_sender(event: evt.Event) -> bytes:
+def part10_with_sender(event: evt.Event, stream: bytes | None = None) -> bytes:
     """The received instance as a Part 10 file whose meta records who sent it to whom.
 
     Like ``event.encoded_dataset()`` (the dataset bytes exactly as the peer sent them), with
@@ -126,6 +126,8 @@ def part10_with_sender(event: evt.Event) -> bytes:
 
     Args:
         event: the C-STORE event.
+        stream: the data set bytes as received, when the caller has them already (each
+            ``encoded_dataset`` call copies the whole data set).
 
     Returns:
         Preamble, ``DICM``, file meta and dataset.
@@ -133,7 +135,8 @@ def part10_with_sender(event: evt.Event) -> bytes:
     meta = event.file_meta
     meta.SendingApplicationEntityTitle = str(event.assoc.requestor.ae_title).strip()
     meta.ReceivingApplicationEntityTitle = str(event.assoc.acceptor.ae_title).strip()
-    stream = event.encoded_dataset(include_meta=False)
+    if stream is None:
+        stream = event.encoded_dataset(include_meta=False)
     return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), stream))
 
 
@@ -313,8 +316,9 @@ class StorageSCP:
         transfer_syntax = event.context.transfer_syntax
         try:
             # structure limits first: nothing is acknowledged that the node cannot process
+            received = event.encoded_dataset(include_meta=False)
             plain = check_dataset(
-                event.encoded_dataset(include_meta=False),
+                received,
                 implicit=transfer_syntax.is_implicit_VR,
                 little_endian=transfer_syntax.is_little_endian,
                 deflated=transfer_syntax.is_deflated,
@@ -360,7 +364,7 @@ class StorageSCP:
             self._metrics.inc("own_outputs_ignored_total")
             return STATUS_SUCCESS
         try:
-            self._spool.store(study_uid, sop_instance_uid, part10_with_sender(event))
+            self._spool.store(study_uid, sop_instance_uid, part10_with_sender(event, received))
         except SpoolError as exc:
             log_failure(
                 logger,
