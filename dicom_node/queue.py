@@ -211,7 +211,8 @@ def redact(message: str, *, keep_lines: bool = False) -> str:
 
     E.g. ``Unable to convert '1961-07-04' to 'DA' object`` becomes
     ``Unable to convert '<date>' to 'DA' object``, and
-    ``/srv/node/jobs/x/input/1.2.dcm: no PixelData`` becomes ``<path>: no PixelData``.
+    ``/srv/node/jobs/x/input/1.2.dcm: no PixelData`` becomes ``…/1.2.dcm: no PixelData``
+    (file names stay, so a traceback still says which module and line).
 
     Args:
         message: the exception's message (or a traceback).
@@ -220,7 +221,7 @@ def redact(message: str, *, keep_lines: bool = False) -> str:
     Returns:
         The redacted text.
     """
-    text = _PATH.sub("<path>", _DATE.sub("<date>", message))
+    text = _PATH.sub(lambda m: "…/" + m.group(0).rsplit("/", 1)[-1], _DATE.sub("<date>", message))
     return text if keep_lines else " ".join(text.split())
 
 
