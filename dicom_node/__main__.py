@@ -15,13 +15,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from dicom_node.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dicom_node.config import NodeSettings
 
 logger = logging.getLogger("dicom_node")
 
@@ -39,6 +46,17 @@ _CONTEXT_KEYS = (
 )
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def _escape(value: object) -> str:
+    """A context value on one line, control characters (newlines) escaped.
+
+    So a UID a peer sent cannot forge log lines.
+    """
+    return str(value).translate(_CONTROL)
+
+
 class ContextFormatter(logging.Formatter):
     """Formats a record and appends its known ``extra`` context as ``key=value``."""
 
@@ -52,7 +70,11 @@ class ContextFormatter(logging.Formatter):
             The line.
         """
         line = super().format(record)
-        context = [f"{key}={getattr(record, key)}" for key in _CONTEXT_KEYS if hasattr(record, key)]
+        context = [
+            f"{key}={_escape(getattr(record, key))}"
+            for key in _CONTEXT_KEYS
+            if hasattr(record, key)
+        ]
         return f"{line} [{' '.join(context)}]" if context else line
 
 
@@ -70,6 +92,32 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+def with_api_token(settings: NodeSettings) -> NodeSettings:
+    """``serve``'s API is never open: without a configured token, the demo's one is used.
+
+    The token is the ``api_token`` of ``<data_dir>/secrets.json``, generated on first run
+    (mode 0600) by the same `dicom_node.embedded.load_or_create_secrets` as the demo's; it
+    becomes the admin token (read and state-changing routes). Read it from that file.
+
+    Args:
+        settings: the validated settings.
+
+    Returns:
+        ``settings`` itself when a token is configured, else a copy with the admin token.
+    """
+    if settings.api_token is not None or settings.api_admin_token is not None:
+        return settings
+    from dicom_node.embedded import load_or_create_secrets
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = load_or_create_secrets(settings.data_dir).api_token
+    logger.info(
+        "HTTP API token: the api_token in secrets.json of the data folder (mode 0600)",
+        extra={"reason": "no DICOM_NODE_API_TOKEN or DICOM_NODE_API_ADMIN_TOKEN set"},
+    )
+    return settings.model_copy(update={"api_admin_token": SecretStr(token)})
+
+
 def serve(log_level: str) -> int:
     """Run the node until SIGINT/SIGTERM.
 
@@ -83,8 +131,9 @@ def serve(log_level: str) -> int:
     from dicom_node.config import load_settings
     from dicom_node.service import NodeService
 
+    os.umask(0o077)  # everything the node writes (spool, jobs, index, logs) is 0600 / 0700
     try:
-        settings = load_settings()
+        settings = with_api_token(load_settings())
         service = NodeService(settings)
         service.start()
     except ConfigError as exc:

@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dicom_node.errors import ConfigError
+from dicom_node.limits import DatasetLimits
 
 ENV_PREFIX = "DICOM_NODE_"
 
@@ -71,6 +72,15 @@ class NodeSettings(BaseSettings):
         allow_any_calling_ae: switch the calling-AE allow-list off (not recommended).
         require_called_ae: reject associations whose called AE title is not ``ae_title``.
         max_associations: concurrent associations accepted.
+        max_associations_per_peer: open connections allowed from one peer address.
+        association_request_timeout_seconds: a new connection that sends no
+            A-ASSOCIATE-RQ within this time is closed (`dicom_node.admission`).
+        reserved_associations: association slots that connections which have not sent a
+            request yet can never take (kept for peers that associate at once).
+        max_dataset_depth: deepest sequence nesting a received data set may have; deeper
+            ones are refused (0xC211) before they are acknowledged (`dicom_node.limits`).
+        max_dataset_elements: data elements (nested included) a received data set may have.
+        max_inflated_mb: size a Deflated data set may inflate to.
         acse_timeout_seconds: association negotiation timeout.
         dimse_timeout_seconds: DIMSE message timeout.
         network_timeout_seconds: idle association timeout.
@@ -135,6 +145,8 @@ class NodeSettings(BaseSettings):
         api_admin_token_file: file holding the admin token; exclusive with
             ``api_admin_token``.
         orthanc_token_file: file holding ``orthanc_token``; exclusive with it.
+        api_allowed_hosts: host names a state-changing API request's ``Host`` may name
+            besides the loopback names and ``http_host`` (e.g. the node's DNS name).
         tls_cert_file: PEM certificate (chain) of the SCP; with ``tls_key_file`` the SCP
             accepts DIMSE over TLS only.
         tls_key_file: PEM private key of ``tls_cert_file`` (keep it mode 0600).
@@ -178,10 +190,16 @@ class NodeSettings(BaseSettings):
     allow_any_calling_ae: bool = False
     require_called_ae: bool = True
     max_associations: int = Field(default=10, ge=1, le=1000)
+    max_associations_per_peer: int = Field(default=5, ge=1, le=1000)
+    association_request_timeout_seconds: float = Field(default=5.0, gt=0)
+    reserved_associations: int = Field(default=2, ge=0, le=1000)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     dimse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     min_free_disk_mb: int = Field(default=1024, ge=0)
+    max_dataset_depth: int = Field(default=32, ge=1, le=100_000)
+    max_dataset_elements: int = Field(default=1_000_000, ge=1)
+    max_inflated_mb: int = Field(default=256, ge=1)
 
     # --- storage, study completion, jobs ---------------------------------------------------
     data_dir: Path = Path("var/dicom_node")
@@ -224,6 +242,7 @@ class NodeSettings(BaseSettings):
     api_token_file: Path | None = None
     api_admin_token: SecretStr | None = None
     api_admin_token_file: Path | None = None
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- security: secrets from files, DIMSE over TLS ---------------------------------------
     orthanc_token_file: Path | None = None
@@ -250,7 +269,7 @@ class NodeSettings(BaseSettings):
             return self.engine_threads
         return max(1, ((os.cpu_count() or 1) - 1) // self.engine_processes)
 
-    @field_validator("allowed_calling_aes", "checkpoints", mode="before")
+    @field_validator("allowed_calling_aes", "checkpoints", "api_allowed_hosts", mode="before")
     @classmethod
     def _lists_from_env(cls, value: Any) -> Any:
         return _split_list(value)
@@ -370,6 +389,15 @@ class NodeSettings(BaseSettings):
         if uses_cstore_tls_files and not self.cstore_tls:
             raise ValueError("cstore_tls_* files are set but cstore_tls is false")
         return self
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        """The receive-time limits of `dicom_node.limits`."""
+        return DatasetLimits(
+            max_depth=self.max_dataset_depth,
+            max_elements=self.max_dataset_elements,
+            max_inflated_bytes=self.max_inflated_mb * 1024 * 1024,
+        )
 
     @property
     def tls_enabled(self) -> bool:

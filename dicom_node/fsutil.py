@@ -37,7 +37,8 @@ def is_temp_name(name: str) -> bool:
 def write_durable(path: Path, data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` atomically and durably.
 
-    A temporary file in the same directory is written and fsynced, renamed over ``path``
+    A temporary file in the same directory (created 0600: received instances hold PHI) is
+    written and fsynced, renamed over ``path``
     with `os.replace` (atomic on POSIX, so a re-write replaces the old content in one
     step), then the directory is fsynced so the new name survives a power cut.
 
@@ -50,7 +51,8 @@ def write_durable(path: Path, data: bytes | bytearray | memoryview) -> None:
     """
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
     try:
-        with tmp.open("xb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -73,7 +75,7 @@ def ensure_dir(path: Path) -> bool:
     """
     if path.is_dir():
         return False
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     fsync_dir(path.parent)
     return True
 

@@ -28,7 +28,12 @@ Roles: when ``api_token`` or ``api_admin_token`` is set, every route except ``/h
 needs ``Authorization: Bearer <token>`` (401 otherwise). Read routes accept either token;
 routes that change state (POST) accept only ``api_admin_token`` (403 for the read token, and
 for everyone when no admin token is configured). With no token at all the API is open: the
-settings allow that only on a loopback address.
+settings allow that only on a loopback address, and ``python -m dicom_node serve`` never runs
+so (it generates a token on first run, `dicom_node.__main__.with_api_token`).
+
+State-changing requests must name this node in ``Host`` (a loopback name, ``http_host`` or
+one of ``api_allowed_hosts``), and an ``Origin`` header, when sent, must be that same host:
+403 otherwise, so a web page cannot POST to the API across origins or by DNS rebinding.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -59,6 +65,7 @@ logger = logging.getLogger(__name__)
 ReadinessFn = Callable[[], dict[str, bool]]
 
 _PUBLIC_PATHS = frozenset({"/health"})
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_LIMIT = 10_000
 _RERUNNABLE = (JobStateValues.DONE, JobStateValues.FAILED)
@@ -143,6 +150,7 @@ def create_app(
     readiness: ReadinessFn,
     api_admin_token: str | None = None,
     on_change: Callable[[], None] | None = None,
+    allowed_hosts: Collection[str] = (),
 ) -> Flask:
     """Build the Flask app.
 
@@ -155,6 +163,8 @@ def create_app(
         readiness: returns named checks, all True when ready.
         api_admin_token: bearer token of the admin role (state-changing routes; may read).
         on_change: called after a state-changing request was accepted (wakes the stages).
+        allowed_hosts: host names (besides the loopback ones) a state-changing request's
+            ``Host`` may name; its ``Origin``, when sent, must be that same host and port.
 
     Returns:
         The app.
@@ -167,6 +177,27 @@ def create_app(
 
     def _matches(given: bytes, expected: bytes | None) -> bool:
         return expected is not None and hmac.compare_digest(given, expected)
+
+    hosts = frozenset(h.strip("[]").lower() for h in (*_LOOPBACK_HOSTS, *allowed_hosts))
+
+    @app.before_request
+    def _check_host_and_origin() -> Response | None:
+        """State changes only from our own origin (no cross-origin form POST, no DNS rebinding)."""
+        if request.method not in _ADMIN_METHODS:
+            return None
+        host = urlsplit(f"//{request.host}").hostname or ""
+        origin = request.headers.get("Origin")
+        why = None
+        if host.lower() not in hosts:
+            why = "Host is not an address of this node (api_allowed_hosts)"
+        elif origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+            why = "cross-origin request"
+        if why is None:
+            return None
+        logger.warning("state-changing request refused", extra={"reason": why})
+        response = jsonify(error=why)
+        response.status_code = 403
+        return response
 
     @app.before_request
     def _authenticate() -> Response | None:

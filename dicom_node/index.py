@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS processed (
     job_id TEXT NOT NULL,
     state TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    PRIMARY KEY (sop_instance_uid, checkpoint, model_version)
+    PRIMARY KEY (study_instance_uid, sop_instance_uid, checkpoint, model_version)
 );
 CREATE INDEX IF NOT EXISTS processed_job ON processed (job_id);
 CREATE TABLE IF NOT EXISTS study_scores (
@@ -124,33 +124,73 @@ class StateIndex:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate_processed_key()
         self._db.executescript(_SCHEMA)
+
+    def _migrate_processed_key(self) -> None:
+        """Key ``processed`` by study too (index files written before issue 21).
+
+        A SOP Instance UID that two studies share (a modality reusing UIDs) made the second
+        study's image "already processed"; claims are now per (study, instance, checkpoint,
+        version). The old rows are copied over in one transaction.
+        """
+        columns = self._db.execute("PRAGMA table_info(processed)").fetchall()
+        keyed = {row[1]: row[5] for row in columns}  # name -> position in the primary key
+        if not columns or keyed.get("study_instance_uid"):
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE processed RENAME TO processed_before_study_key")
+            self._db.execute("DROP INDEX IF EXISTS processed_job")
+            self._db.execute(_SCHEMA.split(";", 1)[0])
+            self._db.execute(
+                "INSERT OR REPLACE INTO processed SELECT sop_instance_uid, checkpoint, "
+                "model_version, study_instance_uid, job_id, state, updated_at "
+                "FROM processed_before_study_key"
+            )
+            self._db.execute("DROP TABLE processed_before_study_key")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._db.close()
 
-    def claimed(self, sop_instance_uids: Sequence[str], checkpoint: str, version: str) -> set[str]:
+    def claimed(
+        self,
+        sop_instance_uids: Sequence[str],
+        checkpoint: str,
+        version: str,
+        *,
+        study_instance_uid: str | None = None,
+    ) -> set[str]:
         """Which of these instances are already queued or done with this checkpoint/version.
 
         Args:
             sop_instance_uids: candidate instances.
             checkpoint: checkpoint name.
             version: its version.
+            study_instance_uid: their study; an instance of another study with the same
+                SOP Instance UID does not count (None: any study).
 
         Returns:
             The subset that must not be processed again.
         """
         found: set[str] = set()
+        study_clause = "" if study_instance_uid is None else " AND study_instance_uid = ?"
+        study_args = () if study_instance_uid is None else (study_instance_uid,)
         with self._lock:
             for start in range(0, len(sop_instance_uids), _CHUNK):
                 chunk = list(sop_instance_uids[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     "SELECT sop_instance_uid FROM processed WHERE checkpoint = ? "  # noqa: S608
-                    f"AND model_version = ? AND state != ? AND sop_instance_uid IN ({marks})",
-                    (checkpoint, version, STATE_FAILED, *chunk),
+                    f"AND model_version = ? AND state != ?{study_clause} "
+                    f"AND sop_instance_uid IN ({marks})",
+                    (checkpoint, version, STATE_FAILED, *study_args, *chunk),
                 ).fetchall()
                 found.update(r[0] for r in rows)
         return found
@@ -194,11 +234,12 @@ class StateIndex:
 
     def _check_unclaimed(self, job_id: str, rows: Sequence[tuple[str, ...]]) -> None:
         """Raise `ClaimConflictError` if another job holds one of the triples (lock held)."""
-        for sop, ckpt, ver, *_ in rows:
+        for sop, ckpt, ver, study, *_ in rows:
             taken = self._db.execute(
                 "SELECT 1 FROM processed WHERE sop_instance_uid = ? AND checkpoint = ? "
-                "AND model_version = ? AND state != ? AND job_id != ?",
-                (sop, ckpt, ver, STATE_FAILED, job_id),
+                "AND model_version = ? AND study_instance_uid = ? AND state != ? "
+                "AND job_id != ?",
+                (sop, ckpt, ver, study, STATE_FAILED, job_id),
             ).fetchone()
             if taken is not None:
                 raise ClaimConflictError(

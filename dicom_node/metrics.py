@@ -19,6 +19,9 @@ from dataclasses import dataclass
 COUNTERS: Mapping[str, str] = {
     "instances_received_total": "Instances received and spooled (C-STORE success).",
     "instances_rejected_total": "C-STORE requests answered with a failure status.",
+    "instances_refused_limits_total": (
+        "C-STORE data sets refused for their structure (nesting, size, pixel data length)."
+    ),
     "own_outputs_ignored_total": "Instances recognised as the node's own outputs (acked, dropped).",
     "duplicates_skipped_total": "Instances already processed with the same checkpoint and version.",
     "associations_accepted_total": "Associations accepted.",

@@ -26,6 +26,7 @@ import contextlib
 import enum
 import json
 import logging
+import re
 import shutil
 import traceback
 import uuid
@@ -198,6 +199,30 @@ def backoff_delay(attempt: int, base_seconds: float, max_seconds: float | None =
     if max_seconds is not None:
         delay = min(delay, max_seconds)
     return float(delay)
+
+
+#: Dates and times in any common form (a birth date in a message is PHI).
+_DATE = re.compile(r"(?<!\d)(?:1[89]|20)\d{2}[-./]?[01]\d[-./]?[0-3]\d(?!\d)")
+_PATH = re.compile(r"(?<![\w.])/[^\s:;,()'\"]+")
+
+
+def redact(message: str, *, keep_lines: bool = False) -> str:
+    """An error message without dates (birth dates are PHI) or file-system paths.
+
+    E.g. ``Unable to convert '1961-07-04' to 'DA' object`` becomes
+    ``Unable to convert '<date>' to 'DA' object``, and
+    ``/srv/node/jobs/x/input/1.2.dcm: no PixelData`` becomes ``…/1.2.dcm: no PixelData``
+    (file names stay, so a traceback still says which module and line).
+
+    Args:
+        message: the exception's message (or a traceback).
+        keep_lines: keep line breaks (tracebacks); else the result is one line.
+
+    Returns:
+        The redacted text.
+    """
+    text = _PATH.sub(lambda m: "…/" + m.group(0).rsplit("/", 1)[-1], _DATE.sub("<date>", message))
+    return text if keep_lines else " ".join(text.split())
 
 
 class JobQueue:
@@ -463,8 +488,8 @@ class JobQueue:
         record = JobErrorRecord(
             stage=stage,
             type=type(exc).__name__,
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
+            message=redact(str(exc)),
+            traceback=redact("".join(traceback.format_exception(exc)), keep_lines=True),
             retryable=retryable,
         )
         job.last_error = record

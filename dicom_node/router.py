@@ -36,13 +36,12 @@ from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from ai_engine.dicom_io.markers import is_derived_object
 from dicom_node.errors import JobError
-from dicom_node.fsutil import ensure_dir, move_durable
+from dicom_node.fsutil import ensure_dir, move_durable, write_durable
 from dicom_node.index import StateIndex
-from dicom_node.logutil import log_failure
+from dicom_node.logutil import error_context, log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.queue import INPUT_DIR, Job, JobQueue, new_job_id
 from dicom_node.spool import Spool, SpooledStudy
@@ -63,6 +62,8 @@ HEADER_KEYWORDS = (
 )
 
 UNKNOWN_VERSION = "unknown"
+#: Suffix of the file beside a quarantined instance that says why it is there.
+QUARANTINE_REASON_SUFFIX = ".reason.json"
 
 
 @dataclass(frozen=True)
@@ -277,10 +278,10 @@ class Router:
                 continue
             try:
                 header = read_instance_header(path)
-            except (InvalidDicomError, AttributeError, ValueError, OSError):
-                known[path.name] = self._quiet  # route_study quarantines it
+                decision = self._rules.decide(header, sending_ae(header))
+            except Exception:  # noqa: BLE001 - route_study quarantines it
+                known[path.name] = self._quiet
                 continue
-            decision = self._rules.decide(header, sending_ae(header))
             quiet = decision.quiet_seconds
             known[path.name] = self._quiet if quiet is None else quiet
         return max(known.values(), default=self._quiet)
@@ -303,7 +304,10 @@ class Router:
                 due = self.due_at(study)
                 next_due = due if next_due is None else min(next_due, due)
                 continue
-            created += len(self.route_study(study, reason))
+            try:
+                created += len(self.route_study(study, reason))
+            except Exception as exc:  # noqa: BLE001 - one study's failure never blocks the others
+                log_failure(logger, "routing a study failed; retried next pass", exc)
         self.next_due = next_due
         return created
 
@@ -343,19 +347,23 @@ class Router:
                 header = read_instance_header(path)
                 sop = str(header.SOPInstanceUID)
                 study_uid = study_uid or str(header.StudyInstanceUID)
+                decision = self._rules.decide(header, sending_ae(header))
             except FileNotFoundError:
                 continue  # replaced concurrently; the new copy is routed next time
-            except (InvalidDicomError, AttributeError, ValueError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a poison instance must never block others
+                # (RecursionError from a data set nested thousands deep, bad values the
+                # rules cannot read, ...): quarantined at once, kept, counted and logged
                 self._quarantine_file(path, exc)
                 continue
-            decision = self._rules.decide(header, sending_ae(header))
             for name in decision.checkpoints:
                 if name not in versions:
                     versions[name] = self._version_of(name)
             entries.append((path, sop, decision))
 
         claimed: dict[str, set[str]] = {
-            name: self._index.claimed([sop for _, sop, _ in entries], name, version)
+            name: self._index.claimed(
+                [sop for _, sop, _ in entries], name, version, study_instance_uid=study_uid
+            )
             for name, version in versions.items()
         }
         not_routed: dict[str | None, list[str]] = {}
@@ -433,14 +441,25 @@ class Router:
         return job
 
     def _quarantine_file(self, path: Path, exc: BaseException) -> None:
+        """Move a spooled file the router cannot read into ``quarantine/``, with its reason.
+
+        The reason (``<file>.reason.json``: exception type and code location, never the
+        message, which may quote header values) is written first, then the file is moved.
+        """
         ensure_dir(self._quarantine)
         target = self._quarantine / f"{path.parent.name}-{path.name}"
+        context = error_context(exc)
         log_failure(
             logger,
             "unreadable spooled instance moved to quarantine",
             exc,
             level=logging.WARNING,
             file=target.name,
+        )
+        reason = {"reason": "the router cannot read this instance's header", **context}
+        write_durable(
+            target.with_name(target.name + QUARANTINE_REASON_SUFFIX),
+            json.dumps(reason).encode(),
         )
         move_durable(path, target)
         self._metrics.inc("instances_quarantined_total")

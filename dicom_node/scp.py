@@ -12,11 +12,19 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   stopping before pixel data), then writes the dataset bytes exactly as sent, with preamble
   and file meta, durably to the spool and only then answers 0x0000. Own outputs
   (`ai_engine.dicom_io.markers.is_own_output`) are answered 0x0000 but not spooled, so they
-  never start a job. Failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210
-  (cannot understand: the header does not parse or lacks StudyInstanceUID).
+  never start a job. Before anything is spooled, the data set's structure is walked once
+  (`dicom_node.limits`): nesting deeper than ``max_dataset_depth``, more elements than
+  ``max_dataset_elements`` or a Deflated data set inflating beyond ``max_inflated_mb``
+  are refused with 0xC211, a value running past the end of the data with 0xC210, native
+  PixelData shorter than Rows x Columns x samples x frames x bits with 0xA900. Other
+  failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210 (cannot
+  understand: the header does not parse or lacks StudyInstanceUID).
+* Admission (`dicom_node.admission`): per-peer-address connection limit, a short timeout
+  until the A-ASSOCIATE-RQ arrives, and slots idle connections can never take.
 * TLS (``tls_cert_file``/``tls_key_file``; ``tls_ca_file`` requires client certificates):
-  the handshake runs in the association's thread (`dicom_node.tls.HandshakeInThreadServer`),
-  bounded by the ACSE timeout, so a silent or failing peer never blocks other associations.
+  the handshake runs in the association's thread (`dicom_node.admission.AdmissionServer`),
+  bounded by ``association_request_timeout_seconds``, so a silent or failing peer never
+  blocks other associations.
 * ``EVT_RELEASED`` / ``EVT_ABORTED``: the association's studies get their last activity noted
   (the quiet period starts now). Instances received before an abort were acknowledged with
   a success status, so the peer considers them stored: they are **kept** and processed like
@@ -45,12 +53,14 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ai_engine.dicom_io.markers import is_own_output
+from dicom_node.admission import AdmissionLimits, AdmissionServer
 from dicom_node.config import NodeSettings
 from dicom_node.errors import SpoolError
+from dicom_node.limits import DatasetRefusedError, check_dataset
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.spool import Spool
-from dicom_node.tls import HandshakeInThreadServer, server_context
+from dicom_node.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +117,7 @@ def _send_reject(event: evt.Event, rsd: tuple[int, int, int]) -> None:
     event.assoc.kill()
 
 
-def part10_with_sender(event: evt.Event) -> bytes:
+def part10_with_sender(event: evt.Event, stream: bytes | None = None) -> bytes:
     """The received instance as a Part 10 file whose meta records who sent it to whom.
 
     Like ``event.encoded_dataset()`` (the dataset bytes exactly as the peer sent them), with
@@ -116,6 +126,8 @@ def part10_with_sender(event: evt.Event) -> bytes:
 
     Args:
         event: the C-STORE event.
+        stream: the data set bytes as received, when the caller has them already (each
+            ``encoded_dataset`` call copies the whole data set).
 
     Returns:
         Preamble, ``DICM``, file meta and dataset.
@@ -123,7 +135,8 @@ def part10_with_sender(event: evt.Event) -> bytes:
     meta = event.file_meta
     meta.SendingApplicationEntityTitle = str(event.assoc.requestor.ae_title).strip()
     meta.ReceivingApplicationEntityTitle = str(event.assoc.acceptor.ae_title).strip()
-    stream = event.encoded_dataset(include_meta=False)
+    if stream is None:
+        stream = event.encoded_dataset(include_meta=False)
     return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), stream))
 
 
@@ -208,11 +221,20 @@ class StorageSCP:
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             ssl_context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
         # AE.start_server(block=False) takes no server class: the same steps, with ours.
-        server = self.ae.make_server(
-            (s.host, s.port),
-            ssl_context=ssl_context,
-            evt_handlers=handlers,
-            server_class=HandshakeInThreadServer,
+        server = cast(
+            AdmissionServer,
+            self.ae.make_server(
+                (s.host, s.port),
+                ssl_context=ssl_context,
+                evt_handlers=handlers,
+                server_class=AdmissionServer,
+            ),
+        )
+        server.admission = AdmissionLimits(
+            max_associations=s.max_associations,
+            per_peer=s.max_associations_per_peer,
+            request_timeout=s.association_request_timeout_seconds,
+            reserved=s.reserved_associations,
         )
         thread = threading.Thread(
             target=server.serve_forever, name="dicom-node-scp-accept", daemon=True
@@ -293,14 +315,28 @@ class StorageSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "").strip()
         transfer_syntax = event.context.transfer_syntax
         try:
-            if transfer_syntax.is_deflated:
-                header = event.dataset
-            else:
-                header = read_header(
-                    event.encoded_dataset(include_meta=False),
-                    transfer_syntax.is_implicit_VR,
-                    transfer_syntax.is_little_endian,
-                )
+            # structure limits first: nothing is acknowledged that the node cannot process
+            received = event.encoded_dataset(include_meta=False)
+            plain = check_dataset(
+                received,
+                implicit=transfer_syntax.is_implicit_VR,
+                little_endian=transfer_syntax.is_little_endian,
+                deflated=transfer_syntax.is_deflated,
+                limits=self._settings.dataset_limits,
+                native_pixels=not transfer_syntax.is_compressed,
+            )
+        except DatasetRefusedError as exc:
+            logger.warning(
+                "C-STORE data set refused",
+                extra={"sop_uid": sop_instance_uid, "reason": exc.reason, "status": exc.status},
+            )
+            self._metrics.inc("instances_rejected_total")
+            self._metrics.inc("instances_refused_limits_total")
+            return exc.status
+        try:
+            header = read_header(
+                plain, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+            )
             study_uid = _text(header, "StudyInstanceUID")
             manufacturer = _text(header, "Manufacturer")
         except Exception as exc:  # noqa: BLE001 - any decoding failure is "cannot understand"
@@ -328,7 +364,7 @@ class StorageSCP:
             self._metrics.inc("own_outputs_ignored_total")
             return STATUS_SUCCESS
         try:
-            self._spool.store(study_uid, sop_instance_uid, part10_with_sender(event))
+            self._spool.store(study_uid, sop_instance_uid, part10_with_sender(event, received))
         except SpoolError as exc:
             log_failure(
                 logger,

@@ -251,6 +251,7 @@ class NodeService:
                     s.api_admin_token.get_secret_value() if s.api_admin_token else None
                 ),
                 on_change=self._wake_stages,
+                allowed_hosts=(s.http_host, *s.api_allowed_hosts),
                 queue=queue,
                 spool=spool,
                 index=index,

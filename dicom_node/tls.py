@@ -46,6 +46,11 @@ def _load_ca(context: ssl.SSLContext, ca_file: Path) -> None:
         ) from exc
 
 
+#: TLS 1.2 suites the SCP offers: AEAD only with forward secrecy, as RFC 9325 (BCP 195)
+#: section 4.2 recommends (no CBC suites). TLS 1.3 suites are not affected by this list.
+TLS12_SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL"
+
+
 def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None) -> ssl.SSLContext:
     """The SCP's TLS context.
 
@@ -56,13 +61,14 @@ def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None)
             (mutual TLS), otherwise no client certificate is asked for.
 
     Returns:
-        A server-side context, TLS 1.2 minimum.
+        A server-side context, TLS 1.2 minimum, TLS 1.2 suites `TLS12_SERVER_CIPHERS`.
 
     Raises:
         ConfigError: a file is missing or not a valid certificate, key or CA bundle.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_SERVER_CIPHERS)
     _load_chain(context, cert_file, key_file)
     if ca_file is not None:
         _load_ca(context, ca_file)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
+from pydicom import Dataset, config
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, generate_uid
+from pydicom.valuerep import validate_value
 
 from ai_engine.dicom_io import markers
 from ai_engine.errors import UnsupportedInputError
@@ -109,14 +111,150 @@ class PreparedSource(Dataset):
     """
 
 
-def prepare_source(source: Dataset) -> PreparedSource:
-    """A copy of a source image's header that highdicom accepts as a derivation source.
+#: The only top-level attributes of a source that reach our outputs (what the SEG, Parametric
+#: Map, SC and SR IODs take from their source: patient, study, series references, image
+#: geometry). Anything else the source carries, private elements and arbitrary sequences
+#: included, is never copied (a 100-deep sequence in a source once reached the PACS).
+SOURCE_ALLOW_LIST: frozenset[str] = frozenset(
+    {
+        # SOP common, references
+        "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+        "FrameOfReferenceUID", "PositionReferenceIndicator", "SeriesNumber", "InstanceNumber",
+        "Modality", "BodyPartExamined", "Laterality", "ImageLaterality",
+        # patient and study (Type 2 ones are added empty when missing)
+        "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+        "PatientAge", "PatientWeight", "PatientSize", "PatientIdentityRemoved",
+        "DeidentificationMethod", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+        "ReferringPhysicianName", "StudyDescription",
+        # image geometry and pixel description (read by the writers, never copied blindly)
+        "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+        "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelSpacing",
+        "ImagerPixelSpacing", "SliceThickness", "SpacingBetweenSlices", "ImagePositionPatient",
+        "ImageOrientationPatient", "PatientOrientation", "RecognizableVisualFeatures",
+        "BurnedInAnnotation",
+    }
+)  # fmt: skip
 
-    Tolerant reading meets strict writing here: the copy has no pixel data; missing Type 2
-    patient/study attributes are added empty (highdicom raises AttributeError on them);
-    a PatientAge that is not an Age String is repaired (`repair_age`) or dropped;
-    a PixelSpacing that is not two positive numbers (e.g. 0 and 0 in Clunie's RG1 sample)
-    is removed, so highdicom does not copy an invalid one into the output.
+#: Enhanced multi-frame objects: the functional group macros the writers read (plane
+#: position and orientation, pixel measures), copied one level deep without their own
+#: sequences.
+_FUNCTIONAL_GROUP_MACROS = (
+    "PixelMeasuresSequence",
+    "PlanePositionSequence",
+    "PlaneOrientationSequence",
+    "PixelValueTransformationSequence",
+    "FrameVOILUTSequence",
+)
+
+_DATE_RE = re.compile(r"(\d{4})[-./]?(\d{2})[-./]?(\d{2})")
+_TIME_RE = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d{1,6})?)?)?")
+_SEX_VALUES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
+#: Character sets that need no declaration (the default repertoire).
+_DEFAULT_CHARSETS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+
+
+def _copy_functional_groups(sequence: object) -> Sequence[Dataset]:
+    items: list[Dataset] = []
+    for item in sequence or ():  # type: ignore[attr-defined]
+        copy = Dataset()
+        for macro in _FUNCTIONAL_GROUP_MACROS:
+            inner = item.get(macro) if isinstance(item, Dataset) else None
+            if not inner:
+                continue
+            flat = Dataset()
+            for elem in inner[0]:
+                if elem.VR != "SQ":
+                    flat.add(deepcopy(elem))
+            setattr(copy, macro, [flat])
+        items.append(copy)
+    return items
+
+
+def sanitise_date(value: object) -> str:
+    """A DA value (YYYYMMDD) from a source date written in a common illegal form, else "".
+
+    ``1961-07-04`` and ``1961.07.04`` become ``19610704``; anything unreadable becomes the
+    empty (Type 2: unknown) value, so a strict writer never fails on it.
+    """
+    match = _DATE_RE.fullmatch(str(value or "").strip())
+    return "".join(match.groups()) if match else ""
+
+
+def sanitise_time(value: object) -> str:
+    """A TM value (HHMMSS[.FFFFFF]) from e.g. ``10:30:00``, else ""."""
+    match = _TIME_RE.fullmatch(str(value or "").strip())
+    if match is None:
+        return ""
+    hh, mm, ss, frac = match.groups()
+    if int(hh) > 23 or (mm and int(mm) > 59) or (ss and int(ss) > 60):
+        return ""
+    fraction = (frac or "") if ss else ""
+    return f"{hh}{mm or ''}{ss or ''}{fraction}"
+
+
+def sanitise_sex(value: object) -> str:
+    """PatientSex as M, F or O (``Female`` -> F), else "" (unknown)."""
+    return _SEX_VALUES.get(str(value or "").strip().upper(), "")
+
+
+def _value(source: Dataset, keyword: str) -> object:
+    """The decoded value of an element, or None when it cannot be decoded (tolerant read)."""
+    try:
+        return source[keyword].value
+    except Exception:  # noqa: BLE001 - any decoding failure of a hostile value: drop it
+        return None
+
+
+#: Attributes kept even when their value does not validate (the writers need them; a bad
+#: UID or pixel description fails the image with a clear error instead).
+_KEEP_ALWAYS = frozenset(
+    {"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"}
+)
+
+
+#: VRs whose values are checked as text (numbers in binary VRs are already numbers; person
+#: names are left to highdicom, which only warns).
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
+
+
+def _drop_invalid_values(copy: Dataset) -> None:
+    """Strict write: empty (Type 2) or remove a value its VR does not allow.
+
+    E.g. a 20-character AccessionNumber (SH), a DS that is not a number.
+    """
+    for elem in list(copy):
+        if elem.VR not in _TEXT_VRS or elem.keyword in _KEEP_ALWAYS or elem.value in (None, ""):
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+        try:
+            for value in values:
+                validate_value(elem.VR, str(value), config.RAISE)
+        except (ValueError, TypeError):
+            if elem.keyword in _TYPE2_FROM_SOURCE:
+                copy[elem.tag].value = None
+            else:
+                del copy[elem.tag]
+
+
+def prepare_source(source: Dataset) -> PreparedSource:
+    r"""A copy of a source image's header that highdicom accepts as a derivation source.
+
+    Tolerant reading meets strict writing here. Only the attributes of `SOURCE_ALLOW_LIST`
+    are copied (values decoded with the source's character set; none of the source's
+    sequences except the functional-group macros of `_FUNCTIONAL_GROUP_MACROS`, one level
+    deep), and what a strict writer would refuse is repaired or left empty:
+
+    * missing Type 2 patient/study attributes are added empty (highdicom raises
+      AttributeError on them); dates and times in common illegal forms (``1961-07-04``,
+      ``10:30:00``) are rewritten as DA/TM, unreadable ones emptied; PatientSex ``Female``
+      becomes ``F``, an unknown one empty;
+    * a source in another character set than the default repertoire (e.g.
+      ``\ISO 2022 IR 149``) is written as UTF-8 (``ISO_IR 192``), its values decoded;
+    * a missing Modality becomes ``OT`` (other);
+    * any other value its VR does not allow is emptied (Type 2) or removed;
+    * a PatientAge that is not an Age String is repaired (`repair_age`) or dropped;
+    * a PixelSpacing that is not two positive numbers (e.g. 0 and 0 in Clunie's RG1 sample)
+      is removed, so highdicom does not copy an invalid one into the output.
 
     Args:
         source: the source image dataset (header or full), or a `PreparedSource`, which is
@@ -139,11 +277,36 @@ def prepare_source(source: Dataset) -> PreparedSource:
     if missing:
         raise ValueError(f"source image has no {', '.join(missing)}")
     copy = PreparedSource()
-    for elem in source:
-        if elem.tag.group != 0x7FE0:
-            copy.add(deepcopy(elem))
+    for keyword in sorted(SOURCE_ALLOW_LIST):
+        if keyword not in source:
+            continue
+        value = _value(source, keyword)
+        elem = source[keyword] if value is not None else None
+        if elem is None or elem.VR == "SQ":
+            continue
+        try:
+            copy.add_new(elem.tag, elem.VR, deepcopy(value))
+        except (TypeError, ValueError):
+            continue
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if groups in source:
+            setattr(copy, groups, _copy_functional_groups(_value(source, groups)))
     if hasattr(source, "file_meta"):
         copy.file_meta = deepcopy(source.file_meta)
+    charsets = source.get("SpecificCharacterSet")
+    names = [charsets] if isinstance(charsets, str) else list(charsets or [])
+    if any(str(n).strip() not in _DEFAULT_CHARSETS for n in names):
+        copy.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in ("PatientBirthDate", "StudyDate"):
+        if keyword in copy:
+            setattr(copy, keyword, sanitise_date(copy[keyword].value))
+    if "StudyTime" in copy:
+        copy.StudyTime = sanitise_time(copy.StudyTime)
+    if "PatientSex" in copy:
+        copy.PatientSex = sanitise_sex(copy.PatientSex)
+    if not str(copy.get("Modality", "") or "").strip():
+        copy.Modality = "OT"
+    _drop_invalid_values(copy)
     for keyword in _TYPE2_FROM_SOURCE:
         if keyword not in copy:
             setattr(copy, keyword, None)

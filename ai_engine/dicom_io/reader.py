@@ -117,16 +117,18 @@ def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
     except InvalidDicomError:
         pass
     except (OSError, ValueError, EOFError) as exc:
-        raise UnsupportedInputError(f"{path}: cannot be read as DICOM ({exc})") from exc
+        raise UnsupportedInputError(f"{path.name}: cannot be read as DICOM ({exc})") from exc
     # No preamble/"DICM": some archives store bare datasets. Accept only if it parses
     # into something with a SOP Instance UID or pixel data, else random bytes would "parse".
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         ok = len(ds) > 0 and _looks_like_instance(ds)
     except Exception as exc:  # forced parsing of arbitrary bytes fails in many ways
-        raise UnsupportedInputError(f"{path}: not a DICOM file ({type(exc).__name__})") from exc
+        raise UnsupportedInputError(
+            f"{path.name}: not a DICOM file ({type(exc).__name__})"
+        ) from exc
     if not ok:
-        raise UnsupportedInputError(f"{path}: not a DICOM file (no DICM header, no instance)")
+        raise UnsupportedInputError(f"{path.name}: not a DICOM file (no DICM header, no instance)")
     logger.debug("read a DICOM file without Part 10 header")
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
@@ -157,7 +159,7 @@ def _require_uids(ds: Dataset, path: Path) -> None:
     missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID") if not ds.get(k)]
     if missing:
         raise UnsupportedInputError(
-            f"{path}: not a DICOM composite instance (no {' or '.join(missing)})"
+            f"{path.name}: not a DICOM composite instance (no {' or '.join(missing)})"
         )
 
 
@@ -166,22 +168,23 @@ def _check_image(ds: Dataset, path: Path) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class.startswith("1.2.840.10008.") and not sop_class.startswith(_STORAGE_ROOT):
         raise UnsupportedInputError(
-            f"{path}: SOP class {sop_class} ({UID(sop_class).name}) is not an image"
+            f"{path.name}: SOP class {sop_class} ({UID(sop_class).name}) is not an image"
         )
     for root, kind in _NON_IMAGE_SOP_CLASSES:
         if sop_class == root or sop_class.startswith(root + "."):
             raise UnsupportedInputError(
-                f"{path}: SOP class {sop_class} ({UID(sop_class).name}) is a {kind}, not an image"
+                f"{path.name}: SOP class {sop_class} ({UID(sop_class).name}) is a {kind}, "
+                "not an image"
             )
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         detail = f" ({other[0]} is not supported)" if other else ""
-        raise UnsupportedInputError(f"{path}: no PixelData{detail}")
+        raise UnsupportedInputError(f"{path.name}: no PixelData{detail}")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedInputError(
-            f"{path}: colour image (PhotometricInterpretation {photometric or 'missing'}, "
+            f"{path.name}: colour image (PhotometricInterpretation {photometric or 'missing'}, "
             f"SamplesPerPixel {samples}); a greyscale image is expected"
         )
     tsyntax = _transfer_syntax(ds)
@@ -189,12 +192,12 @@ def _check_image(ds: Dataset, path: Path) -> None:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
         raise UnsupportedInputError(
-            f"{path}: no decoder for transfer syntax {tsyntax} ({tsyntax.name})"
+            f"{path.name}: no decoder for transfer syntax {tsyntax} ({tsyntax.name})"
         ) from exc
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
         raise UnsupportedInputError(
-            f"{path}: no installed decoder for transfer syntax {tsyntax} ({tsyntax.name}): "
+            f"{path.name}: no installed decoder for transfer syntax {tsyntax} ({tsyntax.name}): "
             f"{missing}"
         )
 
@@ -230,7 +233,7 @@ def read_image(path: Path, *, frame: int = 0) -> SourceImage:
     _check_image(ds, path)
     n_frames = _number_of_frames(ds)
     if not 0 <= frame < n_frames:
-        raise UnsupportedInputError(f"{path}: frame {frame} requested, file has {n_frames}")
+        raise UnsupportedInputError(f"{path.name}: frame {frame} requested, file has {n_frames}")
     if n_frames > 1:
         logger.info("multi-frame file: reading frame %d of %d", frame, n_frames)
     stored = _decode(ds, path, frame if n_frames > 1 else None)
@@ -295,10 +298,12 @@ def read_png(path: Path) -> FloatArray:
                     rgb[..., 1], rgb[..., 2]
                 ):
                     return rgb[..., 0].astype(np.float32) / np.float32(255.0)
-                raise UnsupportedInputError(f"{path}: colour image (mode {mode}); grey expected")
+                raise UnsupportedInputError(
+                    f"{path.name}: colour image (mode {mode}); grey expected"
+                )
     except OSError as exc:
-        raise UnsupportedInputError(f"{path}: not a readable image ({exc})") from exc
-    raise UnsupportedInputError(f"{path}: unsupported image mode {mode!r}")
+        raise UnsupportedInputError(f"{path.name}: not a readable image ({exc})") from exc
+    raise UnsupportedInputError(f"{path.name}: unsupported image mode {mode!r}")
 
 
 def _header(ds: Dataset) -> Dataset:
@@ -327,13 +332,13 @@ def _decode(ds: Dataset, path: Path, index: int | None) -> npt.NDArray[Any]:
         arr: npt.NDArray[Any] = pixel_array(ds, index=index)
     except Exception as exc:  # decoders raise anything on corrupt data
         raise UnsupportedInputError(
-            f"{path}: pixel data could not be decoded "
+            f"{path.name}: pixel data could not be decoded "
             f"({_transfer_syntax(ds).name}: {type(exc).__name__}: {exc})"
         ) from exc
     expected = (int(ds.Rows), int(ds.Columns))
     if arr.shape[-2:] != expected:
         raise UnsupportedInputError(
-            f"{path}: decoded pixels have shape {arr.shape}, header says {expected}"
+            f"{path.name}: decoded pixels have shape {arr.shape}, header says {expected}"
         )
     return arr
 

@@ -183,9 +183,24 @@ def _image_group(
         threshold=image.threshold if analysed else None,
         percentile=image.healthy_percentile if analysed else None,
         status=_status(image.is_abnormal if analysed else None),
-        source=source,
+        # a non-image in the study (an RT Plan, a CT without pixel data) is "not analysed"
+        # by its tracking identifier alone: an image reference to it would be invalid
+        source=source if _is_image_source(source) else None,
         reason=reason,
     )
+
+
+#: Modalities highdicom refuses as the source image of a measurement group.
+_NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "SR", "DOC", "KO", "PR", "PLAN", "RWV", "REG", "FID", "RTDOSE", "RTPLAN",
+     "RTRECORD", "RTSTRUCT"}
+)  # fmt: skip
+
+
+def _is_image_source(source: Dataset) -> bool:
+    """Whether ``source`` can be referenced as the image of a measurement group."""
+    has_pixels = all(k in source for k in ("Rows", "Columns"))
+    return has_pixels and str(source.get("Modality", "")) not in _NON_IMAGE_MODALITIES
 
 
 def _study_group(

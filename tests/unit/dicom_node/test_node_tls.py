@@ -310,3 +310,14 @@ def test_unloadable_certificate_fails_at_start(settings: NodeSettings, pki: Pki)
     with pytest.raises(ConfigError, match="cannot load TLS certificate"):
         server.start()
     server.stop()
+
+
+def test_tls12_cbc_suites_are_not_offered(tls_scp: StorageSCP, pki: Pki) -> None:
+    """RFC 9325: a TLS 1.2 client that offers only CBC suites gets no handshake."""
+    ctx = _client_context(pki, pki.client_cert, pki.client_key)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA")
+    assert not _echo_ok(tls_scp.port, ctx)
+    good = _client_context(pki, pki.client_cert, pki.client_key)
+    good.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert _echo_ok(tls_scp.port, good)
