@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -200,6 +201,9 @@ def run(
                     ImageResult(sop_uid, series_uid, None, None, None, None, reason)
                 )
             seconds["read"] += time.perf_counter() - started
+            if card.anatomy == "brain":
+                to_score, refused = _brain_series(to_score, sources, seconds)
+                image_results.extend(refused)
             output = predict_images(model, [pixels for _, _, pixels in to_score], seconds)
             t_write = time.perf_counter()
             if study_uid not in prepared_by_study:
@@ -297,6 +301,86 @@ def run(
             )
             results.append(study)
     return results
+
+
+#: Fewer slices than this are not a volume HD-BET can extract a brain from.
+MIN_BRAIN_SLICES = 8
+
+
+def _brain_series(
+    to_score: list[tuple[int, Dataset, FloatArray]],
+    sources: Sequence[_Source],
+    seconds: dict[str, float],
+) -> tuple[list[tuple[int, Dataset, FloatArray]], list[ImageResult]]:
+    """For a brain model: each series as one volume, brain-extracted and normalised.
+
+    The slices of a series are sorted in space (`volume.read_series`, its spacing from the
+    headers), HD-BET finds the brain (`ai_engine.anatomy.brain`) and the volume is normalised
+    inside it; each slice is then scored on its own. A series that is not a volume (fewer than
+    `MIN_BRAIN_SLICES` slices, slices that cannot be ordered, no spacing) and a slice without
+    brain are not analysed, with the reason.
+    """
+    from ai_engine.anatomy.brain import brain_masks, normalise_in_brain
+    from ai_engine.dicom_io.volume import read_series
+
+    t0 = time.perf_counter()
+    by_series: dict[str, list[tuple[int, Dataset, FloatArray]]] = {}
+    for entry in to_score:
+        by_series.setdefault(str(entry[1].get("SeriesInstanceUID", "")), []).append(entry)
+    kept: list[tuple[int, Dataset, FloatArray]] = []
+    refused: list[ImageResult] = []
+
+    def refuse(entries: Sequence[tuple[int, Dataset, FloatArray]], reason: str) -> None:
+        for _, ds, _ in entries:
+            refused.append(
+                ImageResult(
+                    str(ds.SOPInstanceUID),
+                    str(ds.get("SeriesInstanceUID", "")),
+                    None,
+                    None,
+                    None,
+                    None,
+                    reason,
+                )
+            )
+
+    for series_uid, entries in by_series.items():
+        if len(entries) < MIN_BRAIN_SLICES:
+            refuse(
+                entries,
+                f"brain extraction needs a series of at least {MIN_BRAIN_SLICES} slices; "
+                f"this one has {len(entries)}",
+            )
+            continue
+        try:
+            volume = read_series([sources[index].path for index, _, _ in entries])
+        except AiEngineError:
+            refuse(
+                entries,
+                "the series is not one volume (its slices differ in size or orientation, "
+                "share a position or cannot be ordered)",
+            )
+            continue
+        if not all(math.isfinite(v) and v > 0 for v in volume.spacing):
+            refuse(entries, "the series has no usable voxel spacing for brain extraction")
+            continue
+        masks = brain_masks(volume.pixels, volume.spacing)
+        if not any(m.reason is None for m in masks):
+            refuse(entries, "no brain found in this series")
+            continue
+        normalised = normalise_in_brain(volume.pixels, masks)
+        by_uid = {str(ds.SOPInstanceUID): k for k, ds in enumerate(volume.datasets)}
+        for index, ds, _ in entries:
+            k = by_uid[str(ds.SOPInstanceUID)]
+            if masks[k].reason is not None:
+                refuse([(index, ds, normalised[k])], masks[k].reason or "no brain")
+            else:
+                kept.append((index, ds, normalised[k]))
+        logger.info(
+            "brain series prepared", extra={"series_uid": series_uid, "slices": len(entries)}
+        )
+    seconds["brain"] = seconds.get("brain", 0.0) + time.perf_counter() - t0
+    return kept, refused
 
 
 def _write_flagged_kos(

@@ -27,14 +27,22 @@ def region_levels(source_map: FloatArray, calibration: Calibration) -> list[tupl
     """Nested binary regions, one per pixel threshold (ascending, so each contains the next).
 
     Returns:
-        (label, mask (rows, columns) bool) pairs; the label says which healthy percentile.
+        (label, mask (rows, columns) bool) pairs; the label says which threshold: the healthy
+        percentile ("Anomaly > p99 healthy") or, for a threshold chosen on val Dice,
+        "Anomaly > best val Dice".
     """
     levels = []
     for value, rule in zip(
         calibration.pixel_thresholds, calibration.pixel_threshold_rules, strict=True
     ):
-        short = rule.split(" of ")[0].replace("th percentile", "")
-        levels.append((f"Anomaly > p{short} healthy", source_map >= value))
+        if "percentile" in rule:
+            short = rule.split(" of ")[0].replace("th percentile", "")
+            label = f"Anomaly > p{short} healthy"
+        elif "Dice" in rule:
+            label = "Anomaly > best val Dice"
+        else:
+            label = f"Anomaly > {value:.4g}"
+        levels.append((label[:64], source_map >= value))
     return levels
 
 

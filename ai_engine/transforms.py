@@ -38,8 +38,15 @@ def build(image_size: tuple[int, int]) -> Compose:
     )
 
 
-def describe(image_size: tuple[int, int]) -> str:
-    """The preprocessing of `build` in words, for the model card."""
+def describe(image_size: tuple[int, int], anatomy: str = "") -> str:
+    """The preprocessing of `build` in words, for the model card (``anatomy``: the card's)."""
+    if anatomy == "brain":
+        return (
+            "each series as one volume: HD-BET brain extraction (fold 0, no mirroring; "
+            "ai_engine/anatomy/brain.py), intensities as a robust z-score of the volume's "
+            "brain voxels mapped to 0.25 + z/8 and clipped to [0, 1], 0 outside the brain; "
+            f"each slice squashed to {image_size[0]}x{image_size[1]} with area interpolation"
+        )
     return (
         "greyscale in [0, 1] (DICOM: modality LUT/rescale, then VOI LUT or window, "
         "MONOCHROME1 inverted, 8-bit data divided by 255; PNG: value/255); clipped to [0, 1]; "

@@ -42,11 +42,11 @@ fi
 stamp=".venv/.ai-node-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  log "pip install -e .[test] (torch pinned to 2.13.0)"
+  log "pip install -e .[test,brain] (torch pinned to 2.13.0)"
   # torch is pinned in the same command: otherwise monai pulls the newest torch with GBs of CUDA.
   # (The grep hides this machine's harmless "Location 'file:///…' is ignored" pip.conf noise;
   # with pipefail the pipeline still fails when pip does.)
-  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" "torch==2.13.0" 2>&1 \
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,brain]" "torch==2.13.0" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$stamp"
 fi

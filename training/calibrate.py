@@ -25,7 +25,7 @@ import yaml
 
 from ai_engine import checkpoints, registry
 from ai_engine.types import ModelCard
-from training.data import load_batch, read_manifest
+from training.data import load_items, load_mask, read_manifest
 from training.fit import REPO_ROOT, calibrate, write_model_card_readme
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,11 @@ def recalibrate(
         manifest = (REPO_ROOT / manifest).resolve()
     val = read_manifest(manifest, "val")
     size = card.image_size
-    x_val_n = load_batch([i.path for i in val if i.label == 0], size)
-    x_val_a = load_batch([i.path for i in val if i.label == 1], size)
+    val_normal = [i for i in val if i.label == 0]
+    val_abnormal = [i for i in val if i.label == 1]
+    x_val_n = load_items(val_normal, size, card.anatomy, volumes=val)
+    x_val_a = load_items(val_abnormal, size, card.anatomy, volumes=val)
+    val_masks = [load_mask(i.mask_path) if i.mask_path else None for i in val_abnormal]
     config = {
         "model_id": card.model_id,
         "name": name or card.name,
@@ -110,7 +113,7 @@ def recalibrate(
     cls = registry.get(card.model_id)
     with torch.no_grad():
         rule, rule_auroc, calibration = calibrate(
-            cls, network, config, size, scoring, x_val_n, x_val_a
+            cls, network, config, size, scoring, x_val_n, x_val_a, val_masks=val_masks
         )
     new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
     # the val AUROC of the rules ``fit`` compared still hold when the scoring settings and the

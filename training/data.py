@@ -86,19 +86,25 @@ def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
     return items
 
 
-def load_items(items: list[Item], image_size: tuple[int, int], anatomy: str = "") -> torch.Tensor:
+def load_items(
+    items: list[Item],
+    image_size: tuple[int, int],
+    anatomy: str = "",
+    volumes: list[Item] | None = None,
+) -> torch.Tensor:
     """(N, 1, H, W) model inputs for manifest items with the preprocessing the node applies.
 
-    ``anatomy`` is the card's (`ai_engine.anatomy`): "brain" rebuilds each patient's volume,
-    extracts and normalises the brain (`training.brain_volumes.prepare`); "" reads each image
-    as it is (`load_batch`).
+    ``anatomy`` is the card's (`ai_engine.anatomy`): "brain" rebuilds each patient's volume
+    from ``volumes`` (default: ``items``; pass the whole split so that a subset, e.g. its
+    normal slices, is cut from complete volumes), extracts and normalises the brain
+    (`training.brain_volumes.prepare`); "" reads each image as it is (`load_batch`).
     """
     if anatomy == "brain":
         from training.brain_volumes import prepare
 
         if not items:
             return torch.empty(0, 1, *image_size)
-        prepared = prepare(items)
+        prepared = prepare(volumes or items)
         return torch.stack([model_input(prepared[i.path].pixels, image_size) for i in items])
     return load_batch([i.path for i in items], image_size)
 

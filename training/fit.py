@@ -189,8 +189,8 @@ def fit(
     if not cls.trainable:  # a baseline with nothing to learn: build and calibrate only
         train_items, n_epochs = [], 0
     x_train = load_items(train_items, image_size, anatomy)
-    x_val_n = load_items(val_normal, image_size, anatomy)
-    x_val_a = load_items(val_abnormal, image_size, anatomy)
+    x_val_n = load_items(val_normal, image_size, anatomy, volumes=val_items)
+    x_val_a = load_items(val_abnormal, image_size, anatomy, volumes=val_items)
     val_masks = [load_mask(i.mask_path) if i.mask_path else None for i in val_abnormal]
 
     select = str(optim_cfg.get("select", "val_normal_loss"))
@@ -304,7 +304,7 @@ def fit(
         body_parts=tuple(config.get("body_parts", ())),
         views=tuple(config.get("views", ())),
         image_size=image_size,
-        preprocessing=describe(image_size),
+        preprocessing=describe(image_size, anatomy),
         weights_sha256="",
         calibration=calibration,
         training={

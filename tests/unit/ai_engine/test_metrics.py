@@ -110,3 +110,40 @@ def test_encoder_features_of_the_default_model_separate_noise_from_radiographs()
     fx, fn = extract(xrays), extract(noise)
     assert fx.shape == (20, 128)
     assert metrics.fid(fx[:10], fx[10:]) < metrics.fid(fx, fn)
+
+
+def test_best_dice_threshold_and_per_group_dice() -> None:
+    from ai_engine.metrics import best_dice_threshold, mean_dice_by_group, pixel_auprc
+
+    truth = np.zeros((8, 8), dtype=bool)
+    truth[2:5, 2:5] = True
+    amap = np.where(truth, 0.8, 0.1).astype(np.float32)
+    amap[0, 0] = 0.5  # one bright healthy pixel: a threshold at 0.5 or below costs precision
+    threshold, dice = best_dice_threshold([truth], [amap])
+    assert 0.5 < threshold <= 0.8
+    assert dice == 1.0
+    assert pixel_auprc([truth], [amap]) == 1.0
+    # per group: group b has no anomalous pixel and is left out; group a scores 1.0 and c 0.0
+    empty = np.zeros_like(truth)
+    assert (
+        mean_dice_by_group(
+            [truth, empty, truth], [amap, amap, np.zeros_like(amap)], ["a", "b", "c"], threshold
+        )
+        == 0.5
+    )
+
+
+def test_the_threshold_baselines_map_is_a_median_filter_inside_the_eroded_brain() -> None:
+    import torch
+
+    from ai_engine.models.flair_threshold.torch_model import IntensityMap
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 4:28, 4:28] = 0.25  # the brain
+    x[0, 0, 14:18, 14:18] = 0.9  # a lesion of 4x4 pixels
+    x[0, 0, 8, 8] = 1.0  # one hot pixel: the median filter removes it
+    out = IntensityMap(median_size=5, erosion_px=3)(x)[0, 0]
+    assert out[8, 8] == pytest.approx(0.25)
+    assert out[16, 16] == pytest.approx(0.9)
+    assert out[5, 16] == 0  # within 3 px of the brain's edge: eroded away
+    assert out[0, 0] == 0  # outside the brain

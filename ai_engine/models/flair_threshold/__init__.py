@@ -1,0 +1,1 @@
+"""No-learning baseline for brain FLAIR: brain-extracted intensity, median-filtered, thresholded."""
