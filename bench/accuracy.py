@@ -106,7 +106,9 @@ def config_for(model_id: str, dataset: str, budget: str = "cpu") -> dict[str, An
 
 
 def kind_of(model_id: str, config: dict[str, Any]) -> str:
-    """``supervised``, ``semi-supervised`` or ``normal-only``."""
+    """``baseline`` (nothing learnt), ``supervised``, ``semi-supervised`` or ``normal-only``."""
+    if not registry.get(model_id).trainable:
+        return "baseline"  # the row every model of its data set must beat
     if model_id in SUPERVISED:
         return "supervised"
     return "semi-supervised" if config.get("unlabelled") else "normal-only"
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = datasets[dataset]
             if not manifest.is_file():
                 raise SystemExit(f"no manifest for {dataset}: {manifest}")
+            if model_id == "flair_threshold" and dataset != "brain":
+                continue  # the brain FLAIR baseline (brain extraction): only for brain
             kind = kind_of(model_id, config_for(model_id, dataset, args.configs))
             for seed in seeds:
                 folder, seconds = train_or_load(model_id, dataset, manifest, seed, args)
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {model_id:<16} {dataset:<8} seed {seed}: AUROC {row['auroc']:.3f}",
                     file=sys.stderr,
                 )
-    for kind in ("normal-only", "semi-supervised", "supervised"):
+    for kind in ("baseline", "normal-only", "semi-supervised", "supervised"):
         group = [r for r in rows if r["kind"] == kind]
         if not group:
             continue

@@ -73,7 +73,8 @@ def config_for(model_id: str, configs: str, size: int) -> tuple[str, dict[str, A
         path = CONFIGS / f"{model_id}.yaml"
     config = load_config(path)
     config["image_size"] = [size, size]
-    config["init_args"] = {**config["init_args"], "image_size": [size, size]}
+    if "image_size" in config["init_args"]:  # a filter-only baseline has no size of its own
+        config["init_args"] = {**config["init_args"], "image_size": [size, size]}
     return path.name, config
 
 
@@ -125,8 +126,11 @@ def measure(
         "infer_amp_img_s": _cell(infer(True), len(x_cpu), args.seconds, cuda),
     }
     if not args.no_train:
-        row["train_img_s"] = _cell(train_call(cls, network, config, x_cpu, device),
-                                   len(x_cpu), args.seconds, cuda)  # fmt: skip
+        row["train_img_s"] = (
+            _cell(train_call(cls, network, config, x_cpu, device), len(x_cpu), args.seconds, cuda)
+            if cls.trainable
+            else "-"  # nothing to train (a no-learning baseline)
+        )
     if cuda:
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return row

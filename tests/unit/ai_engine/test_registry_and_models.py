@@ -53,11 +53,17 @@ def test_conv_ae_is_deterministic_given_a_seed():
 
 # models trained with labels (cnn_supervised) have no normal-only trainer; their own test
 # files train them with `training fit-supervised`
-UNSUPERVISED = [m for m in registry.list_ids() if not registry.get(m).requires_labels]
+# files train them with `training fit-supervised`; a no-learning baseline (flair_threshold)
+# has no trainer at all and is tested in test_brain.py and test_metrics.py
+UNSUPERVISED = [
+    m
+    for m in registry.list_ids()
+    if not registry.get(m).requires_labels and registry.get(m).trainable
+]
 
 
-def test_the_unsupervised_list_leaves_out_only_the_label_trained_models():
-    assert set(registry.list_ids()) - set(UNSUPERVISED) == {"cnn_supervised"}
+def test_the_unsupervised_list_leaves_out_only_the_label_trained_models_and_the_baseline():
+    assert set(registry.list_ids()) - set(UNSUPERVISED) == {"cnn_supervised", "flair_threshold"}
 
 
 @pytest.mark.parametrize("model_id", UNSUPERVISED)
