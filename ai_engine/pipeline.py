@@ -33,7 +33,14 @@ from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.postprocess import fractional_map, map_to_source, region_levels
 from ai_engine.suitability import reason_not_suitable
 from ai_engine.transforms import model_input
-from ai_engine.types import AlgorithmInfo, AnomalyOutput, FloatArray, ImageResult, StudyResult
+from ai_engine.types import (
+    AlgorithmInfo,
+    AnomalyOutput,
+    Calibration,
+    FloatArray,
+    ImageResult,
+    StudyResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +170,7 @@ def run(
     """
     from pydicom.uid import generate_uid
 
-    from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.reader import read_image
-    from ai_engine.dicom_io.sc_writer import write_overlay_sc
-    from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
     from ai_engine.dicom_io.sr_writer import write_sr
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -214,62 +218,48 @@ def run(
             cal = card.calibration
             for i, (index, dataset, pixels) in enumerate(to_score):
                 score = float(output.score[i])
-                image_results.append(
-                    ImageResult(
-                        sop_instance_uid=str(dataset.SOPInstanceUID),
-                        series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
-                        score=score,
-                        threshold=cal.threshold,
-                        is_abnormal=score >= cal.threshold,
-                        healthy_percentile=cal.healthy_percentile(score),
-                    )
+                result = ImageResult(
+                    sop_instance_uid=str(dataset.SOPInstanceUID),
+                    series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
+                    score=score,
+                    threshold=cal.threshold,
+                    is_abnormal=score >= cal.threshold,
+                    healthy_percentile=cal.healthy_percentile(score),
                 )
-                rows, cols = pixels.shape
-                source_map = map_to_source(output.anomaly_map[i], rows, cols)
-                # the prepared header of this source, shared by all its writers and the SR
-                source = prepared[index]
-                binary = write_binary_seg(
-                    source,
-                    region_levels(source_map, cal),
-                    algorithm,
-                    series_instance_uid=seg_series,
-                    instance_number=i + 1,
-                )
-                # continuous map: Parametric Map where the source has a frame of reference
-                # (CT/MR), FRACTIONAL SEG on projection radiographs (a PM is not valid there)
-                scaled = fractional_map(source_map, cal)
-                continuous: Dataset
-                if dataset.get("FrameOfReferenceUID"):
-                    continuous = write_parametric_map(
-                        [source],
-                        scaled,
+                try:
+                    written = _write_image_outputs(
+                        output_dir,
+                        card.name,
+                        prepared[index],  # the prepared header, shared by its writers and the SR
+                        dataset,
+                        pixels,
+                        map_to_source(output.anomaly_map[i], *pixels.shape),
+                        cal,
                         algorithm,
-                        series_instance_uid=frac_series,
-                        instance_number=i + 1,
+                        (seg_series, frac_series, sc_series if overlay_sc else None),
+                        i + 1,
+                    )
+                except Exception as exc:  # noqa: BLE001 - one image's writers must not sink the study
+                    # strict writing refused something of this source: the image gets a
+                    # reason instead of a score, the study's other images keep their results
+                    logger.warning(
+                        "result objects of an image could not be written",
+                        extra={"study_uid": study_uid, "error": type(exc).__name__},
+                    )
+                    result = dataclasses.replace(
+                        result,
+                        score=None,
+                        threshold=None,
+                        is_abnormal=None,
+                        healthy_percentile=None,
+                        not_analysed_reason=(
+                            "the result objects for this image could not be written "
+                            f"({type(exc).__name__})"
+                        ),
                     )
                 else:
-                    continuous = write_fractional_seg(
-                        source,
-                        scaled,
-                        algorithm,
-                        series_instance_uid=frac_series,
-                        instance_number=i + 1,
-                    )
-                outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
-                if overlay_sc:
-                    sc = write_overlay_sc(
-                        source,
-                        pixels,
-                        scaled,
-                        algorithm,
-                        series_instance_uid=sc_series,
-                        instance_number=i + 1,
-                    )
-                    outputs.append(("sc", sc))
-                for kind, ds in outputs:
-                    path = output_dir / f"{card.name}_{kind}_{ds.SOPInstanceUID}.dcm"
-                    ds.save_as(path, enforce_file_format=True)
-                    files.append(str(path))
+                    files.extend(written)
+                image_results.append(result)
             scored = [r for r in image_results if r.score is not None]
             study_score = max((r.score for r in scored if r.score is not None), default=None)
             study = StudyResult(
@@ -301,6 +291,69 @@ def run(
             )
             results.append(study)
     return results
+
+
+def _write_image_outputs(
+    output_dir: Path,
+    name: str,
+    source: PreparedSource,
+    dataset: Dataset,
+    pixels: FloatArray,
+    source_map: FloatArray,
+    cal: Calibration,
+    algorithm: AlgorithmInfo,
+    series: tuple[str, str, str | None],
+    instance_number: int,
+) -> list[str]:
+    """Write one analysed image's binary SEG, continuous map (and overlay SC); their paths.
+
+    Nothing is saved unless every object of the image was built.
+    """
+    from ai_engine.dicom_io.pmap_writer import write_parametric_map
+    from ai_engine.dicom_io.sc_writer import write_overlay_sc
+    from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
+
+    seg_series, map_series, sc_series = series
+    binary = write_binary_seg(
+        source,
+        region_levels(source_map, cal),
+        algorithm,
+        series_instance_uid=seg_series,
+        instance_number=instance_number,
+    )
+    # continuous map: Parametric Map where the source has a frame of reference (CT/MR),
+    # FRACTIONAL SEG on projection radiographs (a PM is not valid there)
+    scaled = fractional_map(source_map, cal)
+    writer = write_parametric_map if dataset.get("FrameOfReferenceUID") else None
+    continuous: Dataset = (
+        writer([source], scaled, algorithm, series_instance_uid=map_series,
+               instance_number=instance_number)
+        if writer is not None
+        else write_fractional_seg(source, scaled, algorithm, series_instance_uid=map_series,
+                                  instance_number=instance_number)
+    )  # fmt: skip
+    outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
+    if sc_series is not None:
+        sc = write_overlay_sc(
+            source,
+            pixels,
+            scaled,
+            algorithm,
+            series_instance_uid=sc_series,
+            instance_number=instance_number,
+        )
+        outputs.append(("sc", sc))
+    paths: list[Path] = []
+    try:
+        for kind, ds in outputs:
+            path = output_dir / f"{name}_{kind}_{ds.SOPInstanceUID}.dcm"
+            paths.append(path)
+            ds.save_as(path, enforce_file_format=True)
+    except BaseException:
+        for path in paths:  # no half of an image's result set is left to be delivered
+            path.unlink(missing_ok=True)
+        raise
+    return [str(p) for p in paths]
 
 
 #: Fewer slices than this are not a volume HD-BET can extract a brain from.

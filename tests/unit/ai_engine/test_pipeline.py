@@ -182,3 +182,42 @@ def test_a_flagged_study_gets_a_key_object_selection_of_its_flagged_images_and_s
     errors, output = dciodvfy_report(Path(next(f for f in flagged_study.files if "_kos_" in f)))
     assert not errors, output
     assert not any(pydicom.dcmread(f).Modality == "KO" for f in by_flag[False].files)
+
+
+def test_an_image_whose_results_cannot_be_written_is_not_analysed_and_the_rest_is_kept(
+    tiny_checkpoint, study_dir, tmp_path, monkeypatch
+):
+    """Strict writing refusing one source must not sink the study (issue 21)."""
+    from ai_engine.dicom_io import seg_writer
+
+    first = next(study_dir.glob("*.dcm"))
+    second = pydicom.dcmread(first)
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    second.save_as(study_dir / "second.dcm", enforce_file_format=True)
+    bad_uid = str(second.SOPInstanceUID)
+    real = seg_writer.write_binary_seg
+
+    def refusing(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(source.SOPInstanceUID) == bad_uid:
+            raise ValueError("a value the IOD does not allow")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(seg_writer, "write_binary_seg", refusing)
+    [result] = pipeline.run(study_dir, tmp_path / "out", [str(tiny_checkpoint)])
+    by_uid = {i.sop_instance_uid: i for i in result.images}
+    assert by_uid[bad_uid].score is None
+    assert by_uid[bad_uid].not_analysed_reason == (
+        "the result objects for this image could not be written (ValueError)"
+    )
+    good = next(i for uid, i in by_uid.items() if uid != bad_uid)
+    assert good.score is not None
+    written = [pydicom.dcmread(f) for f in result.files]
+    assert not any(bad_uid in str(ds) for ds in written if ds.Modality == "SEG")
+    assert sum(ds.Modality == "SEG" for ds in written) == 2  # the good image's two SEGs
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        Path(f).name for f in result.files
+    )  # nothing half-written is left beside them
+    sr = next(ds for ds in written if ds.Modality == "SR")
+    reported = read_sr_scores(sr)["images"][bad_uid]
+    assert reported["status"] == "Not analysed"
+    assert "could not be written" in reported["reason"]
