@@ -233,6 +233,54 @@ def fppi(
     }
 
 
+def map_boxes(anomaly_map: npt.NDArray[Any], threshold: float) -> list[list[float]]:
+    """Boxes ``[x0, y0, x1, y1]`` (pixel edges) of the connected components of ``map >= threshold``.
+
+    Components are 8-connected; the boxes are what `fppi` matches against the true boxes.
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(anomaly_map) >= threshold, structure=np.ones((3, 3)))
+    boxes = []
+    for rows, cols in ndimage.find_objects(labels)[:n]:
+        boxes.append([float(cols.start), float(rows.start), float(cols.stop), float(rows.stop)])
+    return boxes
+
+
+def pointing_game(
+    maps: Sequence[npt.NDArray[Any]], boxes: Sequence[Sequence[Sequence[float]]]
+) -> float:
+    """Share of images whose map maximum falls inside one of their boxes ``[x0, y0, x1, y1]``.
+
+    Images without a box are left out; NaN when none has one. Ties: the first maximum in
+    row-major order.
+    """
+    hits = n = 0
+    for amap, truth in zip(maps, boxes, strict=True):
+        if not len(truth):
+            continue
+        n += 1
+        row, col = np.unravel_index(int(np.argmax(amap)), np.shape(amap))
+        x, y = col + 0.5, row + 0.5  # the pixel's centre
+        hits += any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in truth)
+    return hits / n if n else float("nan")
+
+
+def share_inside(
+    maps: Sequence[npt.NDArray[Any]], regions: Sequence[npt.NDArray[Any]], threshold: float
+) -> float:
+    """Share of all above-threshold map pixels (``map >= threshold``) that lie inside ``regions``.
+
+    Pooled over the images; NaN when no pixel reaches the threshold.
+    """
+    above = inside = 0
+    for amap, region in zip(maps, regions, strict=True):
+        hot = np.asarray(amap) >= threshold
+        above += int(hot.sum())
+        inside += int((hot & np.asarray(region, dtype=bool)).sum())
+    return inside / above if above else float("nan")
+
+
 def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from pydicom import Dataset
 
 from ai_engine import checkpoints as ckpt
+from ai_engine.anatomy import REGION_MARGIN_PX, find_regions, region_tensor, restrict
 from ai_engine.dicom_io import markers
 from ai_engine.dicom_io._common import PreparedSource, prepare_source
 from ai_engine.errors import AiEngineError, UnsupportedInputError
@@ -57,7 +59,12 @@ def get_model(checkpoint: str, device: torch.device | None = None) -> AnomalyMod
     return _MODELS[key]
 
 
-def infer_batch(model: AnomalyModel, batch: torch.Tensor, amp: bool | None = None) -> AnomalyOutput:
+def infer_batch(
+    model: AnomalyModel,
+    batch: torch.Tensor,
+    amp: bool | None = None,
+    region: torch.Tensor | None = None,
+) -> AnomalyOutput:
     """``model.predict`` on one preprocessed (B, 1, H, W) batch, on the model's device.
 
     Args:
@@ -65,16 +72,36 @@ def infer_batch(model: AnomalyModel, batch: torch.Tensor, amp: bool | None = Non
         batch: model input (`ai_engine.transforms.model_input` of each image), any device.
         amp: mixed precision (``torch.autocast``: float16 on CUDA, bfloat16 on CPU); default on
             CUDA only, as the node and ``training evaluate`` run.
+        region: (B, 1, H, W) bool anatomy region (`ai_engine.anatomy.region_tensor`): the map
+            is restricted to it and the score comes from inside it (`ai_engine.anatomy.restrict`,
+            with the card's score rule); None for a card without an anatomy region.
     """
     use_amp = model.device.type == "cuda" if amp is None else amp
+    x = batch.to(model.device)
     with torch.autocast(device_type=model.device.type, enabled=use_amp):
-        return model.predict(batch.to(model.device))
+        out = model.predict(x)
+    if region is None:
+        return out
+    scoring = model.card.training.get("scoring", {})
+    return restrict(
+        AnomalyOutput(
+            out.score.float(),
+            out.anomaly_map.float(),
+            None if out.reconstruction is None else out.reconstruction.float(),
+        ),
+        x.float(),
+        region,
+        str(scoring.get("rule", "map_top")),
+        float(scoring.get("top_fraction", 0.05)),
+        int(scoring.get("region_margin", REGION_MARGIN_PX)),
+    )
 
 
 def predict_images(
     model: AnomalyModel,
     images: Sequence[FloatArray],
     seconds: dict[str, float] | None = None,
+    regions: Sequence[npt.NDArray[np.bool_]] | None = None,
 ) -> AnomalyOutput:
     """Score greyscale images in [0, 1] of any size, in batches, with the model's preprocessing.
 
@@ -85,6 +112,8 @@ def predict_images(
         model: the loaded model.
         images: (H, W) arrays in [0, 1].
         seconds: if given, wall seconds are added under ``preprocess`` and ``infer``.
+        regions: per image, its anatomy region at the image's resolution
+            (`ai_engine.anatomy.find_regions`): maps are restricted to it, scores come from it.
 
     Returns:
         AnomalyOutput with score (N,), anomaly_map (N, 1, H, W) at the model's input size.
@@ -95,8 +124,11 @@ def predict_images(
     for start in range(0, len(images), BATCH_SIZE):
         t0 = time.perf_counter()
         batch = torch.stack([model_input(img, size) for img in images[start : start + BATCH_SIZE]])
+        region = (
+            None if regions is None else region_tensor(regions[start : start + BATCH_SIZE], size)
+        )
         t1 = time.perf_counter()
-        out = infer_batch(model, batch)
+        out = infer_batch(model, batch, region=region)
         scores.append(out.score.float().cpu())
         maps.append(out.anomaly_map.float().cpu())
         if out.reconstruction is not None:
@@ -205,10 +237,16 @@ def run(
                     ImageResult(sop_uid, series_uid, None, None, None, None, reason)
                 )
             seconds["read"] += time.perf_counter() - started
+            regions = None
             if card.anatomy == "brain":
                 to_score, refused = _brain_series(to_score, sources, seconds)
                 image_results.extend(refused)
-            output = predict_images(model, [pixels for _, _, pixels in to_score], seconds)
+            elif card.anatomy:
+                to_score, refused, regions = _image_regions(
+                    card.anatomy, to_score, model.device, seconds
+                )
+                image_results.extend(refused)
+            output = predict_images(model, [pixels for _, _, pixels in to_score], seconds, regions)
             t_write = time.perf_counter()
             if study_uid not in prepared_by_study:
                 prepared_by_study[study_uid] = [prepare_source(s.header) for s in sources]
@@ -354,6 +392,38 @@ def _write_image_outputs(
             path.unlink(missing_ok=True)
         raise
     return [str(p) for p in paths]
+
+
+def _image_regions(
+    anatomy: str,
+    to_score: list[tuple[int, Dataset, FloatArray]],
+    device: torch.device,
+    seconds: dict[str, float],
+) -> tuple[list[tuple[int, Dataset, FloatArray]], list[ImageResult], list[npt.NDArray[np.bool_]]]:
+    """For a model with a per-image anatomy (lungs): each image's region, found before scoring.
+
+    Returns the images to score, the images where no plausible region was found (not
+    analysed, with the reason) and the regions of the images to score, in their order.
+    """
+    t0 = time.perf_counter()
+    found = find_regions(anatomy, [pixels for _, _, pixels in to_score], device) or []
+    kept, refused, masks = [], [], []
+    for entry, region in zip(to_score, found, strict=True):
+        if region.reason is None:
+            kept.append(entry)
+            masks.append(region.mask)
+            continue
+        ds = entry[1]
+        refused.append(
+            ImageResult(
+                str(ds.SOPInstanceUID),
+                str(ds.get("SeriesInstanceUID", "")),
+                None, None, None, None,
+                region.reason,
+            )
+        )  # fmt: skip
+    seconds[anatomy] = seconds.get(anatomy, 0.0) + time.perf_counter() - t0
+    return kept, refused, masks
 
 
 #: Fewer slices than this are not a volume HD-BET can extract a brain from.

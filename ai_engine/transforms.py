@@ -47,12 +47,19 @@ def describe(image_size: tuple[int, int], anatomy: str = "") -> str:
             "brain voxels mapped to 0.25 + z/8 and clipped to [0, 1], 0 outside the brain; "
             f"each slice squashed to {image_size[0]}x{image_size[1]} with area interpolation"
         )
-    return (
+    text = (
         "greyscale in [0, 1] (DICOM: modality LUT/rescale, then VOI LUT or window, "
         "MONOCHROME1 inverted, 8-bit data divided by 255; PNG: value/255); clipped to [0, 1]; "
         f"squashed to {image_size[0]}x{image_size[1]} (aspect ratio not kept) with area "
         "interpolation; no intensity normalisation beyond that"
     )
+    if anatomy == "lungs":
+        text += (
+            "; lung fields found by the lung-field U-Net (ai_engine/anatomy/lungs.py): the map "
+            "is zeroed outside them (widened by 2 model pixels), the score comes from inside "
+            "them, an image without a plausible lung field is not analysed"
+        )
+    return text
 
 
 def model_input(image: FloatArray, image_size: tuple[int, int]) -> torch.Tensor:

@@ -6,6 +6,8 @@
 - ``fit-supervised --config training/configs/cnn_supervised.yaml --out DIR``: train a labelled
   classifier on the val split (k-fold CV inside val picks the epochs, then a refit on all of
   val), calibrate on its out-of-fold scores, write a checkpoint (training/fit_supervised.py).
+- ``fit-lungs --config training/configs/lung_field.yaml --out DIR``: train the lung-field
+  segmenter on a manifest with masks (training/fit_lungs.py); prints its val and test Dice.
 - ``evaluate --checkpoint NAME_OR_PATH --manifest CSV --split SPLIT``: score a split and
   print, as the last line, one JSON object (auroc, auprc, sensitivity, specificity, threshold,
   n_normal, n_abnormal, pixel_auroc/dice when the manifest has masks, ...).
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p_sup.add_argument("--epochs", type=int, default=None, help="override the config")
     p_sup.add_argument("--limit", type=int, default=None, help="at most N images per class")
     p_sup.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p_lung = sub.add_parser("fit-lungs", help="train the lung-field segmenter")
+    p_lung.add_argument("--config", type=Path, required=True)
+    p_lung.add_argument("--out", type=Path, required=True)
+    p_lung.add_argument("--epochs", type=int, default=None, help="override the config")
     p_ev = sub.add_parser("evaluate", help="score a manifest split, print JSON metrics")
     p_ev.add_argument("--checkpoint", required=True, help="shipped name (default-cxr) or folder")
     p_ev.add_argument("--manifest", type=Path, required=True)
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p_cal.add_argument("--name", default=None)
     p_cal.add_argument("--version", default=None)
+    p_cal.add_argument(
+        "--anatomy", default=None, help="the new card's anatomy region, e.g. lungs (default: kept)"
+    )
     sub.add_parser("federated", add_help=False, help="Fed-GAN (Flower): simulate|deploy|report")
     if argv is None:
         argv = sys.argv[1:]
@@ -141,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             )
+        elif args.command == "fit-lungs":
+            from training.fit_lungs import fit_lungs
+
+            lung_card = fit_lungs(args.config, args.out, epochs=args.epochs)
+            print(json.dumps({"checkpoint": str(args.out), **lung_card["metrics"]}))
         elif args.command == "evaluate":
             from training.evaluate import evaluate
 
@@ -156,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             from training.calibrate import recalibrate
 
             card = recalibrate(
-                args.checkpoint, args.out, args.manifest, args.set, args.name, args.version
-            )
+                args.checkpoint, args.out, args.manifest, args.set, args.name, args.version,
+                args.anatomy,
+            )  # fmt: skip
             print(
                 json.dumps(
                     {

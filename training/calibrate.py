@@ -24,8 +24,10 @@ import torch
 import yaml
 
 from ai_engine import checkpoints, registry
+from ai_engine.anatomy import ANATOMIES
+from ai_engine.transforms import describe
 from ai_engine.types import ModelCard
-from training.data import load_items, load_mask, read_manifest
+from training.data import load_items, load_mask, load_regions, read_manifest
 from training.fit import REPO_ROOT, calibrate, write_model_card_readme
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def recalibrate(
     assignments: list[str] | None = None,
     name: str | None = None,
     version: str | None = None,
+    anatomy: str | None = None,
 ) -> ModelCard:
     """Write ``out``: the checkpoint's weights with a calibration fitted on val again.
 
@@ -68,6 +71,8 @@ def recalibrate(
         assignments: ``scoring.X=...`` / ``calibration.X=...`` overrides.
         name: the new checkpoint's name (default: the old one).
         version: the new version (default: the old one + ``-recal``).
+        anatomy: the new card's anatomy (`ai_engine.anatomy.ANATOMIES`; default: the old
+            one's), e.g. ``lungs`` to restrict a chest model's maps and scores to the lungs.
 
     Returns:
         The written card.
@@ -81,6 +86,12 @@ def recalibrate(
     if out.resolve() == source.resolve():
         raise ValueError("--out must be a new folder, not the checkpoint itself")
     card = checkpoints.read_card(source)
+    if anatomy is not None:
+        if anatomy not in ANATOMIES:
+            raise ValueError(f"anatomy {anatomy!r}: valid are {', '.join(map(repr, ANATOMIES))}")
+        card = dataclasses.replace(
+            card, anatomy=anatomy, preprocessing=describe(card.image_size, anatomy)
+        )
     model = checkpoints.load(source, device="cpu")
     network = model.network.eval()
     settings = _apply(
@@ -103,6 +114,10 @@ def recalibrate(
     x_val_n = load_items(val_normal, size, card.anatomy, volumes=val)
     x_val_a = load_items(val_abnormal, size, card.anatomy, volumes=val)
     val_masks = [load_mask(i.mask_path) if i.mask_path else None for i in val_abnormal]
+    regions = (
+        load_regions(val_normal, size, card.anatomy),
+        load_regions(val_abnormal, size, card.anatomy),
+    )
     config = {
         "model_id": card.model_id,
         "name": name or card.name,
@@ -113,14 +128,18 @@ def recalibrate(
     cls = registry.get(card.model_id)
     with torch.no_grad():
         rule, rule_auroc, calibration = calibrate(
-            cls, network, config, size, scoring, x_val_n, x_val_a, val_masks=val_masks
-        )
+            cls, network, config, size, scoring, x_val_n, x_val_a, val_masks=val_masks,
+            regions=regions,
+        )  # fmt: skip
     new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
     # the val AUROC of the rules ``fit`` compared still hold when the scoring settings and the
     # val data are the ones they were measured with: keep them, so the card says what the
     # rule was chosen among (re-choosing among the kept rule alone would lose that), unless
     # the kept rule is not their best (``--set scoring.rules=[...]`` forced another one)
-    same_settings = _settings(new_scoring) == _settings(card.training.get("scoring", {}))
+    same_settings = (
+        _settings(new_scoring) == _settings(card.training.get("scoring", {}))
+        and card.anatomy == checkpoints.read_card(source).anatomy
+    )
     trained_on = Path(str(card.training.get("manifest", "")))
     if not trained_on.is_absolute():
         trained_on = (REPO_ROOT / trained_on).resolve()
@@ -142,6 +161,7 @@ def recalibrate(
                 "n_val_normal": len(x_val_n),
                 "n_val_abnormal": len(x_val_a),
                 "assignments": list(assignments or []),
+                "anatomy": card.anatomy,
                 "wall_seconds": round(time.time() - started, 1),
             },
         },

@@ -9,6 +9,7 @@ the same preprocessing the node applies.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,27 @@ class Item:
     sex: str
     view: str
     slice: int | None = None  # position in the patient's volume (manifest column "slice")
+    #: boxes ``[x0, y0, x1, y1]`` in the image's pixels (manifest column "bbox": a JSON list
+    #: of ``{"x", "y", "w", "h"}``, as the NIH sets carry them)
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+
+
+def _boxes(raw: str, where: str) -> tuple[tuple[float, float, float, float], ...]:
+    if not raw.strip():
+        return ()
+    try:
+        entries = json.loads(raw)
+        return tuple(
+            (
+                float(b["x"]),
+                float(b["y"]),
+                float(b["x"]) + float(b["w"]),
+                float(b["y"]) + float(b["h"]),
+            )
+            for b in entries
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ManifestError(f"{where}: bbox {raw[:80]!r} is not a JSON list of x, y, w, h") from exc
 
 
 def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
@@ -81,6 +103,7 @@ def read_manifest(manifest: Path, split: str | None = None) -> list[Item]:
                     sex=row.get("sex", "") or "",
                     view=row.get("view", "") or "",
                     slice=int(row["slice"]) if (row.get("slice") or "").strip() else None,
+                    boxes=_boxes(row.get("bbox") or "", f"{manifest}:{line_no}"),
                 )
             )
     return items
@@ -107,6 +130,24 @@ def load_items(
         prepared = prepare(volumes or items)
         return torch.stack([model_input(prepared[i.path].pixels, image_size) for i in items])
     return load_batch([i.path for i in items], image_size)
+
+
+def load_regions(
+    items: list[Item], image_size: tuple[int, int], anatomy: str
+) -> torch.Tensor | None:
+    """(N, 1, H, W) bool anatomy regions of ``items`` at the model size, or None.
+
+    For a per-image anatomy (``lungs``: `ai_engine.anatomy.find_regions`), as the node finds
+    them; an image without a plausible region gets an empty one (scored 0, as the node does
+    not flag an image it does not analyse). None for ``""`` and ``brain`` (whose region is
+    already in its input: 0 outside the brain).
+    """
+    from ai_engine.anatomy import find_regions, region_tensor
+
+    if anatomy in ("", "brain"):
+        return None
+    found = find_regions(anatomy, [load_image(i.path) for i in items]) or []
+    return region_tensor([r.mask for r in found], image_size)
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -12,6 +12,13 @@ calibrated pixel threshold (``pixel_threshold``), ``dice_per_patient`` (mean of 
 patient's Dice), and ``dice_best_threshold`` / ``best_pixel_threshold``: the Dice at the
 threshold best *on this split*, an upper bound that only val may use to choose.
 ``auroc`` is then the slice AUROC.
+
+Chest cards (body part CHEST) get the lung fields found as the node finds them
+(`ai_engine.anatomy.lungs`): a card with ``anatomy: lungs`` is scored inside them (images
+without a plausible lung field are not analysed, count in ``n_not_analysed`` and score 0, as
+the node does not flag them), and every chest card's map is measured against them and against
+the manifest's boxes: ``in_lung_share``, ``two_lung_share``, ``pointing_game``, ``fppi``,
+``lesion_sensitivity`` (`_lung_report`).
 """
 
 from __future__ import annotations
@@ -21,16 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ai_engine import checkpoints
+from ai_engine.anatomy import RegionMask, find_regions
 from ai_engine.metrics import (
     auroc,
     best_dice_threshold,
     dice_iou,
+    fppi,
     image_report,
+    map_boxes,
     mean_dice_by_group,
     pixel_auprc,
     pixel_auroc,
+    pointing_game,
+    share_inside,
 )
 from ai_engine.pipeline import get_model, predict_images
 from ai_engine.postprocess import map_to_source
@@ -65,6 +78,43 @@ def _subgroups(items: list[Item], labels: np.ndarray, scores: np.ndarray) -> dic
     return out
 
 
+def _lung_report(
+    items: list[Item], maps: torch.Tensor, lungs: list[RegionMask], pixel_threshold: float
+) -> dict[str, Any]:
+    """Where a chest model's map points (the map at each image's resolution).
+
+    - ``in_lung_share``: of all map pixels at or above the first pixel threshold, the share
+      inside the (undilated) lung fields, over the images where a lung field was found;
+    - ``two_lung_share``: images where the segmenter kept two lungs;
+    - on images with boxes (manifest ``bbox``): ``pointing_game`` (the map's maximum inside a
+      box) and, over those images and the split's normal images, ``fppi`` /
+      ``lesion_sensitivity`` of the thresholded map's connected components
+      (`ai_engine.metrics.fppi`, IoU >= 0.1).
+    """
+    source_maps, fields, truth, predicted, pointed, pointed_boxes = [], [], [], [], [], []
+    for item, amap, lung in zip(items, maps, lungs, strict=True):
+        shape = lung.mask.shape
+        full = map_to_source(amap, *shape)
+        if lung.reason is None:
+            source_maps.append(full)
+            fields.append(lung.mask)
+        if item.boxes or item.label == 0:
+            truth.append([list(b) for b in item.boxes])
+            predicted.append(map_boxes(full, pixel_threshold))
+        if item.boxes:
+            pointed.append(full)
+            pointed_boxes.append([list(b) for b in item.boxes])
+    out: dict[str, Any] = {
+        "in_lung_share": share_inside(source_maps, fields, pixel_threshold),
+        "two_lung_share": float(np.mean([r.parts == 2 for r in lungs])),
+    }
+    if pointed:
+        out["pointing_game"] = pointing_game(pointed, pointed_boxes)
+        out["n_boxed"] = len(pointed)
+        out.update(fppi(truth, predicted))
+    return out
+
+
 def evaluate(
     checkpoint: str, manifest: Path, split: str, n_boot: int = 1000, scores_csv: Path | None = None
 ) -> dict[str, Any]:
@@ -85,6 +135,7 @@ def evaluate(
         )
     model = get_model(checkpoint)
     regions: list[np.ndarray] | None = None
+    lungs: list[RegionMask] | None = None
     if card.anatomy == "brain":
         from training.brain_volumes import prepare
 
@@ -93,7 +144,13 @@ def evaluate(
         regions = [prepared[i.path].region.mask for i in items]
     else:
         images = [load_image(i.path) for i in items]
-    output = predict_images(model, images)
+        if card.anatomy == "lungs" or "CHEST" in card.body_parts:
+            # the lung fields, as the node finds them: a lung model is restricted to them;
+            # any chest model's map is measured against them (in_lung_share)
+            lungs = find_regions("lungs", images, model.device)
+            if card.anatomy == "lungs":
+                regions = [r.mask for r in lungs or []]
+    output = predict_images(model, images, regions=regions if card.anatomy == "lungs" else None)
     scores = output.score.numpy().astype(np.float64)
     threshold = card.calibration.threshold
     result: dict[str, Any] = {
@@ -105,6 +162,12 @@ def evaluate(
         **image_report(labels, scores, threshold, n_boot=n_boot),
         "threshold_rule": card.calibration.threshold_rule,
     }
+    if lungs is not None:
+        result.update(
+            _lung_report(items, output.anomaly_map, lungs, card.calibration.pixel_thresholds[0])
+        )
+        if card.anatomy == "lungs":
+            result["n_not_analysed"] = sum(r.reason is not None for r in lungs)
     subgroups = _subgroups(items, labels, scores)
     if subgroups:
         result["subgroups"] = subgroups

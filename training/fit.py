@@ -32,7 +32,7 @@ from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.postprocess import map_to_source
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
-from training.data import load_items, load_mask, read_manifest
+from training.data import load_items, load_mask, load_regions, read_manifest
 from training.log import TrainingLog
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,25 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _predict(model: AnomalyModel, x: torch.Tensor, batch_size: int = 64) -> AnomalyOutput:
+def _predict(
+    model: AnomalyModel,
+    x: torch.Tensor,
+    batch_size: int = 64,
+    region: torch.Tensor | None = None,
+) -> AnomalyOutput:
+    """Outputs for a preprocessed batch, as the node computes them (`pipeline.infer_batch`)."""
+    from ai_engine.pipeline import infer_batch
+
     model.eval()
-    outs = [model.predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    outs = [
+        infer_batch(
+            model,
+            x[i : i + batch_size],
+            amp=False,
+            region=None if region is None else region[i : i + batch_size],
+        )
+        for i in range(0, len(x), batch_size)
+    ]
     if not outs:
         return AnomalyOutput(torch.empty(0), torch.empty(0, *x.shape[1:]), None)
     return AnomalyOutput(
@@ -192,6 +208,10 @@ def fit(
     x_val_n = load_items(val_normal, image_size, anatomy, volumes=val_items)
     x_val_a = load_items(val_abnormal, image_size, anatomy, volumes=val_items)
     val_masks = [load_mask(i.mask_path) if i.mask_path else None for i in val_abnormal]
+    val_regions = (
+        load_regions(val_normal, image_size, anatomy),
+        load_regions(val_abnormal, image_size, anatomy),
+    )
 
     select = str(optim_cfg.get("select", "val_normal_loss"))
     if select not in SELECTION_RULES:
@@ -295,6 +315,7 @@ def fit(
         x_val_a,
         fixed_rule=bool(unlabelled),
         val_masks=val_masks,
+        regions=val_regions,
     )
     card = ModelCard(
         model_id=config["model_id"],
@@ -351,6 +372,7 @@ def calibrate(
     x_val_a: torch.Tensor,
     fixed_rule: bool = False,
     val_masks: list[np.ndarray | None] | None = None,
+    regions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> tuple[str, dict[str, float], Calibration]:
     """Choose the score rule on val AUROC and fit the thresholds on healthy val images only.
 
@@ -369,6 +391,8 @@ def calibrate(
         x_val_a: abnormal val images (only for the rule's AUROC).
         fixed_rule: take the first configured rule instead of choosing on val labels.
         val_masks: masks of the abnormal val images (for ``pixel_rule: val_dice``).
+        regions: anatomy regions of the healthy and abnormal val images
+            (`training.data.load_regions`), for a card with a per-image anatomy.
 
     Returns:
         The rule, the val AUROC of each rule, and the calibration.
@@ -379,7 +403,8 @@ def calibrate(
     for rule in rules or list(cls.score_rules()[:1]):
         probe = _provisional_card(config, image_size, {**scoring, "rule": rule})
         model = cls(probe, network)
-        out_n, out_a = _predict(model, x_val_n), _predict(model, x_val_a)
+        out_n = _predict(model, x_val_n, region=regions[0])
+        out_a = _predict(model, x_val_a, region=regions[1])
         outputs[rule] = (out_n, out_a)
         s_n, s_a = out_n.score.numpy(), out_a.score.numpy()
         labels = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
@@ -392,7 +417,8 @@ def calibrate(
     cal_cfg = config.get("calibration", {})
     pct = float(cal_cfg.get("percentile", 95))
     pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
-    pixel_values = map_n.flatten().numpy()
+    inside = regions[0]  # pixel thresholds from healthy pixels inside the region only
+    pixel_values = (map_n.flatten() if inside is None else map_n[inside.bool()]).numpy()
     pixel_thresholds = tuple(float(np.percentile(pixel_values, p)) for p in pixel_pcts)
     pixel_rules = tuple(f"{p:g}th percentile of healthy validation pixels" for p in pixel_pcts)
     if cal_cfg.get("pixel_rule") == "val_dice" and val_masks:

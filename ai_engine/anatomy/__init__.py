@@ -16,12 +16,23 @@ and returns `RegionMask` objects at the source image's resolution.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
-__all__ = ["ANATOMIES", "RegionMask"]
+from ai_engine.types import AnomalyOutput
+
+__all__ = [
+    "ANATOMIES",
+    "REGION_MARGIN_PX",
+    "RegionMask",
+    "find_regions",
+    "region_tensor",
+    "restrict",
+]
 
 #: The values ``ModelCard.anatomy`` may take.
 ANATOMIES = ("", "lungs", "brain")
@@ -35,7 +46,93 @@ class RegionMask:
         mask: (H, W) bool at the source image's resolution, True inside the region; all
             False when ``reason`` is set.
         reason: why no plausible region was found (the image is then not analysed), or None.
+        parts: how many separate parts the finder found, where that is a check of it (the
+            lungs: 2 expected), else None.
     """
 
     mask: npt.NDArray[np.bool_]
     reason: str | None = None
+    parts: int | None = None
+
+
+#: By default a region is widened by this many pixels of the model input before a map is
+#: restricted to it (at 128x128: 1.6 % of the width), so that findings on its border are kept;
+#: a card may set another (``training.scoring.region_margin``).
+REGION_MARGIN_PX = 2
+
+
+def find_regions(
+    anatomy: str, images: Sequence[npt.ArrayLike], device: str | torch.device = "cpu"
+) -> list[RegionMask] | None:
+    """The region of each image for a card's ``anatomy``; None when the card names none.
+
+    Only per-image anatomies are found here (``lungs``); a brain is found per volume
+    (`ai_engine.anatomy.brain`, called by the pipeline per series).
+    """
+    if anatomy == "lungs":
+        from ai_engine.anatomy.lungs import lung_fields
+
+        return lung_fields(images, device)
+    return None
+
+
+def region_tensor(
+    masks: Sequence[npt.NDArray[np.bool_]], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """(N, 1, H, W) bool: each source-resolution mask at the model input size.
+
+    The mask is squashed like the image (`ai_engine.transforms.model_input`); a model pixel
+    counts as inside when any of it is.
+    """
+    from ai_engine.transforms import model_input
+
+    if not masks:
+        return torch.zeros(0, 1, *image_size, dtype=torch.bool)
+    return torch.stack([model_input(m.astype(np.float32), image_size) for m in masks]) > 0
+
+
+def restrict(
+    output: AnomalyOutput,
+    x: torch.Tensor,
+    region: torch.Tensor,
+    rule: str = "map_top",
+    top_fraction: float = 0.05,
+    margin: int = REGION_MARGIN_PX,
+) -> AnomalyOutput:
+    """``output`` with its map zeroed outside ``region`` (widened) and its score from inside.
+
+    The score follows the model's rule: ``map_mean`` the mean of the map inside, ``mse`` the
+    mean squared reconstruction error inside (when the model reconstructs), any other rule the
+    mean of the top ``top_fraction`` of the map values inside. An empty region scores 0.
+
+    Args:
+        output: the model's output for the batch ``x``.
+        x: (B, 1, H, W) model input.
+        region: (B, 1, H, W) bool (`region_tensor`), on any device.
+        rule: the card's score rule (``training.scoring.rule``).
+        top_fraction: the card's ``training.scoring.top_fraction``.
+        margin: pixels by which the region is widened first (``scoring.region_margin``).
+    """
+    amap = output.anomaly_map
+    inside = region.to(amap.device).bool()
+    if margin > 0:
+        kernel = 2 * margin + 1
+        widened = torch.nn.functional.max_pool2d(inside.float(), kernel, stride=1, padding=margin)
+        inside = widened > 0
+    amap = torch.where(inside, amap, torch.zeros_like(amap))
+    count = inside.flatten(1).sum(1)
+    safe = count.clamp_min(1).to(amap.dtype)
+    if rule == "map_mean":
+        score = amap.flatten(1).sum(1) / safe
+    elif rule == "mse" and output.reconstruction is not None:
+        error = (x.to(amap.device) - output.reconstruction.to(amap.device)) ** 2
+        score = torch.where(inside, error, torch.zeros_like(error)).flatten(1).sum(1) / safe
+    else:
+        flat = torch.where(inside, amap, torch.full_like(amap, -torch.inf)).flatten(1)
+        ordered = flat.sort(dim=1, descending=True).values.clamp_min(0)
+        k = (count.to(amap.dtype) * top_fraction).round().clamp_min(1).long()
+        ranks = torch.arange(flat.shape[1], device=amap.device).unsqueeze(0)
+        top = torch.where(ranks < k.unsqueeze(1), ordered, torch.zeros_like(ordered))
+        score = top.sum(1) / k.to(amap.dtype)
+    score = torch.where(count > 0, score, torch.zeros_like(score))
+    return AnomalyOutput(score=score, anomaly_map=amap, reconstruction=output.reconstruction)

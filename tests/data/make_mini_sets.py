@@ -21,6 +21,11 @@ PLAN = {
         ("test", 0): 6,
         ("test", 1): 6,
     },
+    # the lung-field segmenter's held-out images (Montgomery test split) with their masks
+    "cxr_lung_masks": {
+        ("test", 0): 3,
+        ("test", 1): 2,
+    },
     "brain_lgg_flair": {
         ("train", 0): 8,
         ("val", 0): 4,
