@@ -23,8 +23,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
 
+from devstack.processes import free_port
 from dicom_node.config import NodeSettings
-from dicom_node.embedded import free_port
 from dicom_node.queue import JobQueue, JobStateValues
 from dicom_node.service import NodeService
 
