@@ -53,7 +53,8 @@ from dicom_node.config import NodeSettings
 from dicom_node.engine import Engine, EngineFn, make_engine
 from dicom_node.errors import ConfigError, JobError
 from dicom_node.fsutil import move_durable, write_durable
-from dicom_node.index import STATE_FAILED, STATE_QUEUED, StateIndex
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues
 from dicom_node.worker import Worker
@@ -296,7 +297,7 @@ class JobRunner:
         attempts = job.attempts.get(JobStageValues.PROCESS, 0)
         if taken_over and attempts >= self._settings.process_max_attempts:
             lost = WorkerLostError(f"the job's worker was lost in {attempts} attempt(s)")
-            queue.record_failure(
+            JobLifecycle(queue, None, self._metrics).failed(
                 job,
                 JobStageValues.PROCESS,
                 lost,
@@ -404,6 +405,7 @@ class Dispatcher:
         self._queue = queue
         self._index = index
         self._metrics = metrics
+        self._jobs = JobLifecycle(queue, index, metrics)
         self._app: Any = None
         if send is None:
             self._app = make_app(settings)
@@ -420,9 +422,9 @@ class Dispatcher:
         """
         failed_dir = self._queue.state_dir(JobStateValues.FAILED)
         marked = 0
-        for job_id in self._index.job_ids(STATE_QUEUED):
+        for job_id in self._index.job_ids(JobStateValues.QUEUED):
             if (failed_dir / job_id).is_dir():
-                self._index.set_state(job_id, STATE_FAILED)
+                self._jobs.seen_failed(job_id, count=False)
                 marked += 1
         return marked
 
@@ -458,7 +460,7 @@ class Dispatcher:
             attempts = job.attempts.get(JobStageValues.PROCESS, 0)
             seen = self._tracked.get(job.job_id)
             if seen is not None and attempts > seen:
-                self._metrics.inc("process_retries_total")
+                self._jobs.seen_retried(JobStageValues.PROCESS)
             self._tracked[job.job_id] = attempts
             if not job.due():
                 continue
@@ -505,12 +507,9 @@ class Dispatcher:
         if job is None:
             return False
         if job.state in (JobStateValues.SENDING, JobStateValues.DONE):
-            self._metrics.inc("jobs_processed_total")
-            if job.processing_seconds is not None:
-                self._metrics.observe("run_seconds", job.processing_seconds)
+            self._jobs.seen_processed(job)
             return True
         if job.state is JobStateValues.FAILED:
-            self._index.set_state(job_id, STATE_FAILED)
-            self._metrics.inc("jobs_failed_total")
+            self._jobs.seen_failed(job_id)
             return True
         return False

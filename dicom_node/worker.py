@@ -22,7 +22,8 @@ from typing import Any
 from ai_engine.errors import AiEngineError
 from dicom_node.config import NodeSettings
 from dicom_node.engine import Engine, EngineResult
-from dicom_node.index import STATE_FAILED, StateIndex
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import ENGINE_STAGES, Metrics
 from dicom_node.queue import (
@@ -31,7 +32,6 @@ from dicom_node.queue import (
     Job,
     JobQueue,
     JobStageValues,
-    JobStateValues,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class Worker:
     ) -> None:
         self._settings = settings
         self._queue = queue
-        self._index = index
         self._metrics = metrics
+        self._jobs = JobLifecycle(queue, index, metrics)
         self._engine = engine
         #: set by the node when it stops: a pipelined chain of jobs ends after the current one
         self.stopping = threading.Event()
@@ -180,9 +180,7 @@ class Worker:
     def _release(self, job: Job) -> None:
         """Put a claimed job that never ran back into ``ready/``, its attempt not counted."""
         self._started.pop(job.job_id, None)
-        attempts = job.attempts.get(JobStageValues.PROCESS, 1)
-        job.attempts[JobStageValues.PROCESS] = max(0, attempts - 1)
-        self._queue.move(job, JobStateValues.QUEUED)
+        self._jobs.handed_back(job)
         logger.info(
             "job handed back: the engine process died before it ran", extra={"job_id": job.job_id}
         )
@@ -203,11 +201,7 @@ class Worker:
             for stage, value in result.seconds.items():
                 if stage in ENGINE_STAGES:
                     self._metrics.observe(ENGINE_STAGES[stage], value)
-        job.processing_seconds = round(time.monotonic() - started, 3)
-        job.results = outcomes
-        job.failed_stage = None
-        self._queue.move(job, JobStateValues.SENDING)
-        self._metrics.inc("jobs_processed_total")
+        self._jobs.processed(job, outcomes, time.monotonic() - started)
         logger.info(
             "job processed",
             extra={**ctx, "seconds": job.processing_seconds, "results": len(outcomes)},
@@ -226,7 +220,7 @@ class Worker:
         self._metrics.observe("receive_to_queued_seconds", job.created_at.timestamp() - first)
 
     def _failed(self, job: Job, exc: BaseException, *, retryable: bool) -> None:
-        retry = self._queue.record_failure(
+        retry = self._jobs.failed(
             job,
             JobStageValues.PROCESS,
             exc,
@@ -236,10 +230,6 @@ class Worker:
         )
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
         if retry:
-            self._metrics.inc("process_retries_total")
             log_failure(logger, "engine failed; job will be retried", exc, **ctx)
         else:
-            if self._index is not None:
-                self._index.set_state(job.job_id, STATE_FAILED)
-            self._metrics.inc("jobs_failed_total")
             log_failure(logger, "engine failed; job moved to failed", exc, **ctx)
