@@ -45,17 +45,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dicom_node.embedded import (
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # devstack runs from the checkout (it is not installed)
+
+from devstack.orthanc import (  # noqa: E402
     DicomPeer,
-    ManagedProcess,
     OrthancProcess,
-    free_port,
-    loopback_only_namespace,
     render_orthanc_config,
     write_orthanc_config,
 )
+from devstack.processes import ManagedProcess, free_port, loopback_only_namespace  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = (
     REPO / "tests" / "data" / "dicom" / "kermany_normal_mono2" / "kermany_normal_mono2.dcm"
 )

@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency.py [--studies 100] [--quiet 0,3] [--checkpoint default-cxr]
         [--source tests/data/dicom/kermany_normal_mono2/kermany_normal_mono2.dcm]
 
-The embedded stack (`dicom_node.embedded.EmbeddedStack`: the Debian Orthanc with the project's
+The embedded stack (`devstack.stack.EmbeddedStack`: the Debian Orthanc with the project's
 configuration, and the node with the real engine and checkpoint; no viewer) runs on ephemeral
 loopback ports. For each quiet period in ``--quiet`` a fresh stack is started and the studies
 are sent one after the other, as Orthanc's auto-routing would send them (calling AE
@@ -39,16 +39,13 @@ from pynetdicom import AE
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # devstack runs from the checkout (it is not installed)
 
 from ingest import ensure_loopback_namespace  # noqa: E402
 
-from dicom_node.embedded import (  # noqa: E402
-    NODE_AET,
-    ORTHANC_AET,
-    EmbeddedStack,
-    StackOptions,
-    free_port,
-)
+from devstack.orthanc import ORTHANC_AET  # noqa: E402
+from devstack.processes import free_port  # noqa: E402
+from devstack.stack import NODE_AET, EmbeddedStack, StackOptions  # noqa: E402
 
 DEFAULT_SOURCE = (
     REPO / "tests" / "data" / "dicom" / "kermany_normal_mono2" / "kermany_normal_mono2.dcm"

@@ -44,13 +44,15 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
 
-from dicom_node.config import NodeSettings
-from dicom_node.distributed import make_app
-from dicom_node.embedded import free_port, loopback_only_namespace
-from dicom_node.queue import JobQueue, JobStateValues
-from dicom_node.service import NodeService
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # devstack runs from the checkout (it is not installed)
+
+from devstack.processes import free_port, loopback_only_namespace  # noqa: E402
+from dicom_node.config import NodeSettings  # noqa: E402
+from dicom_node.distributed import make_app  # noqa: E402
+from dicom_node.queue import JobQueue, JobStateValues  # noqa: E402
+from dicom_node.service import NodeService  # noqa: E402
+
 SAMPLE = REPO / "tests/data/dicom/kermany_normal_mono1/kermany_normal_mono1.dcm"
 
 

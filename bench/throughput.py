@@ -3,7 +3,7 @@
     .venv/bin/python bench/throughput.py [--studies 1000] [--quiet 1] [--checkpoint default-cxr]
         [--engine-studies 200] [--source FILE.dcm]
 
-Node run: the embedded stack (`dicom_node.embedded.EmbeddedStack`: the Debian Orthanc and the
+Node run: the embedded stack (`devstack.stack.EmbeddedStack`: the Debian Orthanc and the
 node with the real engine and checkpoint; no viewer) on ephemeral loopback ports. ``--studies``
 copies of the source image, each with new Study/Series/SOP Instance UIDs (one-image studies),
 are sent as fast as possible over one association from AE ``ORTHANC`` (as Orthanc's
@@ -52,16 +52,13 @@ from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # devstack runs from the checkout (it is not installed)
 
 from ingest import ensure_loopback_namespace, process_cpu_seconds, send  # noqa: E402
 
-from dicom_node.embedded import (  # noqa: E402
-    NODE_AET,
-    ORTHANC_AET,
-    EmbeddedStack,
-    StackOptions,
-    free_port,
-)
+from devstack.orthanc import ORTHANC_AET  # noqa: E402
+from devstack.processes import free_port  # noqa: E402
+from devstack.stack import NODE_AET, EmbeddedStack, StackOptions  # noqa: E402
 from dicom_node.metrics import ENGINE_STAGES  # noqa: E402
 
 DEFAULT_SOURCE = (

@@ -5,9 +5,9 @@
 
 ``serve`` runs `dicom_node.service.NodeService` with settings from the ``DICOM_NODE_*``
 environment until SIGINT or SIGTERM. ``pull`` queues jobs for studies already in the PACS
-(`dicom_node.pull`; ``pull --help``). ``demo`` hands its arguments to
-``dicom_node.embedded.main`` (Orthanc + node + viewer with sample studies). Logging is
-configured here and only here.
+(`dicom_node.pull`; ``pull --help``). ``demo`` hands its arguments to the development
+stack's ``devstack.demo.main`` (Orthanc + node + viewer with sample studies; it runs from a
+checkout and is not part of this package). Logging is configured here and only here.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def with_api_token(settings: NodeSettings) -> NodeSettings:
     """``serve``'s API is never open: without a configured token, the demo's one is used.
 
     The token is the ``api_token`` of ``<data_dir>/secrets.json``, generated on first run
-    (mode 0600) by the same `dicom_node.embedded.load_or_create_secrets` as the demo's; it
+    (mode 0600) by `dicom_node.credentials.load_or_create_secrets`, as the demo's is; it
     becomes the admin token (read and state-changing routes). Read it from that file.
 
     Args:
@@ -107,7 +107,7 @@ def with_api_token(settings: NodeSettings) -> NodeSettings:
     """
     if settings.api_token is not None or settings.api_admin_token is not None:
         return settings
-    from dicom_node.embedded import load_or_create_secrets
+    from dicom_node.credentials import load_or_create_secrets
 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = load_or_create_secrets(settings.data_dir).api_token
@@ -232,8 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["demo"]:
-        embedded = importlib.import_module("dicom_node.embedded")
-        return int(embedded.main(args_in[1:]) or 0)
+        try:
+            demo = importlib.import_module("devstack.demo")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("devstack", "devstack.demo"):
+                raise
+            print(
+                "dicom_node: the demo is the development stack (devstack/ of a checkout); "
+                "run scripts/run.sh from the repository",
+                file=sys.stderr,
+            )
+            return 2
+        return int(demo.main(args_in[1:]) or 0)
     parser = argparse.ArgumentParser(prog="python -m dicom_node")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run the node (settings from DICOM_NODE_* env)")

@@ -4,7 +4,9 @@ With ``broker_url`` set, ``python -m dicom_node serve`` keeps the SCP, the route
 the cleaner and the HTTP API, and replaces its in-process worker with a `Dispatcher` that
 sends the id of each due job in ``jobs/ready/`` to the Celery queue. Any number of
 ``python -m dicom_node worker`` processes (`run_worker`; one per GPU) take the ids and run
-the engine through the same `dicom_node.worker.Worker` code as the embedded node.
+the engine through the same `dicom_node.worker.Worker` code and the same engine factory
+(`dicom_node.engine.make_engine`: a child process of the worker by default) as the
+embedded node.
 
 The job folders on the shared ``data_dir`` stay the truth; the broker only says "look at
 job X". A message for a job that is no longer queued is acknowledged and ignored, so
@@ -48,12 +50,14 @@ from types import TracebackType
 from typing import Any
 
 from dicom_node.config import NodeSettings
+from dicom_node.engine import Engine, EngineFn, make_engine
 from dicom_node.errors import ConfigError, JobError
 from dicom_node.fsutil import move_durable, write_durable
-from dicom_node.index import STATE_FAILED, STATE_QUEUED, StateIndex
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues
-from dicom_node.worker import EngineFn, Worker, load_engine
+from dicom_node.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -240,9 +244,13 @@ class JobRunner:
 
     Args:
         settings: node settings (``data_dir`` on shared storage, retry policy, lease).
-        engine: the engine function (default: from ``worker_engine``, else
-            ``ai_engine.pipeline.run``).
+        engine: an engine function to run inline (stand-in engines of tests); default:
+            `dicom_node.engine.make_engine` from the settings, so a Celery worker runs the
+            engine in a child process exactly like the embedded node.
         metrics: this worker's counters (the node's metrics follow the job folders).
+
+    Raises:
+        ConfigError: ``worker_engine`` cannot be imported.
     """
 
     def __init__(
@@ -252,7 +260,7 @@ class JobRunner:
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
-        self._engine = engine or load_engine(settings.worker_engine)
+        self.engine: Engine = make_engine(settings, engine)
         self._metrics = metrics or Metrics()
         self._queue = JobQueue(settings.jobs_dir)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -289,7 +297,7 @@ class JobRunner:
         attempts = job.attempts.get(JobStageValues.PROCESS, 0)
         if taken_over and attempts >= self._settings.process_max_attempts:
             lost = WorkerLostError(f"the job's worker was lost in {attempts} attempt(s)")
-            queue.record_failure(
+            JobLifecycle(queue, None, self._metrics).failed(
                 job,
                 JobStageValues.PROCESS,
                 lost,
@@ -306,7 +314,7 @@ class JobRunner:
         if not fenced.claim_job(job):
             return TaskOutcomeValues.OWNED if running.is_dir() else TaskOutcomeValues.GONE
         interval = self._settings.worker_lease_seconds / 5
-        worker = Worker(self._settings, fenced, None, self._metrics, self._engine)
+        worker = Worker(self._settings, fenced, None, self._metrics, self.engine)
         try:
             with _Heartbeat(running, token, self.name, interval):
                 worker.process(job)
@@ -356,8 +364,12 @@ def run_worker(settings: NodeSettings, engine: EngineFn | None = None) -> int:
         quiet=True,
         loglevel=logging.getLogger().getEffectiveLevel(),
     )
+    runner.engine.start()  # loads torch and the models before the first job arrives
     logger.info("worker started", extra={"stage": runner.name})
-    worker.start()
+    try:
+        worker.start()
+    finally:
+        runner.engine.close()
     return int(worker.exitcode or 0)
 
 
@@ -393,6 +405,7 @@ class Dispatcher:
         self._queue = queue
         self._index = index
         self._metrics = metrics
+        self._jobs = JobLifecycle(queue, index, metrics)
         self._app: Any = None
         if send is None:
             self._app = make_app(settings)
@@ -409,9 +422,9 @@ class Dispatcher:
         """
         failed_dir = self._queue.state_dir(JobStateValues.FAILED)
         marked = 0
-        for job_id in self._index.job_ids(STATE_QUEUED):
+        for job_id in self._index.job_ids(JobStateValues.QUEUED):
             if (failed_dir / job_id).is_dir():
-                self._index.set_state(job_id, STATE_FAILED)
+                self._jobs.seen_failed(job_id, count=False)
                 marked += 1
         return marked
 
@@ -447,7 +460,7 @@ class Dispatcher:
             attempts = job.attempts.get(JobStageValues.PROCESS, 0)
             seen = self._tracked.get(job.job_id)
             if seen is not None and attempts > seen:
-                self._metrics.inc("process_retries_total")
+                self._jobs.seen_retried(JobStageValues.PROCESS)
             self._tracked[job.job_id] = attempts
             if not job.due():
                 continue
@@ -494,12 +507,9 @@ class Dispatcher:
         if job is None:
             return False
         if job.state in (JobStateValues.SENDING, JobStateValues.DONE):
-            self._metrics.inc("jobs_processed_total")
-            if job.processing_seconds is not None:
-                self._metrics.observe("run_seconds", job.processing_seconds)
+            self._jobs.seen_processed(job)
             return True
         if job.state is JobStateValues.FAILED:
-            self._index.set_state(job_id, STATE_FAILED)
-            self._metrics.inc("jobs_failed_total")
+            self._jobs.seen_failed(job_id)
             return True
         return False

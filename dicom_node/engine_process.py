@@ -7,11 +7,14 @@ engine and the node's own stages run side by side, and a crash of the engine (a 
 native library, the kernel's OOM killer, a hang) fails the job, which is retried, instead of
 taking the node and its open associations down.
 
-`EngineProcess` is an `dicom_node.worker.EngineFn`: each call sends ``(input_dir, output_dir,
-checkpoints)`` over a socket pair to a persistent child, ``python -m dicom_node.engine_process``
-(a fresh interpreter: no forked threads or locks, and unlike ``multiprocessing``'s *spawn* it
-does not re-import the parent's main script), that keeps its models loaded between jobs, and
-returns the child's results. Errors come back as:
+`EngineProcess` is the default `dicom_node.engine.Engine` (`dicom_node.engine.make_engine`):
+``submit`` sends ``(input_dir, output_dir, checkpoints)`` over a socket pair to a persistent
+child, ``python -m dicom_node.engine_process`` (a fresh interpreter: no forked threads or
+locks, and unlike ``multiprocessing``'s *spawn* it does not re-import the parent's main
+script), that keeps its models loaded between jobs; ``collect`` returns the child's results
+as `dicom_node.engine.EngineResult` records, which the child makes from the engine's
+``StudyResult`` objects, so no engine type (and no torch) is unpickled in the node. Errors
+come back as:
 
 - `ai_engine.errors.AiEngineError` when the engine raised one (bad input, unknown model:
   deterministic, the worker dead-letters the job at once), with the child's class name and
@@ -20,15 +23,14 @@ returns the child's results. Errors come back as:
   or that ran past ``timeout_seconds`` (it is killed): retryable. The next call starts a new
   child.
 
-The child leaves by itself when the node process is gone (it checks its parent every second
-and reads EOF on the pipe), and ignores SIGINT, so a Ctrl-C in a terminal stops the node,
-which then stops the child.
+The child leaves by itself when the node process is gone (it checks its parent every
+`PARENT_CHECK_SECONDS` and reads EOF on the pipe), and ignores SIGINT, so a Ctrl-C in a
+terminal stops the node, which then stops the child.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -43,27 +45,26 @@ from pathlib import Path
 from typing import Any
 
 from ai_engine.errors import AiEngineError
+from dicom_node.engine import DEFAULT_TARGET, EngineResult, resolve_engine_fn
 
 logger = logging.getLogger(__name__)
-
-#: The engine every node runs unless ``worker_engine`` names another.
-DEFAULT_TARGET = "ai_engine.pipeline:run"
 
 
 class EngineProcessError(RuntimeError):
     """The engine process failed in a way another attempt may not (retryable)."""
 
 
-def _resolve(target: str) -> Any:
-    module_name, _, name = target.partition(":")
-    return getattr(importlib.import_module(module_name), name)
+#: How often the child checks that its parent lives. Short, so that the engine of a killed
+#: scaled-out worker stops well within the lease another worker waits out before it takes
+#: the job over (``worker_lease_seconds``).
+PARENT_CHECK_SECONDS = 0.1
 
 
 def _watch_parent(parent_pid: int) -> None:
     while True:
         if os.getppid() != parent_pid:
             os._exit(0)
-        time.sleep(1.0)
+        time.sleep(PARENT_CHECK_SECONDS)
 
 
 def _child_main(
@@ -76,7 +77,7 @@ def _child_main(
     engine: Any = None
     startup_error: BaseException | None = None
     try:
-        engine = _resolve(target)
+        engine = resolve_engine_fn(target)
         if preload and target == DEFAULT_TARGET:  # load the models before the first job
             from ai_engine.pipeline import get_model
 
@@ -97,8 +98,9 @@ def _child_main(
             conn.send(("error", (name, f"{text}: {startup_error}", False)))
             continue
         try:
-            results = list(engine(Path(input_dir), Path(output_dir), tuple(checkpoints)))
-            conn.send(("ok", results))
+            out = Path(output_dir)
+            results = engine(Path(input_dir), out, tuple(checkpoints))
+            conn.send(("ok", [EngineResult.from_engine(r, out) for r in results]))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the node
             deterministic = isinstance(exc, AiEngineError)
             conn.send(("error", (type(exc).__name__, str(exc), deterministic)))
@@ -114,7 +116,7 @@ def _child_log_level() -> int:
 
 
 class EngineProcess:
-    """The engine run in a persistent child process (an `EngineFn`).
+    """The engine run in a persistent child process (a ``concurrent`` `Engine`).
 
     A call runs one job and is thread-safe; `submit`/`collect` (one thread only) let a worker
     keep the child busy with the next job while it files the last one's results.
@@ -154,6 +156,11 @@ class EngineProcess:
         self.pending = 0
 
     @property
+    def concurrent(self) -> bool:
+        """True: the child works on a submitted job while the caller does other things."""
+        return True
+
+    @property
     def pid(self) -> int | None:
         """The child's process id (None when none is running)."""
         return self._process.pid if self._process is not None else None
@@ -165,7 +172,7 @@ class EngineProcess:
 
     def __call__(
         self, input_dir: Path, output_dir: Path, checkpoints: Sequence[str]
-    ) -> Sequence[Any]:
+    ) -> list[EngineResult]:
         """Run the engine on one job folder in the child.
 
         Args:
@@ -174,7 +181,7 @@ class EngineProcess:
             checkpoints: checkpoint names.
 
         Returns:
-            The engine's results (``StudyResult`` objects for the default engine).
+            The engine's results.
 
         Raises:
             AiEngineError: the engine rejected the input or the model (deterministic).
@@ -202,7 +209,7 @@ class EngineProcess:
             raise EngineProcessError(f"engine process died (exit status {code})") from exc
         self.pending += 1
 
-    def collect(self) -> Sequence[Any]:
+    def collect(self) -> list[EngineResult]:
         """The results of the oldest submitted job (waits for them; see `__call__`).
 
         Raises:
@@ -227,7 +234,7 @@ class EngineProcess:
             raise EngineProcessError(f"engine process died (exit status {code})") from exc
         self.pending -= 1
         if kind == "ok":
-            results: Sequence[Any] = payload
+            results: list[EngineResult] = payload
             return results
         name, message, deterministic = payload
         if deterministic:

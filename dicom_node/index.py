@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import JobError
-from dicom_node.queue import Job, utcnow
+from dicom_node.queue import Job, JobStateValues, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed (
@@ -62,9 +62,10 @@ CREATE TABLE IF NOT EXISTS not_routed (
 );
 """
 
-STATE_QUEUED = "queued"
-STATE_DONE = "done"
-STATE_FAILED = "failed"
+#: The states of ``processed`` rows: the job states (`dicom_node.jobs` owns the transitions).
+STATE_QUEUED = JobStateValues.QUEUED
+STATE_DONE = JobStateValues.DONE
+STATE_FAILED = JobStateValues.FAILED
 
 _CHUNK = 500  # stay below sqlite's bound-parameter limit
 
@@ -318,7 +319,7 @@ class StateIndex:
             self._db.execute("COMMIT")
         return int(a) + int(b)
 
-    def set_state(self, job_id: str, state: str) -> None:
+    def set_state(self, job_id: str, state: JobStateValues) -> None:
         """Mark all rows of a job (``done`` or ``failed``).
 
         Args:
@@ -331,7 +332,7 @@ class StateIndex:
                 (state, utcnow().isoformat(), job_id),
             )
 
-    def job_ids(self, state: str) -> set[str]:
+    def job_ids(self, state: JobStateValues) -> set[str]:
         """Ids of the jobs that have rows in this state.
 
         Args:

@@ -31,10 +31,11 @@ from pynetdicom.dsutils import split_dataset
 
 from dicom_node.config import NodeSettings
 from dicom_node.errors import SendError
-from dicom_node.index import STATE_FAILED, StateIndex
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
-from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues, utcnow
+from dicom_node.queue import OUTPUT_DIR, Job, JobQueue, JobStageValues
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -322,8 +323,8 @@ class Outbox:
     ) -> None:
         self._settings = settings
         self._queue = queue
-        self._index = index
         self._metrics = metrics
+        self._jobs = JobLifecycle(queue, index, metrics)
         self._sender = sender
         self._on_result = on_result
         self._senders = dict(senders or {})
@@ -374,16 +375,8 @@ class Outbox:
             self._failed(job, exc, True)
             return
         self._metrics.observe("send_seconds", time.monotonic() - sending_started)
-        # Counted before the job shows as done, so a client that sees it done in /jobs
-        # finds it in /metrics too.
-        self._metrics.inc("jobs_sent_total")
-        out = self._queue.job_dir(job) / "output"
-        job.sent_files = [str(p.relative_to(out)) for p in files]
-        job.finished_at = utcnow()
-        job.next_retry_at = None
-        job.failed_stage = None
-        self._index.record_done(job)
-        self._queue.move(job, JobStateValues.DONE)
+        out = self._queue.job_dir(job) / OUTPUT_DIR
+        self._jobs.delivered(job, [str(p.relative_to(out)) for p in files])
         logger.info("results delivered", extra={**ctx, "files": len(files)})
         if self._on_result is not None:
             try:
@@ -401,7 +394,7 @@ class Outbox:
 
     def _failed(self, job: Job, exc: BaseException, retryable: bool) -> None:
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
-        retry = self._queue.record_failure(
+        retry = self._jobs.failed(
             job,
             JobStageValues.SEND,
             exc,
@@ -411,12 +404,9 @@ class Outbox:
             backoff_max_seconds=self._settings.send_backoff_max_seconds,
         )
         if retry:
-            self._metrics.inc("send_retries_total")
             logger.warning(
                 f"delivery failed, will retry: {exc}",
                 extra={**ctx, "next_retry_at": str(job.next_retry_at)},
             )
         else:
-            self._index.set_state(job.job_id, STATE_FAILED)
-            self._metrics.inc("jobs_failed_total")
             logger.error(f"delivery failed, job moved to failed: {exc}", extra=ctx)

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from dicom_node.config import NodeSettings
-from dicom_node.engine_process import DEFAULT_TARGET, EngineProcess
+from dicom_node.engine import Engine, EngineFn, make_engine
 from dicom_node.errors import ConfigError
 from dicom_node.fsutil import ensure_dir, write_durable
 from dicom_node.http_api import ApiServer, create_app
@@ -40,7 +40,7 @@ from dicom_node.rules import RulesFile, build_rules
 from dicom_node.scp import StorageSCP
 from dicom_node.sender import Outbox, ResultSender, build_sender
 from dicom_node.spool import Spool
-from dicom_node.worker import EngineFn, Worker, load_engine
+from dicom_node.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ class NodeService:
 
     Args:
         settings: validated settings.
-        engine: engine function (default: ``ai_engine.pipeline.run``, imported lazily).
+        engine: an engine function to run inline, in the worker thread (stand-in engines of
+            tests and benchmarks); default: `dicom_node.engine.make_engine` from the
+            settings (the engine process).
         on_result: called with each job whose results were delivered (e.g. to print one
             summary line per study: ``job.results[i].score``, ``.is_abnormal``,
             ``job.processing_seconds``). Runs in the sender thread; keep it short.
@@ -144,7 +146,7 @@ class NodeService:
         self._sender = sender
         self._rules = rules or build_rules(settings)
         self._started = False
-        self._engine_processes: list[EngineProcess] = []
+        self._engines: list[Engine] = []
         self._workers: list[Worker] = []
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
@@ -183,10 +185,12 @@ class NodeService:
         steps: list[Callable[[], bool]]
         if s.broker_url is None:
             queue.recover()
-            if self._engine is not None:
-                engines = [self._engine]
-            else:  # one worker thread per engine process; claims are atomic renames
-                engines = [self._own_engine(s) for _ in range(s.engine_processes)]
+            # one worker thread per engine (one injected engine: one); claims are atomic renames
+            count = 1 if self._engine is not None else s.engine_processes
+            engines = [make_engine(s, self._engine) for _ in range(count)]
+            self._engines = engines
+            for engine in engines:
+                engine.start()  # loads torch and the models while the node waits for studies
             self._workers = [Worker(s, queue, index, self.metrics, e) for e in engines]
             Worker.share_work(self._workers)
             steps = [w.run_once for w in self._workers]
@@ -298,25 +302,10 @@ class NodeService:
         if self.index is not None:
             self.index.close()
 
-    def _own_engine(self, s: NodeSettings) -> EngineFn:
-        """The engine when none was injected: a child process (started now), or in-thread."""
-        if s.engine_isolation == "thread":
-            return load_engine(s.worker_engine)
-        load_engine(s.worker_engine)  # a wrong module:function fails at start, not per job
-        process = EngineProcess(
-            s.worker_engine or DEFAULT_TARGET,
-            timeout_seconds=s.engine_timeout_seconds,
-            preload=s.checkpoints,
-            threads=s.engine_thread_count(),
-        )
-        process.start()  # loads torch and the models while the node waits for studies
-        self._engine_processes.append(process)
-        return process
-
     def _close_engines(self, timeout: float) -> None:
-        for process in self._engine_processes:
-            process.close(timeout)
-        self._engine_processes = []
+        for engine in self._engines:
+            engine.close(timeout)
+        self._engines = []
 
     def __enter__(self) -> NodeService:
         self.start()
@@ -354,7 +343,7 @@ class NodeService:
     @property
     def engine_pids(self) -> list[int]:
         """Process ids of the node's engine processes (empty with an injected engine)."""
-        return [p.pid for p in self._engine_processes if p.pid is not None]
+        return [e.pid for e in self._engines if e.pid is not None]
 
     def readiness(self) -> dict[str, bool]:
         """Named readiness checks (all True when the node can take studies)."""

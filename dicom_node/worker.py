@@ -1,8 +1,8 @@
 """The worker: runs the engine on a job folder and records the verdicts in ``job.json``.
 
-The engine is ``ai_engine.pipeline.run(input_dir, output_dir, checkpoints)``, imported only
-when the first job runs (it pulls torch and takes seconds). It is injectable (`EngineFn`),
-so tests can run the node with a small stand-in engine.
+The engine is a `dicom_node.engine.Engine` from `dicom_node.engine.make_engine` (the engine
+process by default; an inline one for stand-in engines in tests), and its results are
+`dicom_node.engine.EngineResult` records.
 
 Failures: an `ai_engine.errors.AiEngineError` (unreadable input, unknown model, weights that
 do not load) is deterministic and dead-letters the job at once; anything else (memory,
@@ -11,19 +11,19 @@ I/O, a missing engine module) is retried with backoff up to ``process_max_attemp
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ai_engine.errors import AiEngineError
 from dicom_node.config import NodeSettings
-from dicom_node.errors import ConfigError
-from dicom_node.index import STATE_FAILED, StateIndex
+from dicom_node.engine import Engine, EngineResult
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import ENGINE_STAGES, Metrics
 from dicom_node.queue import (
@@ -32,106 +32,9 @@ from dicom_node.queue import (
     Job,
     JobQueue,
     JobStageValues,
-    JobStateValues,
-    StudyOutcome,
 )
 
 logger = logging.getLogger(__name__)
-
-#: ``(input_dir, output_dir, checkpoints) -> results``; results are StudyResult-like objects
-#: (attributes) or mappings with the same field names.
-EngineFn = Callable[[Path, Path, Sequence[str]], Sequence[Any]]
-
-
-def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> Sequence[Any]:
-    """Call ``ai_engine.pipeline.run``, importing it on first use.
-
-    Args:
-        input_dir: folder with the study's DICOM files.
-        output_dir: empty folder for the result DICOM files.
-        checkpoints: checkpoint names.
-
-    Returns:
-        The engine's ``StudyResult`` list.
-    """
-    pipeline = importlib.import_module("ai_engine.pipeline")
-    results: Sequence[Any] = pipeline.run(input_dir, output_dir, tuple(checkpoints))
-    return results
-
-
-def load_engine(spec: str | None) -> EngineFn:
-    """The engine function named by ``worker_engine`` (``module:function``).
-
-    Args:
-        spec: ``module:function``, or None for ``ai_engine.pipeline.run``.
-
-    Returns:
-        The engine function.
-
-    Raises:
-        ConfigError: the module or function cannot be imported.
-    """
-    if spec is None:
-        return default_engine
-    module_name, _, name = spec.partition(":")
-    try:
-        engine: EngineFn = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"worker_engine {spec!r} cannot be imported: {exc}") from exc
-    return engine
-
-
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def outcome_from_result(result: Any, output_dir: Path) -> StudyOutcome:
-    """Read the fields the node needs from one engine result.
-
-    Result files listed outside ``output_dir`` are copied into it (the sender delivers
-    everything in ``output/``).
-
-    Args:
-        result: a ``StudyResult`` (or a mapping with its field names).
-        output_dir: the job's ``output/``.
-
-    Returns:
-        The node's record of it.
-    """
-    algorithm = _field(result, "algorithm")
-    images = list(_field(result, "images", ()) or ())
-    analysed = [i for i in images if _field(i, "score") is not None]
-    threshold = next(
-        (_field(i, "threshold") for i in analysed if _field(i, "threshold") is not None), None
-    )
-    files: list[str] = []
-    for item in _field(result, "files", ()) or ():
-        path = Path(item)
-        if not path.is_absolute():
-            path = output_dir / path
-        try:
-            files.append(str(path.resolve().relative_to(output_dir.resolve())))
-        except ValueError:
-            target = output_dir / path.name
-            shutil.copy2(path, target)
-            files.append(target.name)
-    score = _field(result, "study_score")
-    is_abnormal = _field(result, "is_abnormal")
-    return StudyOutcome(
-        study_instance_uid=str(_field(result, "study_instance_uid", "")),
-        model=str(_field(algorithm, "name") or _field(algorithm, "model_id") or ""),
-        model_version=str(_field(algorithm, "version") or ""),
-        score=None if score is None else float(score),
-        is_abnormal=None if is_abnormal is None else bool(is_abnormal),
-        threshold=None if threshold is None else float(threshold),
-        images=len(images),
-        images_analysed=len(analysed),
-        files=files,
-    )
 
 
 class Worker:
@@ -143,7 +46,7 @@ class Worker:
         index: the processed-instance index (claims released when a job fails); None in
             a distributed worker process, where the node records it (`dicom_node.distributed`).
         metrics: counters.
-        engine: the engine function (default: `default_engine`).
+        engine: the engine (`dicom_node.engine.make_engine`).
     """
 
     def __init__(
@@ -152,15 +55,13 @@ class Worker:
         queue: JobQueue,
         index: StateIndex | None,
         metrics: Metrics,
-        engine: EngineFn | None = None,
+        engine: Engine,
     ) -> None:
         self._settings = settings
         self._queue = queue
-        self._index = index
         self._metrics = metrics
-        self._engine: EngineFn = engine or default_engine
-        #: the engine takes a job while it works on another (`EngineProcess.submit`/`collect`)
-        self._pipelined = hasattr(self._engine, "submit") and hasattr(self._engine, "collect")
+        self._jobs = JobLifecycle(queue, index, metrics)
+        self._engine = engine
         #: set by the node when it stops: a pipelined chain of jobs ends after the current one
         self.stopping = threading.Event()
         #: True while `run_once` holds a job (read by the other workers of the node)
@@ -180,14 +81,16 @@ class Worker:
             worker._peers = [w for w in workers if w is not worker]
 
     def _claim_ahead(self) -> Job | None:
+        if not self._engine.concurrent:
+            return None  # the engine would not run it any earlier
         if self.stopping.is_set() or any(not peer.busy for peer in self._peers):
             return None
         return self._queue.claim()
 
     def run_once(self) -> bool:
-        """Process one due job, if any (with a pipelining engine: every due job, see below).
+        """Process one due job, if any (with a concurrent engine: every due job, see below).
 
-        With an engine that has ``submit``/``collect`` (`dicom_node.engine_process`), the
+        With a ``concurrent`` engine (`dicom_node.engine_process.EngineProcess`), the
         next due job is claimed and submitted before the current one's results are filed, so
         the engine never waits for the worker's bookkeeping (claims, job.json, fsynced
         renames); the chain ends when no job is due or `stopping` is set, and no job is claimed
@@ -207,15 +110,12 @@ class Worker:
         return True
 
     def _run_chain(self, job: Job) -> None:
-        if not self._pipelined:
-            self.process(job)
-            return
-        engine: Any = self._engine
-        if not self._submit(engine, job):
+        engine = self._engine
+        if not self._submit(job):
             return
         while True:
             following = self._claim_ahead()
-            if following is not None and not self._submit(engine, following):
+            if following is not None and not self._submit(following):
                 following = None
             try:
                 results = list(engine.collect())
@@ -247,9 +147,10 @@ class Worker:
         Args:
             job: the job.
         """
-        input_dir, output_dir = self._begin(job)
+        if not self._submit(job):
+            return
         try:
-            results = list(self._engine(input_dir, output_dir, job.checkpoints))
+            results = self._engine.collect()
         except Exception as exc:  # noqa: BLE001 - any engine failure is recorded on the job
             self._done(job, None, exc)
             return
@@ -267,10 +168,10 @@ class Worker:
         self._started[job.job_id] = time.monotonic()
         return input_dir, output_dir
 
-    def _submit(self, engine: Any, job: Job) -> bool:
+    def _submit(self, job: Job) -> bool:
         input_dir, output_dir = self._begin(job)
         try:
-            engine.submit(input_dir, output_dir, job.checkpoints)
+            self._engine.submit(input_dir, output_dir, job.checkpoints)
         except Exception as exc:  # noqa: BLE001 - recorded on the job
             self._done(job, None, exc)
             return False
@@ -279,37 +180,28 @@ class Worker:
     def _release(self, job: Job) -> None:
         """Put a claimed job that never ran back into ``ready/``, its attempt not counted."""
         self._started.pop(job.job_id, None)
-        attempts = job.attempts.get(JobStageValues.PROCESS, 1)
-        job.attempts[JobStageValues.PROCESS] = max(0, attempts - 1)
-        self._queue.move(job, JobStateValues.QUEUED)
+        self._jobs.handed_back(job)
         logger.info(
             "job handed back: the engine process died before it ran", extra={"job_id": job.job_id}
         )
 
-    def _done(self, job: Job, results: list[Any] | None, error: Exception | None) -> None:
+    def _done(
+        self, job: Job, results: Sequence[EngineResult] | None, error: Exception | None
+    ) -> None:
         """File one job's engine results (to the outbox) or its failure."""
         started = self._started.pop(job.job_id, time.monotonic())
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
-        output_dir = self._queue.job_dir(job) / OUTPUT_DIR
-        if error is None and results is not None:
-            try:
-                outcomes = [outcome_from_result(r, output_dir) for r in results]
-            except Exception as exc:  # noqa: BLE001 - an unusable result fails the job
-                error = exc
         self._metrics.observe("run_seconds", time.monotonic() - started)
         if error is not None or results is None:
             failure = error or RuntimeError("engine returned nothing")
             self._failed(job, failure, retryable=not isinstance(failure, AiEngineError))
             return
+        outcomes = [r.outcome() for r in results]
         for result in results:  # per-stage engine times, when the engine reports them
-            for stage, value in dict(getattr(result, "seconds", None) or {}).items():
+            for stage, value in result.seconds.items():
                 if stage in ENGINE_STAGES:
-                    self._metrics.observe(ENGINE_STAGES[stage], float(value))
-        job.processing_seconds = round(time.monotonic() - started, 3)
-        job.results = outcomes
-        job.failed_stage = None
-        self._queue.move(job, JobStateValues.SENDING)
-        self._metrics.inc("jobs_processed_total")
+                    self._metrics.observe(ENGINE_STAGES[stage], value)
+        self._jobs.processed(job, outcomes, time.monotonic() - started)
         logger.info(
             "job processed",
             extra={**ctx, "seconds": job.processing_seconds, "results": len(outcomes)},
@@ -328,7 +220,7 @@ class Worker:
         self._metrics.observe("receive_to_queued_seconds", job.created_at.timestamp() - first)
 
     def _failed(self, job: Job, exc: BaseException, *, retryable: bool) -> None:
-        retry = self._queue.record_failure(
+        retry = self._jobs.failed(
             job,
             JobStageValues.PROCESS,
             exc,
@@ -338,10 +230,6 @@ class Worker:
         )
         ctx: dict[str, Any] = {"job_id": job.job_id, "study_uid": job.study_instance_uid}
         if retry:
-            self._metrics.inc("process_retries_total")
             log_failure(logger, "engine failed; job will be retried", exc, **ctx)
         else:
-            if self._index is not None:
-                self._index.set_state(job.job_id, STATE_FAILED)
-            self._metrics.inc("jobs_failed_total")
             log_failure(logger, "engine failed; job moved to failed", exc, **ctx)

@@ -23,15 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ai_engine.dicom_io.sr_writer import read_sr_scores  # noqa: E402
-from dicom_node.embedded import (  # noqa: E402
-    EmbeddedStack,
-    StackOptions,
-    discover_samples,
-    find_results,
-    free_port,
-    send_files,
-)
+from devstack.demo import discover_samples, send_files  # noqa: E402
+from devstack.processes import free_port  # noqa: E402
+from devstack.stack import EmbeddedStack, StackOptions  # noqa: E402
 
 
 def main() -> int:
@@ -51,25 +45,21 @@ def main() -> int:
             quiet_seconds=1.0,
             fresh=True,
         )
-        with EmbeddedStack(options) as stack, stack.session() as session:
+        with EmbeddedStack(options) as stack:
             samples = discover_samples()
             for sample in samples:
-                report = send_files(sample.files, "127.0.0.1", options.dicom_port)
-                if report.failed:
-                    raise SystemExit(f"sending {sample.name} failed: {report.failed}")
+                send_files(sample.files, "127.0.0.1", options.dicom_port)
             scores: dict[str, float] = {}
             deadline = time.monotonic() + 300
             while len(scores) < len(samples) and time.monotonic() < deadline:
                 for sample in samples:
                     if sample.study_uid in scores:
                         continue
-                    found = find_results(session, stack.orthanc_url, sample.study_uid, ("SR",))
-                    if found:
-                        study = read_sr_scores(found[0])["study"]
-                        if study.get("score") is not None:
-                            scores[sample.study_uid] = float(study["score"])
-                        else:
-                            scores[sample.study_uid] = float("-inf")
+                    row = stack.study_score(sample.study_uid)  # delivered results only
+                    if row is not None:
+                        scores[sample.study_uid] = (
+                            float("-inf") if row.score is None else float(row.score)
+                        )
                 time.sleep(1)
             flagged = max(scores, key=lambda uid: scores[uid])
             shots = Path(tmp) / "shots"

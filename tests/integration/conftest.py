@@ -15,15 +15,9 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from dicom_node.embedded import (
-    SAMPLE_SCU_AET,
-    DicomPeer,
-    EmbeddedStack,
-    StackOptions,
-    free_port,
-    loopback_only_namespace,
-    network_interfaces,
-)
+from devstack.orthanc import DicomPeer
+from devstack.processes import free_port, loopback_only_namespace, network_interfaces
+from devstack.stack import SAMPLE_SCU_AET, EmbeddedStack, StackOptions
 
 #: AE title dcmtk's storescu uses in the tests (allowed to store into Orthanc).
 STORESCU_AET = "STORESCU"

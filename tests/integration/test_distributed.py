@@ -1,7 +1,8 @@
 """Scaled-out node: a real redis-server, the node with ``broker_url``, two real worker processes.
 
-One worker is killed with SIGKILL in the middle of a job; the other must take the job over,
-and every study's result must be delivered exactly once (by real C-STORE).
+One worker (its engine runs in a child process of the worker) is killed with SIGKILL in the
+middle of a job; the other must take the job over, and every study's result must be
+delivered exactly once (by real C-STORE).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
 
+from devstack.processes import free_port
 from dicom_node.config import NodeSettings
-from dicom_node.embedded import free_port
 from dicom_node.queue import JobQueue, JobStateValues
 from dicom_node.service import NodeService
 
@@ -130,6 +131,11 @@ def engine_log(path: Path) -> list[tuple[str, int, str]]:
     return [(r[0], int(r[1]), r[2]) for r in rows]
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of a running process (a worker's engine process -> the worker)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_two_workers_one_killed_mid_job_every_study_delivered_once(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -183,7 +189,9 @@ def test_two_workers_one_killed_mid_job_every_study_delivered_once(
         # The held study: a worker starts it and waits; the job API shows it running.
         send_study(node.scp_port, studies[0][1])
         wait_for(lambda: any(e[2] == held_uid for e in engine_log(log)), 40, "held job start")
-        victim = next(pid for ev, pid, uid in engine_log(log) if uid == held_uid)
+        # the engine runs in a child process of its worker (as in the embedded node)
+        victim_engine = next(pid for ev, pid, uid in engine_log(log) if uid == held_uid)
+        victim = parent_pid(victim_engine)
         assert victim in {w.pid for w in workers}
         running = requests.get(f"{api}/jobs", params={"state": "running"}, timeout=5).json()
         assert [j["study_instance_uid"] for j in running] == [held_uid]
@@ -202,6 +210,10 @@ def test_two_workers_one_killed_mid_job_every_study_delivered_once(
 
         wait_for(all_done, 45, "all jobs done")
         assert survivor.poll() is None, "the surviving worker died"
+        survivor_engine = next(
+            pid for ev, pid, uid in engine_log(log) if uid == held_uid and pid != victim_engine
+        )
+        assert parent_pid(survivor_engine) == survivor.pid
 
         # The dispatcher counts a processed job when its next pass sees it leave running/,
         # which can come after the sender delivered it: the counts may lag /jobs by a pass.
@@ -239,7 +251,7 @@ def test_two_workers_one_killed_mid_job_every_study_delivered_once(
     events = engine_log(log)
     assert Counter(uid for ev, _, uid in events if ev == "end") == {uid: 1 for uid, _ in studies}
     held = [(ev, pid) for ev, pid, uid in events if uid == held_uid]
-    assert held == [("start", victim), ("start", survivor.pid), ("end", survivor.pid)]
+    assert held == [("start", victim_engine), ("start", survivor_engine), ("end", survivor_engine)]
     # The job folders (the truth) and the node's metrics agree.
     queue = JobQueue(data_dir / "jobs")
     assert queue.counts() == {"queued": 0, "running": 0, "sending": 0, "done": STUDIES, "failed": 0}

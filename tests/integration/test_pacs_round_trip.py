@@ -22,17 +22,13 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
-from dicom_node.embedded import (
-    ORTHANC_AET,
-    EmbeddedError,
-    EmbeddedStack,
-    discover_samples,
-    free_port,
-    parse_anomaly_sr,
-    send_files,
-    send_samples_and_report,
-)
-from dicom_node.embedded import main as embedded_main
+from ai_engine.dicom_io.sr_writer import read_sr_scores
+from devstack.demo import discover_samples, send_files, send_samples_and_report
+from devstack.demo import main as embedded_main
+from devstack.orthanc import ORTHANC_AET
+from devstack.processes import free_port
+from devstack.stack import EmbeddedStack
+from dicom_node.errors import SendError
 
 pytestmark = pytest.mark.integration
 
@@ -160,22 +156,23 @@ def check_results(client: DICOMwebClient, results: Results, study: str, checkpoi
     report = hd.sr.ComprehensiveSR.from_dataset(sr)  # highdicom reads it back
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert sr.Manufacturer == "AI Anomaly Node"
-    groups = parse_anomaly_sr(sr)
+    scores = read_sr_scores(sr)
+    images = scores["images"]
     expected = engine_scores(study, checkpoint)
     assert sorted(expected) == sorted(sources)
     for source_uid in sources:
         assert source_uid in referenced_uids(sr)
-        group = groups[f"anomaly {source_uid}"]
-        assert group.score == pytest.approx(expected[source_uid], rel=1e-5, abs=1e-9)
-        assert group.threshold is not None
-        assert group.abnormal == (group.score >= group.threshold)
-    study_group = groups["anomaly study"]
-    assert study_group.score == pytest.approx(max(expected.values()), rel=1e-5, abs=1e-9)
-    assert study_group.abnormal == any(
-        g.abnormal for k, g in groups.items() if k != "anomaly study"
+        group = images[source_uid]
+        assert group["score"] == pytest.approx(expected[source_uid], rel=1e-5, abs=1e-9)
+        assert group["threshold"] is not None
+        assert (group["status"] == "Abnormal") == (group["score"] >= group["threshold"])
+    study_group = scores["study"]
+    assert study_group["score"] == pytest.approx(max(expected.values()), rel=1e-5, abs=1e-9)
+    assert (study_group["status"] == "Abnormal") == any(
+        g["status"] == "Abnormal" for g in images.values()
     )
     # a flagged study also gets a Key Object Selection of its flagged images (worklists)
-    flagged = {uid for uid in sources if groups[f"anomaly {uid}"].abnormal}
+    flagged = {uid for uid in sources if images[uid]["status"] == "Abnormal"}
     kos_records = results.series.get("KO", [])
     assert len(kos_records) == (1 if flagged else 0)
     for record in kos_records:
@@ -191,8 +188,7 @@ def pynetdicom_results(stack: EmbeddedStack, dicomweb: DICOMwebClient) -> Result
     path = sample_file("kermany_normal_mono2")
     study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
     t0 = time.monotonic()
-    report = send_files([path], "127.0.0.1", stack.options.dicom_port)
-    assert report.failed == []
+    send_files([path], "127.0.0.1", stack.options.dicom_port)  # raises unless all stored
     return wait_for_results(dicomweb, study_uid, since=t0)
 
 
@@ -266,7 +262,7 @@ def test_exactly_one_result_set_after_restabilising(
 
 
 def test_unknown_scanner_is_refused(stack: EmbeddedStack) -> None:
-    with pytest.raises(EmbeddedError, match="rejected"):
+    with pytest.raises(SendError, match="rejected"):
         send_files(
             [sample_file("kermany_normal_mono2")],
             "127.0.0.1",

@@ -28,17 +28,15 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from dicom_node.config import NodeSettings
-from dicom_node.embedded import (
+from devstack.orthanc import (
     DicomPeer,
     OrthancProcess,
-    free_port,
-    load_or_create_secrets,
-    loopback_only_namespace,
-    network_interfaces,
     render_orthanc_config,
     write_orthanc_config,
 )
+from devstack.processes import free_port, loopback_only_namespace, network_interfaces
+from dicom_node.config import NodeSettings
+from dicom_node.credentials import load_or_create_secrets
 from dicom_node.queue import JobQueue, JobStageValues, JobStateValues
 
 pytestmark = pytest.mark.integration

@@ -54,10 +54,10 @@ def test_results_come_back_and_the_child_is_reused(study_dir: Path, tmp_path: Pa
         second = engine(study_dir, tmp_path / "out2", ["m"])
     finally:
         engine.close()
-    assert first[0]["study_score"] == pytest.approx(0.7)
-    assert first[0]["engine_pid"] != os.getpid()  # it ran elsewhere
-    assert second[0]["engine_pid"] == first[0]["engine_pid"]  # one child, models kept loaded
-    assert Path(first[0]["files"][0]).is_file()
+    assert first[0].score == pytest.approx(0.7)
+    assert first[0].engine_pid != os.getpid()  # it ran elsewhere
+    assert second[0].engine_pid == first[0].engine_pid  # one child, models kept loaded
+    assert (tmp_path / "out1" / first[0].files[0]).is_file()
     assert engine.starts == 1
     assert engine.pid is None  # closed
 
@@ -89,7 +89,7 @@ def test_a_crashed_child_fails_the_call_and_the_next_call_starts_a_new_one(
         results = engine(study_dir, tmp_path / "again", ["m"])
     finally:
         engine.close()
-    assert results[0]["study_score"] == pytest.approx(0.7)
+    assert results[0].score == pytest.approx(0.7)
     assert engine.starts == 2
 
 

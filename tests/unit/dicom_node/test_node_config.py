@@ -92,9 +92,9 @@ def test_demo_forwards_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     seen: list[list[str]] = []
-    fake = types.ModuleType("dicom_node.embedded")
+    fake = types.ModuleType("devstack.demo")
     fake.main = lambda argv: seen.append(list(argv)) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(__import__("sys").modules, "dicom_node.embedded", fake)
+    monkeypatch.setitem(__import__("sys").modules, "devstack.demo", fake)
     assert main(["demo", "--quiet-seconds", "1"]) == 0
     assert seen == [["--quiet-seconds", "1"]]
 

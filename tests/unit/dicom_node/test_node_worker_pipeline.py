@@ -10,6 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.config import NodeSettings
+from dicom_node.engine import EngineResult
 from dicom_node.engine_process import EngineProcessError
 from dicom_node.index import StateIndex
 from dicom_node.metrics import Metrics
@@ -18,7 +19,10 @@ from dicom_node.worker import Worker
 
 
 class PipelinedEngine:
-    """In-process stand-in with EngineProcess's submit/collect; logs the order of calls."""
+    """In-process stand-in for a concurrent `Engine` like EngineProcess; logs the order of calls."""
+
+    concurrent = True
+    pid = None
 
     def __init__(self, kit: Any, die_on_collect: int | None = None) -> None:
         self.fake = kit.FakeEngine()
@@ -28,8 +32,11 @@ class PipelinedEngine:
         self.die_on_collect = die_on_collect
         self.collects = 0
 
-    def __call__(self, input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> Any:
-        return self.fake(input_dir, output_dir, checkpoints)
+    def start(self) -> None:
+        pass
+
+    def close(self, timeout: float = 10.0) -> None:
+        pass
 
     def submit(self, input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> None:
         self.log.append(f"submit {input_dir.parent.name}")
@@ -45,7 +52,8 @@ class PipelinedEngine:
             self.pending = 0  # as EngineProcess after a dead child: everything queued is lost
             raise EngineProcessError("engine process died (exit status -9)")
         self.pending -= 1
-        return self.fake(input_dir, output_dir, checkpoints)
+        results = self.fake(input_dir, output_dir, checkpoints)
+        return [EngineResult.from_engine(r, output_dir) for r in results]
 
 
 def queued_jobs(queue: JobQueue, kit: Any, ct_path: Path, n: int) -> list[Job]:

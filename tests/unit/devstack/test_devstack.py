@@ -1,4 +1,4 @@
-"""Unit tests of the embedded default's pieces (no Orthanc, no network)."""
+"""Unit tests of the development stack's pieces (no Orthanc, no network)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,21 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
-from dicom_node import embedded
-from dicom_node.embedded import (
-    DicomPeer,
-    ManagedProcess,
-    SampleStudy,
-    load_or_create_secrets,
-    parse_anomaly_sr,
-    render_orthanc_config,
-    summary_line,
-)
+from ai_engine.dicom_io.sr_writer import read_sr_scores
+from devstack import demo, processes
+from devstack.demo import SampleStudy, summary_line
+from devstack.orthanc import DicomPeer, render_orthanc_config
+from devstack.processes import ManagedProcess
+from dicom_node.credentials import load_or_create_secrets
 from dicom_node.errors import ConfigError
+from dicom_node.index import StudyScore
 
 
 def test_secrets_are_private_and_stable(tmp_path: Path) -> None:
@@ -141,7 +139,7 @@ def _group(tracking: str, score: float, threshold: float, abnormal: bool) -> Dat
     )
 
 
-def test_parse_anomaly_sr_and_summary() -> None:
+def test_sr_scores_and_summary() -> None:
     measurements = _item(
         "CONTAINER",
         _code("126010", "DCM", "Imaging Measurements"),
@@ -150,23 +148,25 @@ def test_parse_anomaly_sr_and_summary() -> None:
         ),
     )
     sr = Dataset()
+    sr.ConceptNameCodeSequence = Sequence([_code("126000", "DCM", "Imaging Measurement Report")])
     sr.ContentSequence = Sequence([measurements])
-    groups = parse_anomaly_sr(sr)
-    assert groups["anomaly 1.2.3"].score == pytest.approx(0.5)
-    assert groups["anomaly study"].abnormal is True
-    assert groups["anomaly study"].threshold == pytest.approx(0.25)
+    scores = read_sr_scores(sr)  # the product's SR reader reads the node's group layout
+    assert scores["images"]["1.2.3"]["score"] == pytest.approx(0.5)
+    assert scores["study"]["status"] == "Abnormal"
+    assert scores["study"]["threshold"] == pytest.approx(0.25)
     study = SampleStudy("demo", (), "1.2.3.4.5.6.7.8.9.10.11", "d", "abnormal")
-    line = summary_line(study, groups, 12.3)
+    row = StudyScore(study.study_uid, "default-cxr", "1", 0.5, True, 0.25, datetime.now(UTC), "job")
+    line = summary_line(study, row, 12.3)
     assert "ABNORMAL" in line
     assert "score 0.5" in line
     assert "12.3 s" in line
 
 
 def test_parse_peer() -> None:
-    peer = embedded._parse_peer("CT1@10.0.0.5:104")
+    peer = demo._parse_peer("CT1@10.0.0.5:104")
     assert (peer.aet, peer.host, peer.port) == ("CT1", "10.0.0.5", 104)
     with pytest.raises(argparse.ArgumentTypeError):
-        embedded._parse_peer("nohost")
+        demo._parse_peer("nohost")
 
 
 def test_managed_process_stops_its_whole_group(tmp_path: Path) -> None:
@@ -199,11 +199,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_loopback_detection_matches_interfaces() -> None:
-    assert embedded.loopback_only_namespace() == (embedded.network_interfaces() == ["lo"])
+    assert processes.loopback_only_namespace() == (processes.network_interfaces() == ["lo"])
 
 
 def test_discover_samples_reads_the_committed_studies() -> None:
-    studies = embedded.discover_samples()
+    studies = demo.discover_samples()
     names = {s.name for s in studies}
     assert {"kermany_normal_mono2", "kermany_pneumonia_jpeg", "original_rg1_cr"} <= names
     rg1 = next(s for s in studies if s.name == "original_rg1_cr")
