@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,12 +17,13 @@ import pytest
 import torch
 from pydicom.uid import generate_uid
 
-from ai_engine import checkpoints, pipeline
+from ai_engine import pipeline
 from ai_engine.anatomy import region_tensor, restrict
 from ai_engine.anatomy.lungs import LUNG_AREA_RANGE, lung_fields
 from ai_engine.dicom_io.reader import read_image
 from ai_engine.metrics import map_boxes, pointing_game, share_inside
 from ai_engine.types import AnomalyOutput
+from training.calibrate import recalibrate
 from training.data import load_image, load_mask, read_manifest
 from training.evaluate import evaluate
 
@@ -115,12 +115,13 @@ def test_localisation_metrics() -> None:
 
 @pytest.fixture(scope="module")
 def lung_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """default-cxr's weights and calibration with ``anatomy: lungs`` (restriction only)."""
+    """default-cxr's weights made lung-restricted by ``training calibrate --anatomy lungs``."""
     folder = tmp_path_factory.mktemp("ckpt") / "lung-cxr"
-    shutil.copytree(checkpoints.resolve("default-cxr"), folder)
-    card = json.loads((folder / "card.json").read_text())
-    card["anatomy"] = "lungs"
-    (folder / "card.json").write_text(json.dumps(card))
+    card = recalibrate("default-cxr", folder, KERMANY, anatomy="lungs", version="0.5.0-lungs")
+    assert card.anatomy == "lungs"
+    assert "lung" in card.preprocessing
+    assert card.training["recalibrated"]["anatomy"] == "lungs"
+    assert len(card.calibration.healthy_scores) == 6  # the mini set's healthy val images
     return folder
 
 
