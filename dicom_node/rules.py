@@ -37,9 +37,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydicom.dataset import Dataset
@@ -47,6 +47,7 @@ from pydicom.dataset import Dataset
 from ai_engine.dicom_io.markers import is_derived_object
 from dicom_node.errors import ConfigError
 from dicom_node.router import NOT_ROUTED, DefaultRules, RouteDecision, RoutingRules
+from dicom_node.sender import Destination
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeSettings
@@ -69,7 +70,18 @@ _FALLBACK_KEYS = ("checkpoints", "destinations", "quiet_seconds")
 _TOP_KEYS = ("version", "destinations", "rules", "fallback")
 _DEST_KEYS: dict[str, tuple[str, ...]] = {
     "dicomweb": ("type", "url", "username", "password_file", "token_file", "timeout_seconds"),
-    "cstore": ("type", "host", "port", "ae_title", "timeout_seconds"),
+    "cstore": (
+        "type",
+        "host",
+        "port",
+        "ae_title",
+        "timeout_seconds",
+        "tls",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_server_name",
+    ),
 }
 _CHECKPOINT_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -152,35 +164,6 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class DestinationSpec:
-    """A named destination of the rules file.
-
-    Attributes:
-        name: its name.
-        type: ``dicomweb`` (STOW-RS) or ``cstore``.
-        url: DICOMweb root (dicomweb).
-        username: basic-auth user (dicomweb, with a password file).
-        password: basic-auth password, read from ``password_file`` at load time.
-        token: bearer token, read from ``token_file`` at load time.
-        host: C-STORE host.
-        port: C-STORE port.
-        ae_title: C-STORE called AE title.
-        timeout_seconds: request / DIMSE timeout (None: the node's setting).
-    """
-
-    name: str
-    type: Literal["dicomweb", "cstore"]
-    url: str = ""
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    host: str = ""
-    port: int = 104
-    ae_title: str = ""
-    timeout_seconds: float | None = None
-
-
-@dataclass(frozen=True)
 class RulesFile:
     """Validated routing rules (implements `dicom_node.router.RoutingRules`).
 
@@ -194,7 +177,7 @@ class RulesFile:
     path: Path
     rules: tuple[Rule, ...]
     fallback: RouteDecision
-    destinations: Mapping[str, DestinationSpec]
+    destinations: Mapping[str, Destination]
 
     @property
     def has_route_quiet_periods(self) -> bool:
@@ -241,30 +224,14 @@ class RulesFile:
             settings: node settings (our AE title, batch size, default timeouts).
 
         Returns:
-            Destination name -> sender.
-        """
-        from dicom_node.sender import CStoreSender, DicomWebSender
+            Destination name -> sender (`dicom_node.sender.make_sender`).
 
-        result: dict[str, ResultSender] = {}
-        for name, spec in self.destinations.items():
-            if spec.type == "cstore":
-                result[name] = CStoreSender(
-                    spec.host,
-                    spec.port,
-                    spec.ae_title,
-                    settings.ae_title,
-                    timeout=spec.timeout_seconds or settings.dimse_timeout_seconds,
-                )
-            else:
-                result[name] = DicomWebSender(
-                    spec.url,
-                    username=spec.username,
-                    password=spec.password,
-                    token=spec.token,
-                    timeout=spec.timeout_seconds or settings.http_timeout_seconds,
-                    batch_size=settings.stow_batch_size,
-                )
-        return result
+        Raises:
+            ConfigError: a TLS file of a C-STORE destination cannot be loaded.
+        """
+        from dicom_node.sender import make_sender
+
+        return {name: make_sender(spec, settings) for name, spec in self.destinations.items()}
 
 
 def _normalise(attribute: str, value: str) -> str:
@@ -576,9 +543,9 @@ def _read_decision(
     return RouteDecision(tuple(checkpoints), tuple(destinations), rule, quiet)
 
 
-def _read_destinations(r: _Reader, node: yaml.Node) -> dict[str, DestinationSpec]:
+def _read_destinations(r: _Reader, node: yaml.Node) -> dict[str, Destination]:
     entries = r.mapping(node, "destinations", None)
-    result: dict[str, DestinationSpec] = {}
+    result: dict[str, Destination] = {}
     for name, (key_node, value_node) in (entries or {}).items():
         if name == DEFAULT_DESTINATION:
             r.error(key_node, f"destination name {name!r} is reserved (the node's settings)")
@@ -592,7 +559,7 @@ def _read_destinations(r: _Reader, node: yaml.Node) -> dict[str, DestinationSpec
     return result
 
 
-def _read_destination(r: _Reader, name: str, node: yaml.Node) -> DestinationSpec | None:
+def _read_destination(r: _Reader, name: str, node: yaml.Node) -> Destination | None:
     what = f"destination {name!r}"
     fields = r.mapping(node, what, None)
     if fields is None:
@@ -616,6 +583,11 @@ def _read_destination(r: _Reader, name: str, node: yaml.Node) -> DestinationSpec
             values[key] = r.number(value_node, f"{what}: port", integer=True, minimum=1)
         elif key == "timeout_seconds":
             values[key] = r.number(value_node, f"{what}: timeout_seconds", integer=False, minimum=0)
+        elif key == "tls":
+            if value_node.tag != "tag:yaml.org,2002:bool":
+                r.error(value_node, f"{what}: tls must be true or false")
+            else:
+                values[key] = value_node.value.lower() in ("true", "yes", "on")
         else:
             values[key] = r.text(value_node, f"{what}: {key}")
     required = ("url",) if kind == "dicomweb" else ("host", "port", "ae_title")
@@ -628,6 +600,12 @@ def _read_destination(r: _Reader, name: str, node: yaml.Node) -> DestinationSpec
         and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", values["url"])
     ):
         r.error(fields["url"][1], f"{what}: url must be an http(s) URL")
+    if kind == "cstore" and not values.get("tls"):
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"):
+            if key in fields:
+                r.error(fields[key][0], f"{what}: {key} needs tls: true")
+    if kind == "cstore" and ("tls_cert_file" in fields) != ("tls_key_file" in fields):
+        r.error(node, f"{what}: tls_cert_file and tls_key_file go together")
     if kind == "dicomweb" and ("username" in fields) != ("password_file" in fields):
         r.error(node, f"{what}: username and password_file go together")
     if kind == "dicomweb" and "token_file" in fields and "username" in fields:
@@ -640,7 +618,7 @@ def _read_destination(r: _Reader, name: str, node: yaml.Node) -> DestinationSpec
                 secrets[target] = secret
     if len(r.errors) > before:
         return None
-    return DestinationSpec(
+    return Destination(
         name=name,
         type="dicomweb" if kind == "dicomweb" else "cstore",
         url=str(values.get("url") or "").rstrip("/"),
@@ -649,8 +627,18 @@ def _read_destination(r: _Reader, name: str, node: yaml.Node) -> DestinationSpec
         port=int(values.get("port") or 104),
         ae_title=str(values.get("ae_title") or ""),
         timeout_seconds=values.get("timeout_seconds"),
-        **secrets,
+        password=secrets.get("password"),
+        token=secrets.get("token"),
+        tls=bool(values.get("tls", False)),
+        tls_ca_file=_path(values.get("tls_ca_file")),
+        tls_cert_file=_path(values.get("tls_cert_file")),
+        tls_key_file=_path(values.get("tls_key_file")),
+        tls_server_name=values.get("tls_server_name"),
     )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _read_secret(r: _Reader, node: yaml.Node, path: Path, what: str) -> str | None:

@@ -18,8 +18,9 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -255,45 +256,117 @@ def _transient_reject(assoc: Any) -> bool:
     return getattr(primitive, "result", None) == 0x02
 
 
-def build_sender(settings: NodeSettings) -> ResultSender:
-    """The sender the settings ask for.
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: the node's configured destination or one of the routing rules'.
 
-    Args:
-        settings: node settings.
-
-    Returns:
-        A `DicomWebSender` or a `CStoreSender`.
-
-    Raises:
-        ConfigError: a TLS file of the C-STORE destination cannot be loaded.
+    Attributes:
+        name: its name (``default`` for the node's configured one).
+        type: ``dicomweb`` (STOW-RS) or ``cstore``.
+        url: DICOMweb root (dicomweb).
+        username: basic-auth user (dicomweb, with a password).
+        password: basic-auth password.
+        token: bearer token.
+        host: C-STORE host.
+        port: C-STORE port.
+        ae_title: C-STORE called AE title.
+        timeout_seconds: request / DIMSE timeout (None: the node's setting).
+        tls: C-STORE over TLS (the destination's certificate is always verified).
+        tls_ca_file: CA bundle that signed it (None: the system's trust store).
+        tls_cert_file: our client certificate, for destinations that require one.
+        tls_key_file: its private key.
+        tls_server_name: name expected in its certificate (None: ``host``).
     """
+
+    name: str
+    type: Literal["dicomweb", "cstore"]
+    url: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    host: str = ""
+    port: int = 104
+    ae_title: str = ""
+    timeout_seconds: float | None = None
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_server_name: str | None = None
+
+
+def default_destination(settings: NodeSettings) -> Destination:
+    """The node's configured destination (``destination``, ``orthanc_*``, ``cstore_*``)."""
     if settings.destination == "cstore":
-        context = None
-        if settings.cstore_tls:
-            context = client_context(
-                settings.cstore_tls_ca_file,
-                settings.cstore_tls_cert_file,
-                settings.cstore_tls_key_file,
-            )
-        return CStoreSender(
-            settings.cstore_host,
-            settings.cstore_port,
-            settings.cstore_ae_title,
-            settings.ae_title,
-            timeout=settings.dimse_timeout_seconds,
-            ssl_context=context,
-            server_name=settings.cstore_tls_server_name,
+        return Destination(
+            name="default",
+            type="cstore",
+            host=settings.cstore_host,
+            port=settings.cstore_port,
+            ae_title=settings.cstore_ae_title,
+            tls=settings.cstore_tls,
+            tls_ca_file=settings.cstore_tls_ca_file,
+            tls_cert_file=settings.cstore_tls_cert_file,
+            tls_key_file=settings.cstore_tls_key_file,
+            tls_server_name=settings.cstore_tls_server_name,
         )
-    return DicomWebSender(
-        settings.orthanc_url,
+    return Destination(
+        name="default",
+        type="dicomweb",
+        url=settings.orthanc_url,
         username=settings.orthanc_username,
         password=(
             settings.orthanc_password.get_secret_value() if settings.orthanc_password else None
         ),
         token=settings.orthanc_token.get_secret_value() if settings.orthanc_token else None,
-        timeout=settings.http_timeout_seconds,
+    )
+
+
+def make_sender(destination: Destination, settings: NodeSettings) -> ResultSender:
+    """The one place a destination becomes a sender (the node's own and the rules').
+
+    Args:
+        destination: where to send.
+        settings: node settings (our AE title, default timeouts, STOW batch size).
+
+    Returns:
+        A `DicomWebSender` or a `CStoreSender`.
+
+    Raises:
+        ConfigError: a TLS file of a C-STORE destination cannot be loaded.
+    """
+    if destination.type == "cstore":
+        context = None
+        if destination.tls:
+            context = client_context(
+                destination.tls_ca_file, destination.tls_cert_file, destination.tls_key_file
+            )
+        return CStoreSender(
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            settings.ae_title,
+            timeout=destination.timeout_seconds or settings.dimse_timeout_seconds,
+            ssl_context=context,
+            server_name=destination.tls_server_name,
+        )
+    return DicomWebSender(
+        destination.url,
+        username=destination.username,
+        password=destination.password,
+        token=destination.token,
+        timeout=destination.timeout_seconds or settings.http_timeout_seconds,
         batch_size=settings.stow_batch_size,
     )
+
+
+def build_sender(settings: NodeSettings) -> ResultSender:
+    """The sender of the node's configured destination (`make_sender`).
+
+    Raises:
+        ConfigError: a TLS file of the C-STORE destination cannot be loaded.
+    """
+    return make_sender(default_destination(settings), settings)
 
 
 class Outbox:

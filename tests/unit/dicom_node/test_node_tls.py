@@ -321,3 +321,59 @@ def test_tls12_cbc_suites_are_not_offered(tls_scp: StorageSCP, pki: Pki) -> None
     good = _client_context(pki, pki.client_cert, pki.client_key)
     good.maximum_version = ssl.TLSVersion.TLSv1_2
     assert _echo_ok(tls_scp.port, good)
+
+
+def _rules_destination(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "version: 1\n"
+        f"destinations:\n  research: {body}\n"
+        "rules:\n  - {name: all, match: {}, checkpoints: [default-cxr], "
+        "destinations: [research]}\n"
+        "fallback: {checkpoints: []}\n"
+    )
+    return path
+
+
+def test_a_routing_rules_destination_sends_over_tls_like_the_default_one(
+    settings: NodeSettings, pki: Pki, tls_destination: TlsDestination, ct_path: Path, tmp_path: Path
+) -> None:
+    from dicom_node.rules import load_rules
+
+    port = tls_destination.port
+    secure = load_rules(
+        _rules_destination(
+            tmp_path,
+            f"{{type: cstore, host: 127.0.0.1, port: {port}, ae_title: ORTHANC, tls: true, "
+            f"tls_ca_file: {pki.ca}, tls_cert_file: {pki.client_cert}, "
+            f"tls_key_file: {pki.client_key}, tls_server_name: localhost}}",
+        )
+    )
+    secure.senders(settings)["research"].send([ct_path])
+    assert tls_destination.received == [str(dcmread(ct_path).SOPInstanceUID)]
+    plain = load_rules(
+        _rules_destination(
+            tmp_path, f"{{type: cstore, host: 127.0.0.1, port: {port}, ae_title: ORTHANC}}"
+        )
+    )
+    with pytest.raises(SendError):
+        plain.senders(_with(settings, dimse_timeout_seconds=3))["research"].send([ct_path])
+    assert len(tls_destination.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("tls_ca_file: /x.pem", "needs tls: true"),
+        ("tls: yes please", "tls must be true or false"),
+        ("tls: true, tls_cert_file: /c.pem", "tls_cert_file and tls_key_file go together"),
+    ],
+)
+def test_routing_rules_tls_keys_are_validated(tmp_path: Path, extra: str, message: str) -> None:
+    from dicom_node.rules import RulesError, load_rules
+
+    path = _rules_destination(
+        tmp_path, f"{{type: cstore, host: 127.0.0.1, port: 104, ae_title: PACS, {extra}}}"
+    )
+    with pytest.raises(RulesError, match=message):
+        load_rules(path)
