@@ -308,6 +308,8 @@ class Outbox:
         senders: further named destinations (routing rules); a job whose
             ``destinations`` names them is delivered to each, and a retry skips those in
             its ``delivered_to``.
+        on_feedback: called with each ``feedback`` job (a reader's review SR) that is
+            done; such jobs record no scores and do not count as ``jobs_sent_total``.
     """
 
     def __init__(
@@ -319,8 +321,10 @@ class Outbox:
         sender: ResultSender,
         on_result: Callable[[Job], None] | None = None,
         senders: Mapping[str, ResultSender] | None = None,
+        on_feedback: Callable[[Job], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_feedback = on_feedback
         self._queue = queue
         self._index = index
         self._metrics = metrics
@@ -376,12 +380,23 @@ class Outbox:
         self._metrics.observe("send_seconds", time.monotonic() - sending_started)
         # Counted before the job shows as done, so a client that sees it done in /jobs
         # finds it in /metrics too.
-        self._metrics.inc("jobs_sent_total")
+        is_feedback = job.kind == "feedback"
+        if not is_feedback:
+            self._metrics.inc("jobs_sent_total")
         out = self._queue.job_dir(job) / "output"
         job.sent_files = [str(p.relative_to(out)) for p in files]
         job.finished_at = utcnow()
         job.next_retry_at = None
         job.failed_stage = None
+        if is_feedback:
+            self._queue.move(job, JobStateValues.DONE)
+            logger.info("review delivered", extra={**ctx, "files": len(files)})
+            if self._on_feedback is not None:
+                try:
+                    self._on_feedback(job)
+                except Exception as exc:  # noqa: BLE001 - a callback must not stop delivery
+                    log_failure(logger, "on_feedback callback failed", exc, **ctx)
+            return
         self._index.record_done(job)
         self._queue.move(job, JobStateValues.DONE)
         logger.info("results delivered", extra={**ctx, "files": len(files)})
@@ -417,6 +432,7 @@ class Outbox:
                 extra={**ctx, "next_retry_at": str(job.next_retry_at)},
             )
         else:
-            self._index.set_state(job.job_id, STATE_FAILED)
+            if job.kind != "feedback":
+                self._index.set_state(job.job_id, STATE_FAILED)
             self._metrics.inc("jobs_failed_total")
             logger.error(f"delivery failed, job moved to failed: {exc}", extra=ctx)
