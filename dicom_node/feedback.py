@@ -464,6 +464,8 @@ class Feedback:
         self._on_queued = on_queued or (lambda: None)
         self._cards: dict[tuple[str, str], tuple[float, ...] | None] = {}
         self._submit_lock = threading.Lock()
+        # highdicom and the writers load now, not during the first reader's click
+        import ai_engine.dicom_io.sr_writer  # noqa: F401
 
     # --- taking a judgement ------------------------------------------------------------
 

@@ -171,6 +171,23 @@ function renderFeedback(report, studyUID) {
   const status = el('div', { fontSize: '12px', color: C.muted, minHeight: '16px' });
   status.dataset.testid = 'ai-feedback-status';
   let session = { reader: null, feedback: false };
+  // after a save: ask the node until the PACS has accepted the review SR (bounded)
+  const followDelivery = async (record) => {
+    for (let i = 0; i < 40 && !record.delivered; i += 1) {
+      await new Promise((r) => setTimeout(r, 250));
+      try {
+        const fb = await loadFeedback(studyUID);
+        const now = (fb.versions || []).find((v) => v.sop_instance_uid === record.sop_instance_uid);
+        if (now?.delivered) {
+          current.textContent = describeRecord(now);
+          current.dataset.delivered = 'true';
+          return;
+        }
+      } catch {
+        // keep the last state
+      }
+    }
+  };
   const send = async (judgement, button) => {
     const body = { judgement, comment: comment.value.trim(), model: report.modelName || '' };
     if (!session.reader) {
@@ -197,6 +214,7 @@ function renderFeedback(report, studyUID) {
       status.textContent = `Saved: ${button.textContent} (version ${record.version}).`;
       current.textContent = describeRecord(record);
       comment.value = '';
+      followDelivery(record);
     } catch (err) {
       status.style.color = '#f87171';
       status.textContent = `Not saved: ${err.message}`;
