@@ -243,7 +243,7 @@ def recalibrate_from_feedback(
             assignments,
             name,
             version or f"{card.version}-feedback",
-            score_rules=compared,
+            score_rules=compared if abnormals else None,  # else the card's rule stays
             provenance=source,
         )
         # the card names the manifest of a temporary folder: the study list is what stays

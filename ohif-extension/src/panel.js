@@ -137,7 +137,8 @@ function describeRecord(r) {
   const label = JUDGEMENTS.find(([k]) => k === r.judgement)?.[1] || r.judgement;
   const when = String(r.created_at || '').replace('T', ' ').slice(0, 16);
   const where = r.delivered ? 'stored in the PACS' : 'stored on the node, on its way to the PACS';
-  return `${label} — ${r.reader}, ${when} (version ${r.version}, ${where})`;
+  const comment = r.comment ? ` “${r.comment.length > 80 ? `${r.comment.slice(0, 79)}…` : r.comment}”` : '';
+  return `${label}${comment} — ${r.reader}, ${when} (version ${r.version}, ${where})`;
 }
 
 function renderFeedback(report, studyUID) {

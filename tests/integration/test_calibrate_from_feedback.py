@@ -120,6 +120,28 @@ def test_recalibration_from_reader_confirmed_studies(stack: EmbeddedStack, tmp_p
     assert stack.node is not None
     assert stack.node.settings.checkpoints == list(stack.options.checkpoints)
 
+    # too few abnormals to choose the score rule on: the card's rule is kept
+    kept = tmp_path / "rule-kept"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "training", "calibrate",
+            "--checkpoint", stack.options.checkpoints[0], "--from-feedback", node,
+            "--node-token-file", str(token), "--orthanc", stack.orthanc_url,
+            "--orthanc-user", stack.secrets.orthanc_user, "--orthanc-password-file", str(password),
+            "--min-normals", "4", "--min-abnormals", "5", "--out", str(kept),
+        ],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    kept_card = checkpoints.read_card(kept)
+    assert kept_card.version == f"{old.version}-feedback"
+    assert kept_card.training["scoring"]["rule"] == old.training["scoring"]["rule"]
+    assert kept_card.training["recalibrated"]["n_val_abnormal"] == 0
+    assert kept_card.training["recalibrated"]["score_rule"].startswith("kept")
+    if card.training["scoring"]["rule"] == old.training["scoring"]["rule"]:
+        assert kept_card.calibration.healthy_scores == card.calibration.healthy_scores
+
     # too few normals: a clear refusal, nothing written
     refused = subprocess.run(
         [
