@@ -525,8 +525,10 @@ class Feedback:
                     continue
                 if outcome.model != row.model:
                     continue
-                for name in outcome.files:
-                    ds = _read_if_anomaly_sr(output / Path(name).name)
+                for name in outcome.files:  # relative to output/ (`worker` writes them so)
+                    if ".." in Path(name).parts:
+                        continue
+                    ds = _read_if_anomaly_sr(output / name)
                     if ds is not None:
                         return ds
         raise FeedbackError(
