@@ -11,7 +11,8 @@ Routes (JSON unless noted):
   (e.g. once disk is freed).
 * ``GET /metrics``: Prometheus text format: counters, job gauges and the per-stage latency
   histograms (`dicom_node.metrics.HISTOGRAMS`).
-* ``GET /jobs``: job summaries, newest first; ``?state=queued|running|sending|done|failed``,
+* ``GET /jobs``: job summaries (``kind`` ``analysis``, or ``feedback`` for the delivery of
+  a reader's review SR), newest first; ``?state=queued|running|sending|done|failed``,
   ``?limit=N`` (default 100).
 * ``GET /jobs/<job_id>``: the full ``job.json`` plus ``error`` (``error.json``) if failed.
 * ``POST /studies/<study_uid>/process-now``: 202 when the study has instances waiting in
@@ -152,6 +153,7 @@ def rerun_job(queue: JobQueue, index: StateIndex, job_id: str) -> Job | None:
 def _job_summary(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
+        "kind": job.kind,
         "state": job.state.value,
         "study_instance_uid": job.study_instance_uid,
         "checkpoints": job.checkpoints,

@@ -156,6 +156,9 @@ def test_judgement_stored_versioned_delivered_and_kept_across_restart(
     assert v2["predecessors"] == [sops[0]]
     assert v1["judged_sr_uid"] == v2["judged_sr_uid"] == listing["versions"][0]["judged_sr_uid"]
     # feedback jobs do not count as analysed studies
+    jobs = call(node, "GET", "/jobs").json()
+    assert sorted(j["kind"] for j in jobs) == ["analysis", "feedback", "feedback"]
+    assert all(j["state"] == "done" for j in jobs)
     metrics = call(node, "GET", "/metrics").text
     assert "dicom_node_jobs_sent_total 1\n" in metrics
     assert "dicom_node_feedback_received_total 2\n" in metrics
