@@ -137,7 +137,9 @@ class NodeSettings(BaseSettings):
         send_backoff_max_seconds: longest wait between delivery attempts.
         http_host: address of the HTTP API; anything but loopback needs a token.
         http_port: port of the HTTP API; 0 disables it.
-        api_token: bearer token required by every API route except ``/health``.
+        api_token: bearer token required by every API route except ``/health``; the
+            viewer's token: it reads, and may post a reader's judgement (the one state
+            change it may make).
         api_token_file: file holding the API token; exclusive with ``api_token``.
         api_admin_token: bearer token of the admin role: the only one accepted by routes
             that change state (process-now, re-run); it may also read. With a token
@@ -145,6 +147,12 @@ class NodeSettings(BaseSettings):
         api_admin_token_file: file holding the admin token; exclusive with
             ``api_admin_token``.
         orthanc_token_file: file holding ``orthanc_token``; exclusive with it.
+        feedback_comment_max_chars: longest comment a reader's judgement may carry (413
+            beyond).
+        feedback_drift_alert_ks: drift alert threshold: Kolmogorov-Smirnov D between the
+            scores of reader-confirmed normals and the calibration's healthy scores.
+        feedback_drift_min_normals: confirmed normals a model version needs before its
+            drift alert can be raised.
         api_allowed_hosts: host names a state-changing API request's ``Host`` may name
             besides the loopback names and ``http_host`` (e.g. the node's DNS name).
         tls_cert_file: PEM certificate (chain) of the SCP; with ``tls_key_file`` the SCP
@@ -243,6 +251,11 @@ class NodeSettings(BaseSettings):
     api_admin_token: SecretStr | None = None
     api_admin_token_file: Path | None = None
     api_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- reader feedback (dicom_node.feedback) ---------------------------------------------
+    feedback_comment_max_chars: int = Field(default=1024, ge=0, le=10_000)
+    feedback_drift_alert_ks: float = Field(default=0.3, gt=0, le=1)
+    feedback_drift_min_normals: int = Field(default=20, ge=1)
 
     # --- security: secrets from files, DIMSE over TLS ---------------------------------------
     orthanc_token_file: Path | None = None
@@ -413,6 +426,11 @@ class NodeSettings(BaseSettings):
     def jobs_dir(self) -> Path:
         """Root of the job state folders."""
         return self.data_dir / "jobs"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """Readers' judgements (``data_dir/feedback``)."""
+        return self.data_dir / "feedback"
 
     @property
     def state_db(self) -> Path:

@@ -11,7 +11,8 @@ Routes (JSON unless noted):
   (e.g. once disk is freed).
 * ``GET /metrics``: Prometheus text format: counters, job gauges and the per-stage latency
   histograms (`dicom_node.metrics.HISTOGRAMS`).
-* ``GET /jobs``: job summaries, newest first; ``?state=queued|running|sending|done|failed``,
+* ``GET /jobs``: job summaries (``kind`` ``analysis``, or ``feedback`` for the delivery of
+  a reader's review SR), newest first; ``?state=queued|running|sending|done|failed``,
   ``?limit=N`` (default 100).
 * ``GET /jobs/<job_id>``: the full ``job.json`` plus ``error`` (``error.json``) if failed.
 * ``POST /studies/<study_uid>/process-now``: 202 when the study has instances waiting in
@@ -24,12 +25,33 @@ Routes (JSON unless noted):
   model_version, finished_at, job_id}]`` newest first; filters ``?study_instance_uid=``
   (repeatable or comma-separated) and ``?model=``. The viewer's study list uses it.
 
+* ``POST /studies/<study_uid>/feedback``: a reader's judgement of the study's result
+  (`dicom_node.feedback`): JSON ``{"judgement": "agree"|"false_alarm"|"missed_finding",
+  "reader": "...", "comment": "..." (optional), "model": "..." (when the study has results
+  of several models)}``. 201 with the stored version once it is on disk (fsynced); its
+  review SR is then delivered to the PACS by the outbox (``delivered_at`` in the listing).
+  400 bad UID or body, 404 no result for the study, 409 the judgement contradicts the
+  result (a false alarm on a study not flagged, a missed finding on a flagged one) or the
+  study was not analysed, 413 comment or body too long, 415 not JSON. Read or admin token.
+* ``GET /studies/<study_uid>/feedback``: ``{"current": [...], "versions": [...]}``: the
+  version that counts per model, and every version (audit), oldest first.
+* ``GET /feedback``: the judgements that count, newest first; ``?model=``,
+  ``?since=`` / ``?until=`` (ISO 8601), ``?confirmed=normal|abnormal``, ``?limit=N``.
+  ``python -m training calibrate --from-feedback`` reads the confirmed normals here.
+* ``GET /feedback/summary``: per model version: judgement counts, agreement rate,
+  false-alarm rate among flagged studies, missed findings, and the drift of the confirmed
+  normals' scores from the calibration set (``?model=``, ``?since=``, ``?until=``). The
+  same figures are Prometheus gauges in ``/metrics`` (``dicom_node_feedback_*``).
+
 Roles: when ``api_token`` or ``api_admin_token`` is set, every route except ``/health``
 needs ``Authorization: Bearer <token>`` (401 otherwise). Read routes accept either token;
 routes that change state (POST) accept only ``api_admin_token`` (403 for the read token, and
-for everyone when no admin token is configured). With no token at all the API is open: the
-settings allow that only on a loopback address, and ``python -m dicom_node serve`` never runs
-so (it generates a token on first run, `dicom_node.__main__.with_api_token`).
+for everyone when no admin token is configured), except a reader's judgement
+(``POST /studies/<uid>/feedback``), which the read token, the viewer's, may post too: the
+viewer server (``ohif-extension/server/serve.mjs``) forwards it from the viewer's own login.
+With no token at all the API is open: the settings allow that only on a loopback address,
+and ``python -m dicom_node serve`` never runs so (it generates a token on first run,
+`dicom_node.__main__.with_api_token`).
 
 State-changing requests must name this node in ``Host`` (a loopback name, ``http_host`` or
 one of ``api_allowed_hosts``), and an ``Origin`` header, when sent, must be that same host:
@@ -42,12 +64,15 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from dicom_node.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
+from dicom_node.feedback import Feedback, FeedbackError, check_uid
 from dicom_node.index import STATE_QUEUED, StateIndex
 from dicom_node.metrics import Metrics, render_prometheus
 from dicom_node.queue import (
@@ -68,6 +93,8 @@ _PUBLIC_PATHS = frozenset({"/health"})
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_LIMIT = 10_000
+#: State-changing endpoints the read (viewer) token may call.
+_READER_ENDPOINTS = frozenset({"post_feedback"})
 _RERUNNABLE = (JobStateValues.DONE, JobStateValues.FAILED)
 #: Fields of a job that describe one pass through the stages, reset by a re-run.
 _RUN_FIELDS: dict[str, object] = {
@@ -126,6 +153,7 @@ def rerun_job(queue: JobQueue, index: StateIndex, job_id: str) -> Job | None:
 def _job_summary(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
+        "kind": job.kind,
         "state": job.state.value,
         "study_instance_uid": job.study_instance_uid,
         "checkpoints": job.checkpoints,
@@ -151,6 +179,7 @@ def create_app(
     api_admin_token: str | None = None,
     on_change: Callable[[], None] | None = None,
     allowed_hosts: Collection[str] = (),
+    feedback: Feedback | None = None,
 ) -> Flask:
     """Build the Flask app.
 
@@ -165,6 +194,8 @@ def create_app(
         on_change: called after a state-changing request was accepted (wakes the stages).
         allowed_hosts: host names (besides the loopback ones) a state-changing request's
             ``Host`` may name; its ``Origin``, when sent, must be that same host and port.
+        feedback: readers' judgements (``/studies/<uid>/feedback``, ``/feedback``); None:
+            those routes answer 404.
 
     Returns:
         The app.
@@ -213,7 +244,8 @@ def create_app(
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Bearer realm="dicom_node"'
             return response
-        if request.method in _ADMIN_METHODS and not is_admin:
+        reader_write = request.endpoint in _READER_ENDPOINTS
+        if request.method in _ADMIN_METHODS and not is_admin and not reader_write:
             logger.warning(
                 "state-changing request with the read-only token refused",
                 extra={"path": request.path},
@@ -237,7 +269,11 @@ def create_app(
     @app.get("/metrics")
     def prometheus() -> Response:
         text = render_prometheus(
-            metrics.snapshot(), queue.counts(), spool.pending_count(), metrics.histograms()
+            metrics.snapshot(),
+            queue.counts(),
+            spool.pending_count(),
+            metrics.histograms(),
+            feedback.summary() if feedback is not None else None,
         )
         return Response(text, mimetype="text/plain", content_type="text/plain; version=0.0.4")
 
@@ -304,6 +340,76 @@ def create_app(
         ]
         rows = index.scores(uids or None, model=request.args.get("model"))
         return jsonify([r.as_json() for r in rows])
+
+    def _feedback() -> Feedback:
+        if feedback is None:
+            raise FeedbackError("reader feedback is not enabled on this node", 404)
+        return feedback
+
+    @app.errorhandler(FeedbackError)
+    def _feedback_error(exc: FeedbackError) -> tuple[Response, int]:
+        return jsonify(error=str(exc)), exc.status
+
+    @app.post("/studies/<study_uid>/feedback")
+    def post_feedback(study_uid: str) -> tuple[Response, int]:
+        service = _feedback()
+        check_uid(study_uid)
+        if (request.content_length or 0) > FEEDBACK_MAX_BODY:
+            raise FeedbackError(f"request body larger than {FEEDBACK_MAX_BODY} bytes", 413)
+        if not request.is_json:
+            raise FeedbackError("send the judgement as application/json", 415)
+        body = request.get_json(silent=True)
+        if body is None:
+            raise FeedbackError("the body is not valid JSON")
+        record = service.submit(study_uid, body)
+        woken()
+        return jsonify(record.as_json()), 201
+
+    @app.get("/studies/<study_uid>/feedback")
+    def study_feedback(study_uid: str) -> Response:
+        service = _feedback()
+        check_uid(study_uid)
+        versions = service.store.versions(study_uid)
+        latest: dict[str, dict[str, Any]] = {}
+        for record in versions:
+            latest[record.model] = record.as_json()
+        return jsonify(current=list(latest.values()), versions=[r.as_json() for r in versions])
+
+    def _time_arg(name: str) -> datetime | None:
+        raw = request.args.get(name)
+        if not raw:
+            return None
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise FeedbackError(f"{name} must be an ISO 8601 date or time") from exc
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @app.get("/feedback")
+    def list_feedback() -> Response:
+        service = _feedback()
+        confirmed = request.args.get("confirmed")
+        if confirmed not in (None, "normal", "abnormal"):
+            raise FeedbackError("confirmed must be normal or abnormal")
+        try:
+            limit = min(int(request.args.get("limit", str(_MAX_LIMIT))), _MAX_LIMIT)
+        except ValueError as exc:
+            raise FeedbackError("limit must be an integer") from exc
+        rows = service.store.current(
+            request.args.get("model"), _time_arg("since"), _time_arg("until")
+        )
+        if confirmed == "normal":
+            rows = [r for r in rows if r.confirmed_normal]
+        elif confirmed == "abnormal":
+            rows = [r for r in rows if r.confirmed_abnormal]
+        return jsonify([r.as_json() for r in rows[: max(0, limit)]])
+
+    @app.get("/feedback/summary")
+    def feedback_summary() -> Response:
+        service = _feedback()
+        return jsonify(
+            service.summary(request.args.get("model"), _time_arg("since"), _time_arg("until"))
+        )
 
     return app
 

@@ -113,6 +113,8 @@ class JobLifecycle:
         )
         if retry:
             self._metrics.inc(RETRY_COUNTERS[stage])
+        elif job.kind == "feedback":  # a reader's review: no scores, no index row
+            self._metrics.inc("jobs_failed_total")
         else:
             self.seen_failed(job.job_id)
         return retry
@@ -126,13 +128,18 @@ class JobLifecycle:
         Args:
             job: a sending job.
             sent_files: the files delivered, relative to ``output/``.
+
+        A ``feedback`` job (a reader's review SR, `dicom_node.feedback`) records no scores and
+        does not count in ``jobs_sent_total``.
         """
-        self._metrics.inc("jobs_sent_total")
+        is_feedback = job.kind == "feedback"
+        if not is_feedback:
+            self._metrics.inc("jobs_sent_total")
         job.sent_files = list(sent_files)
         job.finished_at = utcnow()
         job.next_retry_at = None
         job.failed_stage = None
-        if self._index is not None:
+        if self._index is not None and not is_feedback:
             self._index.record_done(job)
         self.queue.move(job, JobStateValues.DONE)
 

@@ -35,6 +35,8 @@ COUNTERS: Mapping[str, str] = {
     "instances_not_routed_total": "Instances no routing rule sent to a checkpoint (recorded).",
     "instances_quarantined_total": "Spooled instances whose header could not be read (kept).",
     "cleanup_removed_total": "Finished job folders, quarantined files and index rows removed.",
+    "feedback_received_total": "Reader judgements stored (every version).",
+    "feedback_sent_total": "Review SRs of reader judgements delivered to the PACS.",
 }
 
 #: Upper bounds (seconds) of the latency histogram buckets; ``+Inf`` is implied.
@@ -156,6 +158,7 @@ def render_prometheus(
     jobs_by_state: Mapping[str, int],
     spooled_instances: int,
     histograms: Mapping[str, HistogramSnapshot] | None = None,
+    feedback: Sequence[Mapping[str, object]] | None = None,
 ) -> str:
     """Format metrics in the Prometheus text exposition format (version 0.0.4).
 
@@ -164,6 +167,7 @@ def render_prometheus(
         jobs_by_state: current number of jobs per state folder.
         spooled_instances: instances waiting in the spool.
         histograms: latency histograms by `HISTOGRAMS` name (None: not exported).
+        feedback: per model version agreement and drift (`feedback_lines`; None: none).
 
     Returns:
         The exposition text, ending with a newline.
@@ -186,7 +190,58 @@ def render_prometheus(
     ]
     for name, hist in (histograms or {}).items():
         lines += _histogram_lines(f"dicom_node_{name}", HISTOGRAMS.get(name, name), hist)
+    if feedback is not None:
+        lines += feedback_lines(feedback)
     return "\n".join(lines) + "\n"
+
+
+#: name -> help text of the per-model-version feedback gauges (labels model, version).
+FEEDBACK_GAUGES: Mapping[str, str] = {
+    "studies": "Studies a reader judged (the latest judgement of each counts).",
+    "agreement_rate": "Share of judged studies where the reader agreed with the node.",
+    "false_alarm_rate": "Share of judged flagged studies the reader called a false alarm.",
+    "missed_findings": "Judged studies not flagged that the reader called a missed finding.",
+    "confirmed_normals": "Studies the reader confirmed normal (drift sample size).",
+    "drift_ks": (
+        "Kolmogorov-Smirnov D between the scores of reader-confirmed normals and the "
+        "calibration set's healthy scores (0 same, 1 disjoint)."
+    ),
+    "drift_alert": "1 when drift_ks is above feedback_drift_alert_ks with enough normals.",
+}
+
+
+def feedback_lines(summary: Sequence[Mapping[str, object]]) -> list[str]:
+    """Prometheus lines of `dicom_node.feedback.summarise`.
+
+    A value that is unknown (e.g. a rate without studies) is left out rather than exported
+    as a made-up number.
+
+    Args:
+        summary: one mapping per (model, version).
+
+    Returns:
+        Exposition lines (HELP, TYPE, samples) of `FEEDBACK_GAUGES`.
+    """
+    lines: list[str] = []
+    for name, help_text in FEEDBACK_GAUGES.items():
+        full = f"dicom_node_feedback_{name}"
+        lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge"]
+        for row in summary:
+            drift = row.get("drift")
+            source: Mapping[str, object] = row
+            key = name
+            if name.startswith("drift_") and isinstance(drift, Mapping):
+                source, key = drift, name.removeprefix("drift_")
+            value = source.get(key)
+            if value is None or isinstance(value, str | Mapping):
+                continue
+            labels = (
+                f'model="{_escape_label(str(row["model"]))}",'
+                f'version="{_escape_label(str(row["model_version"]))}"'
+            )
+            number = float(value) if isinstance(value, int | float) else float("nan")
+            lines.append(f"{full}{{{labels}}} {number:g}")
+    return lines
 
 
 def _histogram_lines(full: str, help_text: str, hist: HistogramSnapshot) -> list[str]:

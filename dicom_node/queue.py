@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -157,6 +158,10 @@ class Job(BaseModel):
             means the node's configured destination, ``default``.
         delivered_to: destinations that have accepted all results (a retry sends only to
             the others).
+        kind: ``analysis`` (the engine's results of a study) or ``feedback`` (a reader's
+            review SR, `dicom_node.feedback`: created straight into ``outbox/``, never
+            run by the engine, no scores).
+        feedback_version: the judgement version a ``feedback`` job delivers.
     """
 
     job_id: str
@@ -178,6 +183,8 @@ class Job(BaseModel):
     sent_files: list[str] = Field(default_factory=list)
     destinations: list[str] = Field(default_factory=list)
     delivered_to: list[str] = Field(default_factory=list)
+    kind: Literal["analysis", "feedback"] = "analysis"
+    feedback_version: int | None = None
 
     def due(self, now: datetime | None = None) -> bool:
         """Whether the job may be worked on now (its retry wait is over)."""
@@ -379,17 +386,20 @@ class JobQueue:
         fsync_dir(self.staging_dir)
         return folder
 
-    def commit(self, job: Job) -> None:
+    def commit(self, job: Job, to: JobStateValues = JobStateValues.QUEUED) -> None:
         """Queue a staged job: write ``job.json`` and rename the folder into ``ready/``.
 
         Args:
-            job: the job given to `stage`, with its instances filled in.
+            job: the job given to `stage`, with its instances (or, for a job that goes
+                straight to the outbox, its output files) filled in.
+            to: ``queued`` (default), or ``sending`` for a job with nothing to run.
         """
         folder = self.staging_dir / job.job_id
         fsync_dir(folder / INPUT_DIR)
-        job.state = JobStateValues.QUEUED
+        fsync_dir(folder / OUTPUT_DIR)
+        job.state = to
         self.save(job, folder)
-        move_durable(folder, self.state_dir(JobStateValues.QUEUED) / job.job_id)
+        move_durable(folder, self.state_dir(to) / job.job_id)
 
     def move(self, job: Job, to: JobStateValues) -> None:
         """Move a job to another state: save ``job.json``, then rename its folder.

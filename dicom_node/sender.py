@@ -382,6 +382,8 @@ class Outbox:
         senders: further named destinations (routing rules); a job whose
             ``destinations`` names them is delivered to each, and a retry skips those in
             its ``delivered_to``.
+        on_feedback: called with each ``feedback`` job (a reader's review SR) that is
+            done; such jobs record no scores and do not count as ``jobs_sent_total``.
     """
 
     def __init__(
@@ -393,8 +395,10 @@ class Outbox:
         sender: ResultSender,
         on_result: Callable[[Job], None] | None = None,
         senders: Mapping[str, ResultSender] | None = None,
+        on_feedback: Callable[[Job], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_feedback = on_feedback
         self._queue = queue
         self._metrics = metrics
         self._jobs = JobLifecycle(queue, index, metrics)
@@ -450,6 +454,14 @@ class Outbox:
         self._metrics.observe("send_seconds", time.monotonic() - sending_started)
         out = self._queue.job_dir(job) / OUTPUT_DIR
         self._jobs.delivered(job, [str(p.relative_to(out)) for p in files])
+        if job.kind == "feedback":
+            logger.info("review delivered", extra={**ctx, "files": len(files)})
+            if self._on_feedback is not None:
+                try:
+                    self._on_feedback(job)
+                except Exception as exc:  # noqa: BLE001 - a callback must not stop delivery
+                    log_failure(logger, "on_feedback callback failed", exc, **ctx)
+            return
         logger.info("results delivered", extra={**ctx, "files": len(files)})
         if self._on_result is not None:
             try:

@@ -28,6 +28,7 @@ from types import TracebackType
 from dicom_node.config import NodeSettings
 from dicom_node.engine import Engine, EngineFn, make_engine
 from dicom_node.errors import ConfigError
+from dicom_node.feedback import DriftSettings, Feedback, FeedbackStore
 from dicom_node.fsutil import ensure_dir, write_durable
 from dicom_node.http_api import ApiServer, create_app
 from dicom_node.index import StateIndex
@@ -154,6 +155,7 @@ class NodeService:
         self.spool: Spool | None = None
         self.queue: JobQueue | None = None
         self.index: StateIndex | None = None
+        self.feedback: Feedback | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -200,6 +202,15 @@ class NodeService:
             dispatcher = Dispatcher(s, queue, index, self.metrics)
             dispatcher.recover()
             steps = [dispatcher.run_once]
+        feedback = self.feedback = Feedback(
+            FeedbackStore(s.feedback_dir),
+            queue,
+            index,
+            self.metrics,
+            checkpoints=s.checkpoints,
+            drift=DriftSettings(s.feedback_drift_alert_ks, s.feedback_drift_min_normals),
+            max_comment_chars=s.feedback_comment_max_chars,
+        )
         outbox = Outbox(
             s,
             queue,
@@ -208,10 +219,12 @@ class NodeService:
             self._sender or build_sender(s),
             self._on_done,
             senders=self._rules.senders(s) if isinstance(self._rules, RulesFile) else None,
+            on_feedback=feedback.delivered,
         )
         cleaner = Cleaner(s, queue, index, self.metrics, s.data_dir / "quarantine")
         interval = s.poll_interval_seconds
         outbox_loop = _Loop("outbox", outbox.run_once, interval)
+        feedback.recover()
 
         def working(step: Callable[[], bool]) -> Callable[[], bool]:
             def work() -> bool:
@@ -261,6 +274,7 @@ class NodeService:
                 index=index,
                 metrics=self.metrics,
                 readiness=self.readiness,
+                feedback=feedback,
             )
             try:
                 self._http = ApiServer(app, s.http_host, s.http_port)

@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from ai_engine.memory import keep_freed_memory
 
@@ -86,6 +87,28 @@ def main(argv: list[str] | None = None) -> int:
     p_cal.add_argument("--version", default=None)
     p_cal.add_argument(
         "--anatomy", default=None, help="the new card's anatomy region, e.g. lungs (default: kept)"
+    )
+    p_cal.add_argument(
+        "--from-feedback", nargs="?", const="http://127.0.0.1:8099", default=None,
+        metavar="NODE_URL",
+        help="calibrate on the studies readers judged on this node (its HTTP API; default "
+        "http://127.0.0.1:8099), images pulled from the PACS by DICOMweb (training/feedback.py)",
+    )  # fmt: skip
+    p_cal.add_argument("--node-token-file", type=Path, default=None, help="the node API token")
+    p_cal.add_argument(
+        "--orthanc", default="http://127.0.0.1:8042", help="the PACS (Orthanc or DICOMweb root)"
+    )
+    p_cal.add_argument("--orthanc-user", default=None)
+    p_cal.add_argument("--orthanc-password-file", type=Path, default=None)
+    p_cal.add_argument(
+        "--min-normals", type=int, default=20, help="refuse with fewer confirmed normal studies"
+    )
+    p_cal.add_argument(
+        "--min-abnormals", type=int, default=10,
+        help="choose the score rule again only with this many confirmed abnormal studies",
+    )  # fmt: skip
+    p_cal.add_argument(
+        "--keep-images", type=Path, default=None, help="keep the retrieved images here"
     )
     sub.add_parser("federated", add_help=False, help="Fed-GAN (Flower): simulate|deploy|report")
     if argv is None:
@@ -169,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calibrate":
             from training.calibrate import recalibrate
 
-            card = recalibrate(
-                args.checkpoint, args.out, args.manifest, args.set, args.name, args.version,
-                args.anatomy,
-            )  # fmt: skip
+            if args.from_feedback is not None:
+                card = _calibrate_from_feedback(args, parser)
+            else:
+                card = recalibrate(
+                    args.checkpoint, args.out, args.manifest, args.set, args.name, args.version,
+                    args.anatomy,
+                )  # fmt: skip
             print(
                 json.dumps(
                     {
@@ -201,6 +227,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _secret(path: Path | None) -> str | None:
+    return None if path is None else path.read_text(encoding="utf-8").strip()
+
+
+def _calibrate_from_feedback(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    from training.feedback import FeedbackCalibrationError, recalibrate_from_feedback
+
+    if args.manifest is not None:
+        parser.error("--from-feedback and --manifest exclude each other")
+    if (args.orthanc_user is None) != (args.orthanc_password_file is None):
+        parser.error("--orthanc-user and --orthanc-password-file go together")
+    password = _secret(args.orthanc_password_file)
+    try:
+        return recalibrate_from_feedback(
+            args.checkpoint,
+            args.out,
+            node_url=args.from_feedback,
+            node_token=_secret(args.node_token_file),
+            pacs_url=args.orthanc,
+            pacs_auth=(args.orthanc_user, password) if password is not None else None,
+            name=args.name,
+            version=args.version,
+            min_normals=args.min_normals,
+            min_abnormals=args.min_abnormals,
+            keep_images=args.keep_images,
+            assignments=args.set,
+        )
+    except FeedbackCalibrationError as exc:
+        parser.exit(1, f"calibrate --from-feedback: {exc}\n")
 
 
 if __name__ == "__main__":

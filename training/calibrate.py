@@ -61,6 +61,9 @@ def recalibrate(
     name: str | None = None,
     version: str | None = None,
     anatomy: str | None = None,
+    *,
+    score_rules: list[str] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Write ``out``: the checkpoint's weights with a calibration fitted on val again.
 
@@ -73,6 +76,11 @@ def recalibrate(
         version: the new version (default: the old one + ``-recal``).
         anatomy: the new card's anatomy (`ai_engine.anatomy.ANATOMIES`; default: the old
             one's), e.g. ``lungs`` to restrict a chest model's maps and scores to the lungs.
+        score_rules: the score rules to choose among on the val AUROC (default: the card's
+            rule, or ``--set scoring.rules=[...]``). Without abnormal val images the first
+            is kept, not chosen.
+        provenance: where the val data came from, recorded in the card
+            (``training.recalibrated``), e.g. the readers' judgements of a node.
 
     Returns:
         The written card.
@@ -102,6 +110,8 @@ def recalibrate(
         assignments or [],
     )
     scoring = settings["scoring"]
+    if score_rules:
+        scoring["rules"] = list(score_rules)
     if "rules" not in scoring:
         scoring["rules"] = [scoring.get("rule")] if scoring.get("rule") else []
     manifest = manifest or Path(card.training.get("manifest", ""))
@@ -128,9 +138,17 @@ def recalibrate(
     cls = registry.get(card.model_id)
     with torch.no_grad():
         rule, rule_auroc, calibration = calibrate(
-            cls, network, config, size, scoring, x_val_n, x_val_a, val_masks=val_masks,
+            cls,
+            network,
+            config,
+            size,
+            scoring,
+            x_val_n,
+            x_val_a,
+            fixed_rule=not val_abnormal,  # no labels to choose on: keep the first rule
+            val_masks=val_masks,
             regions=regions,
-        )  # fmt: skip
+        )
     new_scoring = {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"}
     # the val AUROC of the rules ``fit`` compared still hold when the scoring settings and the
     # val data are the ones they were measured with: keep them, so the card says what the
@@ -143,7 +161,10 @@ def recalibrate(
     trained_on = Path(str(card.training.get("manifest", "")))
     if not trained_on.is_absolute():
         trained_on = (REPO_ROOT / trained_on).resolve()
-    if same_settings and manifest.resolve() == trained_on:
+    rule_chosen = bool(val_abnormal)
+    if not rule_chosen:  # the card's val figures still say what the kept rule was chosen on
+        rule_auroc = dict(card.metrics.get("val_auroc_by_score_rule", {})) or rule_auroc
+    elif same_settings and manifest.resolve() == trained_on:
         merged = {**card.metrics.get("val_auroc_by_score_rule", {}), **rule_auroc}
         if max(merged, key=merged.__getitem__) == rule:
             rule_auroc = merged
@@ -162,13 +183,19 @@ def recalibrate(
                 "n_val_abnormal": len(x_val_a),
                 "assignments": list(assignments or []),
                 "anatomy": card.anatomy,
+                "score_rule": (
+                    f"chosen on the val AUROC among {list(scoring['rules'])}"
+                    if rule_chosen
+                    else f"kept ({rule}): no abnormal val images to choose on"
+                ),
+                **(provenance or {}),
                 "wall_seconds": round(time.time() - started, 1),
             },
         },
         metrics={
             **card.metrics,
             "val_auroc_by_score_rule": rule_auroc,
-            "val_auroc": rule_auroc[rule],
+            "val_auroc": rule_auroc.get(rule, card.metrics.get("val_auroc")),
         },
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -497,6 +497,11 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
             f"{card.image_size[0]}x{card.image_size[1]}, resized back to the source image",
         ),
         ("threshold", f"{cal.threshold:.6g}: {cal.threshold_rule}"),
+        *(
+            [("calibration source", _recalibration_text(t["recalibrated"]))]
+            if isinstance(t.get("recalibrated"), dict)
+            else []
+        ),
         ("pixel thresholds (binary SEG segments)", pixel),
         (
             "fractional SEG scale",
@@ -521,6 +526,25 @@ def write_model_card_readme(folder: Path, card: ModelCard) -> None:
     ]
     write_card_table(folder, card, rows, f"{card.name} --manifest <manifest.csv> --split test"
                      "` (see the project README).")  # fmt: skip
+
+
+def _recalibration_text(r: dict[str, Any]) -> str:
+    """One line on where a re-calibrated card's calibration came from."""
+    what = (
+        f"re-calibrated from {r.get('from')} on {r.get('n_val_normal')} normal + "
+        f"{r.get('n_val_abnormal')} abnormal images"
+    )
+    if r.get("source") == "reader feedback":
+        what += (
+            f", from reader feedback: the studies readers judged on the node {r.get('node')} "
+            "between "
+            f"{r.get('judgements_from')} and {r.get('judgements_until')} (reader-confirmed "
+            f"normals and abnormals; images pulled from {r.get('pacs')} by DICOMweb; list: "
+            f"`{r.get('studies_file')}`)"
+        )
+    else:
+        what += f" of `{r.get('manifest')}` (val split)"
+    return f"{what}; score rule {r.get('score_rule', 'chosen on val')}"
 
 
 def write_card_table(

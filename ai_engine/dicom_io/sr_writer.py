@@ -425,3 +425,185 @@ def read_sr_scores(ds: Dataset) -> dict[str, Any]:
             "version": str(ds.get("SoftwareVersions", "")),
         },
     }
+
+
+# --------------------------------------------------------------------------- reader review
+#
+# A radiologist's judgement of the node's result for one study ("review" SR, series 9007):
+# the same TID 1500 layout, with the reader as the person observer, the node's SR of that
+# study as the evidence it judges, and one measurement group:
+#
+# - tracking identifier "review <SOPInstanceUID of the judged SR>";
+# - CODE (REVIEW_JUDGEMENT, 99AINODE, "Reader judgement of the AI result") =
+#   (AGREE, 99AINODE, "Agree") | (FALSE_ALARM, 99AINODE, "Disagree: false alarm") |
+#   (MISSED_FINDING, 99AINODE, "Disagree: missed finding");
+# - TEXT (121106, DCM, "Comment") with the reader's comment, when there is one.
+#
+# A changed judgement is a new SR whose PredecessorDocumentsSequence references the earlier
+# version (every version is kept; the latest counts).
+
+REVIEW_SERIES_NUMBER = 9007
+REVIEW_TRACKING_PREFIX = "review "
+REVIEW_JUDGEMENT = hd.sr.CodedConcept(
+    "REVIEW_JUDGEMENT", CODING_SCHEME, "Reader judgement of the AI result"
+)
+#: judgement key (the node's API) -> its code.
+REVIEW_CODES: dict[str, hd.sr.CodedConcept] = {
+    "agree": hd.sr.CodedConcept("AGREE", CODING_SCHEME, "Agree"),
+    "false_alarm": hd.sr.CodedConcept("FALSE_ALARM", CODING_SCHEME, "Disagree: false alarm"),
+    "missed_finding": hd.sr.CodedConcept(
+        "MISSED_FINDING", CODING_SCHEME, "Disagree: missed finding"
+    ),
+}
+_REVIEW_BY_CODE = {(c.scheme_designator, c.value): key for key, c in REVIEW_CODES.items()}
+__all__ += [
+    "REVIEW_CODES",
+    "REVIEW_JUDGEMENT",
+    "REVIEW_SERIES_NUMBER",
+    "read_review_sr",
+    "write_review_sr",
+]
+
+
+def write_review_sr(
+    judged_sr: Dataset,
+    judgement: str,
+    reader: str,
+    *,
+    comment: str = "",
+    previous: Sequence[Dataset] = (),
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+) -> hd.sr.ComprehensiveSR:
+    """A reader's judgement of the node's SR of one study (see the comment above).
+
+    Args:
+        judged_sr: the node's anomaly SR (`write_sr`) the reader judged.
+        judgement: a key of `REVIEW_CODES`.
+        reader: the reader's name (person observer; at most 64 characters).
+        comment: free text (empty: no comment item).
+        previous: earlier versions of this judgement (review SRs of the same study), in
+            PredecessorDocumentsSequence.
+        series_instance_uid: the review series (default: a new one).
+        instance_number: InstanceNumber (the version, 1 for the first).
+
+    Returns:
+        The review SR (write it with `convert.save`).
+
+    Raises:
+        ValueError: unknown judgement, empty reader, or ``judged_sr`` is not an anomaly SR.
+    """
+    if judgement not in REVIEW_CODES:
+        raise ValueError(f"unknown judgement {judgement!r}; one of {sorted(REVIEW_CODES)}")
+    if not reader.strip():
+        raise ValueError("a review needs the reader's name")
+    read_sr_scores(judged_sr)  # raises ValueError if it is not our report
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=new_uid(), identifier=f"{REVIEW_TRACKING_PREFIX}{judged_sr.SOPInstanceUID}"
+        ),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(REVIEW_JUDGEMENT, REVIEW_CODES[judgement])
+        ],
+    )
+    if comment:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=_COMMENT,
+                value=comment,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    with warnings.catch_warnings():
+        # a reader's login ("radiologist") is a one-component name; it is kept as given
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        person = hd.sr.PersonObserverIdentifyingAttributes(name=reader.strip()[:64])
+        context = hd.sr.ObservationContext(
+            observer_person_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Person, observer_identifying_attributes=person
+            )
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=context,
+            procedure_reported=_IMAGING_PROCEDURE,
+            imaging_measurements=[group],
+            title=codes.DCM.ImagingMeasurementReport,
+        )
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[judged_sr],
+            content=report[0],
+            series_instance_uid=series_instance_uid or new_uid(),
+            series_number=REVIEW_SERIES_NUMBER,
+            sop_instance_uid=new_uid(),
+            instance_number=instance_number,
+            manufacturer=markers.OUTPUT_MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            previous_versions=list(previous) or None,
+            series_description=series_description("review"),
+            manufacturer_model_name=str(judged_sr.get("ManufacturerModelName", "")) or None,
+            software_versions=str(judged_sr.get("SoftwareVersions", "")) or None,
+            coding_schemes=[
+                hd.coding_schemes.CodingSchemeIdentificationItem(
+                    designator=CODING_SCHEME,
+                    name=markers.PRIVATE_CODING_SCHEME_NAME,
+                    responsible_organization=markers.OUTPUT_MANUFACTURER,
+                )
+            ],
+        )
+    logger.debug("built review SR %s (%s)", sr.SOPInstanceUID, judgement)
+    return sr
+
+
+def read_review_sr(ds: Dataset) -> dict[str, Any]:
+    """Parse a review SR written by `write_review_sr` (plain pydicom, tolerant).
+
+    Args:
+        ds: the review SR.
+
+    Returns:
+        ``{"judgement", "reader", "comment", "judged_sr_uid", "predecessors"}``; a missing
+        value is None (``predecessors``: a list of SOP Instance UIDs).
+
+    Raises:
+        ValueError: ``ds`` is not a review SR.
+    """
+    if _code_key(ds, "ConceptNameCodeSequence") != ("DCM", "126000"):
+        raise ValueError("not an Imaging Measurement Report (TID 1500) SR")
+    out: dict[str, Any] = {
+        "judgement": None,
+        "reader": None,
+        "comment": None,
+        "judged_sr_uid": None,
+        "predecessors": [
+            str(sop.ReferencedSOPInstanceUID)
+            for study in ds.get("PredecessorDocumentsSequence", [])
+            for series in study.get("ReferencedSeriesSequence", [])
+            for sop in series.get("ReferencedSOPSequence", [])
+        ],
+    }
+    for item in ds.get("ContentSequence", []):
+        if item.get("ValueType") == "PNAME" and _code_key(item, "ConceptNameCodeSequence") == (
+            "DCM",
+            "121008",
+        ):  # Person Observer Name
+            out["reader"] = str(item.PersonName)
+        if _code_key(item, "ConceptNameCodeSequence") != ("DCM", "126010"):
+            continue
+        for group in item.get("ContentSequence", []):
+            for entry in group.get("ContentSequence", []):
+                name = _code_key(entry, "ConceptNameCodeSequence")
+                kind = entry.get("ValueType")
+                if kind == "TEXT" and name == ("DCM", "112039"):
+                    text = str(entry.TextValue)
+                    if text.startswith(REVIEW_TRACKING_PREFIX):
+                        out["judged_sr_uid"] = text.removeprefix(REVIEW_TRACKING_PREFIX)
+                elif kind == "TEXT" and name == ("DCM", "121106"):
+                    out["comment"] = str(entry.TextValue)
+                elif kind == "CODE" and name == (CODING_SCHEME, REVIEW_JUDGEMENT.value):
+                    code = _code_key(entry, "ConceptCodeSequence")
+                    out["judgement"] = _REVIEW_BY_CODE.get(code) if code else None
+    if out["judgement"] is None:
+        raise ValueError("not a review SR (no reader judgement)")
+    return out

@@ -5,7 +5,9 @@
 //   /app-config.js       config/app-config.js (window.config)
 //   /anomaly/*           the extension's ES modules (src/, or --extension-dir)
 //   /dicom-web/*, /wado  reverse proxy to Orthanc, adding its basic-auth credentials (read-only)
-//   /ainode/*            reverse proxy to the node's HTTP API, adding its bearer token (read-only)
+//   /ainode/*            reverse proxy to the node's HTTP API, adding its bearer token (read-only,
+//                        except POST /ainode/studies/<uid>/feedback: a reader's judgement)
+//   /viewer/session      {reader, feedback}: the viewer login's user name (null without a login)
 //
 // It holds PACS credentials, so it listens on loopback by default; any other --host needs
 // --viewer-user and --viewer-password-file (HTTP basic auth in front of everything).
@@ -40,6 +42,9 @@ const MIME = {
 };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+// The one write the viewer may make: a reader's judgement of a study's AI result.
+const FEEDBACK_PATH = /^\/ainode\/studies\/[0-9]+(?:\.[0-9]+)*\/feedback$/;
+const MAX_FEEDBACK_BODY = 16 * 1024;
 
 /**
  * Parse the command line.
@@ -137,6 +142,68 @@ function authorised(req, viewerAuth) {
   const userOk = safeEqual(decoded.slice(0, i), viewerAuth.user);
   const pwOk = safeEqual(decoded.slice(i + 1), viewerAuth.password);
   return userOk && pwOk;
+}
+
+/** A state-changing request must come from a page of this server (no cross-site POST). */
+function sameOrigin(req) {
+  const origin = req.headers.origin;
+  if (origin === undefined) return req.headers['sec-fetch-site'] !== 'cross-site';
+  try {
+    return new URL(origin).host === req.headers.host;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Forward a reader's judgement to the node: JSON only, bounded, same origin; with a viewer
+ * login the reader is the logged-in user, whatever the body says.
+ */
+function forwardFeedback(req, res, cfg, url) {
+  if (!sameOrigin(req)) return sendJson(res, 403, { error: 'cross-origin request' });
+  if (!/^application\/json\b/i.test(String(req.headers['content-type'] || ''))) {
+    return sendJson(res, 415, { error: 'send the judgement as application/json' });
+  }
+  const chunks = [];
+  let size = 0;
+  let refused = false;
+  req.on('data', (c) => {
+    size += c.length;
+    if (size > MAX_FEEDBACK_BODY && !refused) {
+      refused = true;
+      sendJson(res, 413, { error: `request body larger than ${MAX_FEEDBACK_BODY} bytes` }, { connection: 'close' });
+      req.destroy();
+    } else if (!refused) chunks.push(c);
+  });
+  req.on('end', () => {
+    if (refused) return;
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      return sendJson(res, 400, { error: 'the body is not valid JSON' });
+    }
+    if (!body || typeof body !== 'object' || Array.isArray(body)) {
+      return sendJson(res, 400, { error: 'the body must be a JSON object' });
+    }
+    if (cfg.viewerAuth) body.reader = cfg.viewerAuth.user;
+    const data = Buffer.from(JSON.stringify(body), 'utf8');
+    const target = joinUrl(cfg.nodeApi, url.slice('/ainode'.length));
+    const headers = { accept: 'application/json', 'content-type': 'application/json', 'content-length': data.length };
+    if (cfg.nodeAuth) headers.authorization = cfg.nodeAuth;
+    const lib = target.protocol === 'https:' ? https : http;
+    const up = lib.request(target, { method: 'POST', headers }, (upRes) => {
+      const out = { 'content-type': upRes.headers['content-type'] || 'application/json' };
+      res.writeHead(upRes.statusCode, out);
+      upRes.pipe(res);
+    });
+    up.setTimeout(30_000, () => up.destroy(new Error('upstream timeout')));
+    up.on('error', (err) => {
+      if (!res.headersSent) sendJson(res, 502, { error: `node API unreachable: ${err.message}` });
+      else res.destroy();
+    });
+    up.end(data);
+  });
 }
 
 function sendJson(res, status, body, extra = {}) {
@@ -256,8 +323,12 @@ export function createServer(cfg) {
       if (!readOnly) return sendJson(res, 405, { error: 'read-only proxy' }, { allow: 'GET, HEAD' });
       return proxy(req, res, joinUrl(cfg.orthanc, url), cfg.orthancAuth, true);
     }
+    if (path === '/viewer/session') {
+      return sendJson(res, 200, { reader: cfg.viewerAuth ? cfg.viewerAuth.user : null, feedback: Boolean(cfg.nodeApi) }, { 'cache-control': 'no-store' });
+    }
     if (path.startsWith('/ainode/')) {
       if (!cfg.nodeApi) return sendJson(res, 404, { error: 'node API not configured (--node-api)' });
+      if (req.method === 'POST' && FEEDBACK_PATH.test(path)) return forwardFeedback(req, res, cfg, url);
       if (!readOnly) return sendJson(res, 405, { error: 'read-only proxy' }, { allow: 'GET, HEAD' });
       return proxy(req, res, joinUrl(cfg.nodeApi, url.slice('/ainode'.length)), cfg.nodeAuth, false);
     }

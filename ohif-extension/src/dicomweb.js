@@ -116,3 +116,52 @@ export async function loadWorklistScores(scoresUrl) {
     return { scores: new Map(), source: 'none' };
   }
 }
+
+/**
+ * The viewer server's session: who is logged in (the reader), and whether judgements can be sent.
+ * @returns {Promise<{reader: string|null, feedback: boolean}>}
+ */
+export async function loadSession() {
+  try {
+    const res = await fetch('/viewer/session', { headers: { accept: 'application/json' } });
+    if (res.ok) return await res.json();
+  } catch {
+    // an older server without the route
+  }
+  return { reader: null, feedback: false };
+}
+
+/**
+ * The readers' judgements of a study (node API through the viewer server).
+ * @param {string} studyUID
+ * @returns {Promise<{current: object[], versions: object[]}>}
+ */
+export async function loadFeedback(studyUID) {
+  const res = await fetch(`/ainode/studies/${encodeURIComponent(studyUID)}/feedback`, {
+    headers: { accept: 'application/json' },
+  });
+  if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+  return res.json();
+}
+
+/**
+ * Send a reader's judgement; resolves to the stored version, rejects with the node's message.
+ * @param {string} studyUID
+ * @param {{judgement: string, comment?: string, reader?: string, model?: string}} body
+ * @returns {Promise<object>}
+ */
+export async function postFeedback(studyUID, body) {
+  const res = await fetch(`/ainode/studies/${encodeURIComponent(studyUID)}/feedback`, {
+    method: 'POST',
+    headers: { accept: 'application/json', 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  let data = {};
+  try {
+    data = await res.json();
+  } catch {
+    // not JSON: keep the status line
+  }
+  if (!res.ok) throw new Error(data.error || `${res.status} ${res.statusText}`);
+  return data;
+}

@@ -3,6 +3,7 @@ import { formatScore, orderImages } from './sr.js';
 import { HEAT_STOPS } from './seg.js';
 import { store } from './store.js';
 import { applyVisibility } from './region.js';
+import { loadFeedback, loadSession, postFeedback } from './dicomweb.js';
 
 const C = {
   text: '#e5e7eb',
@@ -108,6 +109,155 @@ function renderReport(report, services) {
     }
     box.append(list);
   }
+  return box;
+}
+
+// The reader's judgement of a result: what each button sends (docs: dicom_node/feedback.py).
+export const JUDGEMENTS = [
+  ['agree', 'Agree'],
+  ['false_alarm', 'Disagree: false alarm'],
+  ['missed_finding', 'Disagree: missed finding'],
+];
+const READER_KEY = 'aiAnomaly.reader';
+const MAX_COMMENT = 1024;
+
+/**
+ * Which judgements fit a result: a false alarm needs a flagged study, a missed finding one
+ * that was not flagged (the node refuses the others with 409).
+ * @param {string} status the study status of the report
+ * @returns {string[]} judgement keys
+ */
+export function judgementsFor(status) {
+  if (status === 'abnormal') return ['agree', 'false_alarm'];
+  if (status === 'normal') return ['agree', 'missed_finding'];
+  return [];
+}
+
+function describeRecord(r) {
+  const label = JUDGEMENTS.find(([k]) => k === r.judgement)?.[1] || r.judgement;
+  const when = String(r.created_at || '').replace('T', ' ').slice(0, 16);
+  const where = r.delivered ? 'stored in the PACS' : 'stored on the node, on its way to the PACS';
+  const comment = r.comment ? ` “${r.comment.length > 80 ? `${r.comment.slice(0, 79)}…` : r.comment}”` : '';
+  return `${label}${comment} — ${r.reader}, ${when} (version ${r.version}, ${where})`;
+}
+
+function renderFeedback(report, studyUID) {
+  const box = el('div', { padding: '10px 0', borderBottom: `1px solid ${C.line}` });
+  box.dataset.testid = 'ai-feedback';
+  const allowed = judgementsFor(report.study.status);
+  if (!allowed.length || !studyUID) return null;
+  box.append(el('div', { color: C.text, fontWeight: '600', marginBottom: '4px' }, 'Your judgement'));
+  const current = el('div', { color: C.muted, fontSize: '12px', marginBottom: '6px' }, 'Loading earlier judgements…');
+  current.dataset.testid = 'ai-feedback-current';
+  const readerRow = el('label', { display: 'none', alignItems: 'center', gap: '6px', color: C.muted, fontSize: '12px', marginBottom: '4px' });
+  const reader = document.createElement('input');
+  reader.type = 'text';
+  reader.maxLength = 64;
+  reader.placeholder = 'your name';
+  reader.dataset.testid = 'ai-feedback-reader';
+  Object.assign(reader.style, { flex: '1', background: '#111827', color: C.text, border: `1px solid ${C.line}`, padding: '2px 4px' });
+  try {
+    reader.value = window.localStorage.getItem(READER_KEY) || '';
+  } catch {
+    // storage blocked
+  }
+  readerRow.append(document.createTextNode('Reader'), reader);
+  const comment = document.createElement('textarea');
+  comment.rows = 2;
+  comment.maxLength = MAX_COMMENT;
+  comment.placeholder = 'Comment (optional)';
+  comment.dataset.testid = 'ai-feedback-comment';
+  Object.assign(comment.style, { width: '100%', boxSizing: 'border-box', background: '#111827', color: C.text, border: `1px solid ${C.line}`, padding: '4px', resize: 'vertical', fontFamily: 'inherit', fontSize: '13px' });
+  const buttons = el('div', { display: 'flex', flexWrap: 'wrap', gap: '6px', margin: '6px 0' });
+  const status = el('div', { fontSize: '12px', color: C.muted, minHeight: '16px' });
+  status.dataset.testid = 'ai-feedback-status';
+  let session = { reader: null, feedback: false };
+  // after a save: ask the node until the PACS has accepted the review SR (bounded)
+  const followDelivery = async (record) => {
+    for (let i = 0; i < 40 && !record.delivered; i += 1) {
+      await new Promise((r) => setTimeout(r, 250));
+      try {
+        const fb = await loadFeedback(studyUID);
+        const now = (fb.versions || []).find((v) => v.sop_instance_uid === record.sop_instance_uid);
+        if (now?.delivered) {
+          current.textContent = describeRecord(now);
+          current.dataset.delivered = 'true';
+          return;
+        }
+      } catch {
+        // keep the last state
+      }
+    }
+  };
+  const send = async (judgement, button) => {
+    const body = { judgement, comment: comment.value.trim(), model: report.modelName || '' };
+    if (!session.reader) {
+      body.reader = reader.value.trim();
+      if (!body.reader) {
+        status.style.color = '#f87171';
+        status.textContent = 'Enter your name first.';
+        reader.focus();
+        return;
+      }
+      try {
+        window.localStorage.setItem(READER_KEY, body.reader);
+      } catch {
+        // storage blocked
+      }
+    }
+    for (const b of buttons.children) b.disabled = true;
+    status.style.color = C.muted;
+    status.textContent = 'Saving…';
+    try {
+      const record = await postFeedback(studyUID, body);
+      status.style.color = C.green;
+      status.dataset.version = String(record.version);
+      status.textContent = `Saved: ${button.textContent} (version ${record.version}).`;
+      current.textContent = describeRecord(record);
+      comment.value = '';
+      followDelivery(record);
+    } catch (err) {
+      status.style.color = '#f87171';
+      status.textContent = `Not saved: ${err.message}`;
+    } finally {
+      for (const b of buttons.children) b.disabled = false;
+    }
+  };
+  for (const [key, label] of JUDGEMENTS.filter(([k]) => allowed.includes(k))) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = label;
+    b.dataset.testid = `ai-feedback-${key}`;
+    Object.assign(b.style, {
+      background: key === 'agree' ? C.green : '#7f1d1d',
+      color: '#fff',
+      border: 'none',
+      borderRadius: '4px',
+      padding: '4px 10px',
+      cursor: 'pointer',
+      fontSize: '13px',
+    });
+    b.addEventListener('click', () => send(key, b));
+    buttons.append(b);
+  }
+  box.append(current, readerRow, comment, buttons, status);
+  (async () => {
+    session = await loadSession();
+    if (!session.feedback) {
+      current.textContent = 'Judgements need the node API (viewer server --node-api).';
+      for (const b of buttons.children) b.disabled = true;
+      return;
+    }
+    readerRow.style.display = session.reader ? 'none' : 'flex';
+    if (session.reader) current.dataset.reader = session.reader;
+    try {
+      const fb = await loadFeedback(studyUID);
+      const mine = (fb.current || []).find((r) => r.model === report.modelName) || (fb.current || [])[0];
+      current.textContent = mine ? describeRecord(mine) : 'Not judged yet.';
+    } catch (err) {
+      current.textContent = `Earlier judgements unavailable: ${err.message}`;
+    }
+  })();
   return box;
 }
 
@@ -217,7 +367,11 @@ export function mountPanel(root, services) {
       none.dataset.testid = 'ai-none';
       result.append(none, el('div', { color: C.muted, fontSize: '12px' }, 'The node has not analysed it (yet), or it is not a study type the model is for.'));
     } else {
-      for (const r of s.result.reports) result.append(renderReport(r, services));
+      for (const r of s.result.reports) {
+        result.append(renderReport(r, services));
+        const fb = renderFeedback(r, s.result.studyInstanceUID);
+        if (fb) result.append(fb);
+      }
     }
   };
   render(store.get());

@@ -5,6 +5,8 @@ import { TAG, code, dateTimeKey, first, num, values } from './dicomjson.js';
 
 export const OUTPUT_MANUFACTURER = 'AI Anomaly Node';
 export const SR_SERIES_NUMBER = 9003;
+// A reader's judgement of the SR (the node's "review" SR): not a result to show as one.
+export const REVIEW_SERIES_NUMBER = 9007;
 const SCHEME = '99AINODE';
 const STATUS_BY_CODE = {
   'SCT:263654008': 'abnormal',
@@ -127,6 +129,7 @@ export function parseAnomalySr(sr) {
     modelName: any.algorithmName || first(sr, TAG.ManufacturerModelName),
     modelVersion: any.algorithmVersion || first(sr, TAG.SoftwareVersions),
     seriesDescription,
+    seriesNumber: num(sr, TAG.SeriesNumber),
     researchOnly: /research use only|not for clinical use/i.test(seriesDescription),
     contentDateTime: dateTimeKey(first(sr, TAG.ContentDate), first(sr, TAG.ContentTime)),
     study,
@@ -139,6 +142,15 @@ function pick(g) {
 }
 
 /**
+ * Is this parsed SR a reader's review of a result (series 9007, "AI anomaly review ...")?
+ * @param {object} r result of parseAnomalySr
+ * @returns {boolean}
+ */
+export function isReview(r) {
+  return r.seriesNumber === REVIEW_SERIES_NUMBER || /^AI anomaly review\b/i.test(r.seriesDescription || '');
+}
+
+/**
  * Choose the SR instances to show: the node's own, newest first, one per model.
  * @param {object[]} parsed results of parseAnomalySr
  * @returns {object[]} newest report per model, sorted by model name
@@ -147,6 +159,7 @@ export function latestPerModel(parsed) {
   const byModel = new Map();
   for (const r of parsed) {
     if (r.manufacturer !== undefined && r.manufacturer !== OUTPUT_MANUFACTURER) continue;
+    if (isReview(r)) continue;
     const key = r.modelName || '';
     const cur = byModel.get(key);
     if (!cur || (r.contentDateTime || '') > (cur.contentDateTime || '')) byModel.set(key, r);

@@ -3,6 +3,12 @@
 //   node ohif-extension/tests/e2e.mjs --url http://127.0.0.1:3000 --study <StudyInstanceUID> \
 //        [--screenshots DIR] [--timeout 120] [--viewer-user U --viewer-password-file F]
 //        [--no-score-ok]   (accept the QIDO fallback "AI report" in the list when the node API is absent)
+//        [--judge agree|false_alarm|missed_finding [--comment TEXT] [--reader NAME]]
+// With --judge it then clicks that judgement button in the panel (typing the comment, and the
+// reader's name when the viewer has no login), waits until the panel says it was saved, saves
+// 03_feedback.png once the panel says the PACS has it, and prints "E2E FEEDBACK {json}" with
+// the stored version and the seconds from the click to "Saved" (stored on the node) and to
+// "stored in the PACS" (as the panel learns it, polling every 0.25 s).
 // Exit 0 and "E2E PASS ..." when: the study list shows the study's AI score (flagged studies
 // first), the viewer's AI panel shows score + flag, a segmentation is loaded into the viewport,
 // the heat map is drawn when the study has a fractional SEG, and no error about display sets
@@ -21,6 +27,9 @@ const { values: o } = parseArgs({
     'viewer-user': { type: 'string' },
     'viewer-password-file': { type: 'string' },
     'no-score-ok': { type: 'boolean', default: false },
+    judge: { type: 'string' },
+    comment: { type: 'string', default: '' },
+    reader: { type: 'string', default: 'Dr E2E Reader' },
     chromium: { type: 'string', default: process.env.CHROMIUM_PATH || '/usr/bin/chromium' },
   },
 });
@@ -145,6 +154,39 @@ try {
   await shot('02_viewer_panel_overlay.png');
   if (problems.length) fail(problems.join('\n'));
   summary = { listText, flagStatus, panelScore, segCount, heat };
+
+  // 4. The reader's judgement: button + comment, saved by the node (optional).
+  if (o.judge) {
+    const box = page.locator('[data-testid="ai-feedback"]').first();
+    await box.waitFor();
+    await page.waitForFunction(
+      () => !/Loading/.test(document.querySelector('[data-testid="ai-feedback-current"]')?.textContent || 'Loading'),
+    );
+    const readerInput = page.locator('[data-testid="ai-feedback-reader"]').first();
+    if (await readerInput.isVisible()) await readerInput.fill(o.reader);
+    if (o.comment) await page.locator('[data-testid="ai-feedback-comment"]').first().fill(o.comment);
+    const button = page.locator(`[data-testid="ai-feedback-${o.judge}"]`).first();
+    if (!(await button.count())) fail(`no "${o.judge}" button for a ${flagStatus} study`);
+    const clicked = Date.now();
+    await button.click();
+    await page.waitForFunction(() => {
+      const t = document.querySelector('[data-testid="ai-feedback-status"]')?.textContent || '';
+      return /^Saved|^Not saved/.test(t);
+    });
+    const saveSeconds = (Date.now() - clicked) / 1000;
+    const statusText = (await page.locator('[data-testid="ai-feedback-status"]').first().textContent()).trim();
+    if (!/^Saved/.test(statusText)) fail(`judgement: ${statusText}`);
+    const version = Number(await page.locator('[data-testid="ai-feedback-status"]').first().getAttribute('data-version'));
+    log(`judgement: ${statusText} (${saveSeconds.toFixed(2)} s from the click)`);
+    await page.waitForSelector('[data-testid="ai-feedback-current"][data-delivered="true"]', { state: 'attached' });
+    const pacsSeconds = (Date.now() - clicked) / 1000;
+    log(`judgement in the PACS: ${pacsSeconds.toFixed(2)} s from the click (as the panel learns it, polling every 0.25 s)`);
+    await box.scrollIntoViewIfNeeded();
+    await shot('03_feedback.png');
+    if (problems.length) fail(problems.join('\n'));
+    summary.feedback = { judgement: o.judge, version, saveSeconds, pacsSeconds };
+    console.log(`E2E FEEDBACK ${JSON.stringify(summary.feedback)}`);
+  }
   console.log(`E2E PASS in ${secs()} s: ${JSON.stringify(summary)}`);
   await browser.close();
   process.exit(0);

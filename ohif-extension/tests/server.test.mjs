@@ -34,7 +34,15 @@ function listen(srv) {
 
 before(async () => {
   upstream = http.createServer((req, res) => {
-    seen.push({ url: req.url, method: req.method, auth: req.headers.authorization });
+    const entry = { url: req.url, method: req.method, auth: req.headers.authorization, body: '' };
+    seen.push(entry);
+    req.on('data', (c) => (entry.body += c));
+    if (req.method === 'POST') {
+      return req.on('end', () => {
+        res.writeHead(201, { 'content-type': 'application/json' });
+        res.end('{"version":1}');
+      });
+    }
     if (req.url.startsWith('/dicom-web/')) {
       res.writeHead(200, { 'content-type': 'application/dicom+json', 'www-authenticate': 'Basic realm="Orthanc"' });
       return res.end(`[{"00081190":{"vr":"UR","Value":["http://127.0.0.1:${upstream.address().port}/dicom-web/studies/1.2"]}}]`);
@@ -137,4 +145,68 @@ test('node API not configured answers 404 (the extension falls back to QIDO)', a
 test('rewriteDicomwebUrls', () => {
   assert.equal(rewriteDicomwebUrls('"https://pacs.local:8042/orthanc/dicom-web/studies/1"'), '"/dicom-web/studies/1"');
   assert.equal(rewriteDicomwebUrls('"http://127.0.0.1:8042/wado?x"'), '"/wado?x"');
+});
+
+const FEEDBACK = '/ainode/studies/1.2.3/feedback';
+const judgement = (extra = {}) => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json', ...extra },
+  body: JSON.stringify({ judgement: 'agree', reader: 'Dr Typed', comment: 'ok' }),
+});
+
+test('a reader judgement is the one POST the node proxy forwards, with the bearer token', async () => {
+  seen.length = 0;
+  const res = await fetch(`${base}${FEEDBACK}`, judgement());
+  assert.equal(res.status, 201);
+  assert.deepEqual(await res.json(), { version: 1 });
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0].method, 'POST');
+  assert.equal(seen[0].url, '/api/studies/1.2.3/feedback');
+  assert.equal(seen[0].auth, 'Bearer tok3n');
+  // no viewer login: the reader is who the panel says
+  assert.equal(JSON.parse(seen[0].body).reader, 'Dr Typed');
+  const session = await (await fetch(`${base}/viewer/session`)).json();
+  assert.deepEqual(session, { reader: null, feedback: true });
+});
+
+test('a judgement from another origin, not JSON, too large, or on another path is refused here', async () => {
+  seen.length = 0;
+  const cross = await fetch(`${base}${FEEDBACK}`, judgement({ origin: 'http://evil.example' }));
+  assert.equal(cross.status, 403);
+  const form = await fetch(`${base}${FEEDBACK}`, { method: 'POST', body: 'judgement=agree' });
+  assert.equal(form.status, 415);
+  const big = await fetch(`${base}${FEEDBACK}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ judgement: 'agree', comment: 'x'.repeat(20_000) }),
+  }).catch(() => ({ status: 413 })); // the server may close the socket after answering
+  assert.equal(big.status, 413);
+  const bad = await fetch(`${base}${FEEDBACK}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[1' });
+  assert.equal(bad.status, 400);
+  const other = await fetch(`${base}/ainode/jobs/x/rerun`, judgement());
+  assert.equal(other.status, 405);
+  const traversal = await fetch(`${base}/ainode/studies/1.2/../../jobs/feedback`, judgement());
+  assert.notEqual(traversal.status, 201);
+  assert.equal(seen.length, 0);
+});
+
+test('with a viewer login the reader is the logged-in user, whatever the body says', async () => {
+  const up = upstream.address().port;
+  const cfg = buildConfig(
+    parseOptions([
+      '--port', '0', '--node-api', `http://127.0.0.1:${up}/api`, '--node-token-file', pw('t2', 'tok3n'),
+      '--viewer-user', 'radiologist', '--viewer-password-file', pw('v2', 'long-enough-pw'), '--ohif-dist', dist,
+    ]),
+  );
+  const s = createServer(cfg);
+  const port = await listen(s);
+  const login = { authorization: 'Basic ' + Buffer.from('radiologist:long-enough-pw').toString('base64') };
+  seen.length = 0;
+  const res = await fetch(`http://127.0.0.1:${port}${FEEDBACK}`, judgement(login));
+  assert.equal(res.status, 201);
+  assert.equal(JSON.parse(seen[0].body).reader, 'radiologist');
+  const session = await (await fetch(`http://127.0.0.1:${port}/viewer/session`, { headers: login })).json();
+  assert.equal(session.reader, 'radiologist');
+  assert.equal((await fetch(`http://127.0.0.1:${port}${FEEDBACK}`, judgement())).status, 401);
+  s.close();
 });

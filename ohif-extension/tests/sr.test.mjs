@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { formatScore, isNodeOutput, latestPerModel, orderImages, parseAnomalySr, parseGroup } from '../src/sr.js';
+import { formatScore, isNodeOutput, isReview, latestPerModel, orderImages, parseAnomalySr, parseGroup } from '../src/sr.js';
 
 const fixture = (name) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8'));
 
@@ -106,4 +106,13 @@ test('per-image lines: flagged first, then normal, each by score, then not analy
   ];
   assert.deepEqual(orderImages(imgs).map((g) => g.id), ['a2', 'a1', 'n2', 'n1', 'na']);
   assert.equal(imgs[0].id, 'n1', 'the parsed report is not reordered in place');
+});
+
+test("a reader's review SR (series 9007) is never shown as the model's result", () => {
+  const [inst] = fixture('normal_sr_metadata.json');
+  const report = parseAnomalySr(inst);
+  const review = { ...report, seriesNumber: 9007, seriesDescription: 'AI anomaly review (research use only, not for clinical use)', contentDateTime: '99991231235959' };
+  assert.equal(isReview(review), true);
+  assert.equal(isReview(report), false);
+  assert.deepEqual(latestPerModel([report, review]), [report]);
 });
