@@ -120,6 +120,7 @@ def _separation_auroc(
     scoring: dict[str, Any],
     x_negative: torch.Tensor,
     x_positive: torch.Tensor,
+    regions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> float:
     """AUROC of the model's scores, ``x_negative`` as class 0 and ``x_positive`` as class 1.
 
@@ -129,8 +130,8 @@ def _separation_auroc(
     if not len(x_negative) or not len(x_positive):
         return float("nan")
     model = cls(_provisional_card(config, image_size, scoring), network)
-    s_n = _predict(model, x_negative).score.numpy()
-    s_p = _predict(model, x_positive).score.numpy()
+    s_n = _predict(model, x_negative, region=regions[0]).score.numpy()
+    s_p = _predict(model, x_positive, region=regions[1]).score.numpy()
     return auroc(np.r_[np.zeros(len(s_n)), np.ones(len(s_p))], np.r_[s_n, s_p])
 
 
@@ -278,7 +279,7 @@ def fit(
             if monitor:
                 entry["val_auroc"] = _separation_auroc(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
-                    x_val_n, x_val_a,
+                    x_val_n, x_val_a, val_regions,
                 )  # fmt: skip
             if select == "aucp":
                 entry["aucp"] = _separation_auroc(
