@@ -1,0 +1,201 @@
+"""Event-driven reactors for the SCP's associations (pynetdicom 3.0's, without the 1 ms naps).
+
+pynetdicom runs every association as two threads that poll: the DUL thread checks the socket
+and its queue and sleeps 1 ms whenever neither had anything; the association thread sleeps
+1 ms before each look at the DIMSE message queue. A C-STORE of a 50 KB image arrives as
+several PDUs and its response goes back through both threads, so one instance paid several
+of those naps: with one association the SCP waited more than it worked, and on a loaded
+machine every nap became a trip through the scheduler (``bench/ingest.py``:
+docs/results/ingest.md).
+
+`EventRequestHandler` (the SCP's request handler) gives each accepted association the two
+loops below, which are pynetdicom 3.0.4's loops with each nap replaced by a wait that ends as
+soon as there is work:
+
+* DUL thread: ``select`` on the peer's socket and a wake-up pipe that `EventDul.send_pdu`
+  writes to, so a received PDU and an outgoing response are both handled at once (TLS:
+  bytes already decrypted by OpenSSL count as readable);
+* association thread: a blocking ``get`` on the DIMSE message queue.
+
+Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
+pass (ARTIM and idle timers, release and abort requests, ``kill``) run as before, at most
+that much later. Everything else (state machine, PDU and DIMSE decoding, events) is
+pynetdicom's own code. The class of the association and of its DUL are set before either
+thread starts; the SCU side (`dicom_node.sender`, `dicom_node.pull`) is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import ssl
+import time
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler
+
+logger = logging.getLogger(__name__)
+
+#: Longest wait of either loop when nothing arrives (the old loops woke every 1 ms).
+POLL_SECONDS = 0.005
+
+
+class EventDul(DULServiceProvider):
+    """The DUL reactor, waking on socket data or an outgoing primitive instead of napping."""
+
+    _wake_read: int
+    _wake_write: int
+
+    def prepare_wake(self) -> None:
+        """Create the wake-up pipe (before the thread starts)."""
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive for the peer (pynetdicom's) and wake the reactor."""
+        super().send_pdu(primitive)
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is pending anyway
+            os.write(self._wake_write, b"\0")
+
+    def _wait(self, timeout: float) -> None:
+        """Until the socket is readable, a primitive was queued, or ``timeout`` passed."""
+        transport = self.socket
+        sock = getattr(transport, "socket", None)
+        if sock is None:
+            time.sleep(timeout)
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        try:
+            select.select([sock, self._wake_read], [], [], timeout)
+        except (OSError, ValueError):  # closed meanwhile: the loop sees it next
+            time.sleep(timeout)
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_read, 4096):
+                pass
+
+    def run_reactor(self) -> None:
+        """Pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with `_wait` for the nap."""
+        try:
+            self._run_reactor()
+        finally:
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _run_reactor(self) -> None:
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            # pynetdicom's loop sleeps here when the previous pass found nothing to do
+            if sleep and self.to_provider_queue.empty():
+                self._wait(POLL_SECONDS)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                logger.exception(
+                    "Exception in DUL.run(), aborting association",
+                    extra={"error_type": type(exc).__name__},
+                )
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                if self.socket is not None:
+                    self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+class EventAssociation(Association):
+    """An acceptor association whose reactor blocks on the DIMSE queue instead of napping."""
+
+    def _run_reactor(self) -> None:
+        """Pynetdicom 3.0.4's acceptor loop, with a blocking queue ``get`` for the nap."""
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            try:
+                context_id, msg = self.dimse.msg_queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                context_id, msg = None, None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                logger.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                logger.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                logger.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class EventRequestHandler(RequestHandler):
+    """pynetdicom's request handler; the association it creates uses the loops above."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.__class__ = EventAssociation
+        assoc.dul.__class__ = EventDul
+        cast(EventDul, assoc.dul).prepare_wake()
+        return assoc
