@@ -15,7 +15,8 @@ soon as there is work:
 * DUL thread: ``select`` on the peer's socket and a wake-up pipe that `EventDul.send_pdu`
   writes to, so a received PDU and an outgoing response are both handled at once (TLS:
   bytes already decrypted by OpenSSL count as readable);
-* association thread: a blocking ``get`` on the DIMSE message queue.
+* association thread: a blocking ``get`` on the DIMSE message queue;
+* `EventDimse`: a plain C-STORE-RSP is encoded directly (the same bytes as pynetdicom's).
 
 Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
 pass (ARTIM and idle timers, release and abort requests, ``kill``) run as before, at most
@@ -32,13 +33,17 @@ import os
 import queue
 import select
 import ssl
+import struct
 import time
 from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
 logger = logging.getLogger(__name__)
@@ -190,12 +195,75 @@ class EventAssociation(Association):
                 return
 
 
+_IMPLICIT_ELEMENT = struct.Struct("<HHI")
+_US = struct.Struct("<H")
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return _IMPLICIT_ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def _command_uid(uid: object) -> bytes:
+    raw = str(uid).encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
+    """The command set of a C-STORE-RSP as pynetdicom encodes it (Implicit VR Little Endian).
+
+    Returns:
+        The encoded command set; None when the response carries more than the plain fields
+        (an error comment, an offending element) or a value that is not ASCII: pynetdicom
+        encodes those.
+    """
+    if rsp.ErrorComment is not None or rsp.OffendingElement is not None:
+        return None
+    if rsp.MessageIDBeingRespondedTo is None or rsp.Status is None:
+        return None
+    try:
+        parts = []
+        if rsp.AffectedSOPClassUID is not None:
+            parts.append(_command_element(0x0002, _command_uid(rsp.AffectedSOPClassUID)))
+        parts.append(_command_element(0x0100, _US.pack(0x8001)))
+        parts.append(_command_element(0x0120, _US.pack(int(rsp.MessageIDBeingRespondedTo))))
+        parts.append(_command_element(0x0800, _US.pack(0x0101)))  # no data set
+        parts.append(_command_element(0x0900, _US.pack(int(rsp.Status))))
+        if rsp.AffectedSOPInstanceUID is not None:
+            parts.append(_command_element(0x1000, _command_uid(rsp.AffectedSOPInstanceUID)))
+    except (UnicodeEncodeError, struct.error):
+        return None
+    body = b"".join(parts)
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+class EventDimse(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a plain C-STORE-RSP is encoded directly.
+
+    Building the response through pynetdicom's DIMSE message (a pydicom ``Dataset`` per
+    response, encoded element by element) took about a millisecond of Python per instance;
+    the bytes are the same (a test compares them). Anything else goes through pynetdicom.
+    """
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Send a DIMSE message; see the class docstring."""
+        if type(primitive) is C_STORE and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            encoded = encode_c_store_rsp(primitive)
+            max_pdu = self.maximum_pdu_size
+            if encoded is not None and (max_pdu == 0 or len(encoded) + 6 <= max_pdu):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
 class EventRequestHandler(RequestHandler):
-    """pynetdicom's request handler; the association it creates uses the loops above."""
+    """pynetdicom's request handler; the association it creates uses the classes above."""
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = EventAssociation
         assoc.dul.__class__ = EventDul
+        assoc.dimse.__class__ = EventDimse
         cast(EventDul, assoc.dul).prepare_wake()
         return assoc

@@ -21,12 +21,13 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
-from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 
 from dicom_node.config import NodeSettings
 from dicom_node.metrics import Metrics
+from dicom_node.reactor import encode_c_store_rsp
 from dicom_node.scp import StorageSCP, encode_meta
 from dicom_node.scp_pool import ScpPool
 from dicom_node.service import NodeService
@@ -150,6 +151,31 @@ def test_direct_meta_is_what_pydicom_encodes(
     assert encode_meta(sop_class, sop_instance, syntax, sending, receiving) == expected
 
 
+@pytest.mark.parametrize(
+    ("status", "sop_class", "sop_instance"),
+    [
+        (0x0000, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.45"),
+        (0xC210, None, "1.2.3"),
+        (0xA700, "1.2", "1.22"),
+    ],
+)
+def test_direct_c_store_rsp_is_what_pynetdicom_encodes(
+    status: int, sop_class: str | None, sop_instance: str
+) -> None:
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 7
+    rsp.Status = status
+    if sop_class is not None:
+        rsp.AffectedSOPClassUID = sop_class
+    rsp.AffectedSOPInstanceUID = sop_instance
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = message.encode_msg(1, 16382)
+    assert pdata.presentation_data_value_list == [(1, b"\x03" + encode_c_store_rsp(rsp))]
+    rsp.ErrorComment = "more than the plain fields: pynetdicom encodes it"
+    assert encode_c_store_rsp(rsp) is None
+
+
 # --------------------------------------------------------------------------- receive_mode=file
 
 
@@ -239,6 +265,8 @@ def test_stale_incoming_files_are_cleared_at_start(settings: NodeSettings) -> No
 @pytest.fixture
 def pool_node(kit, settings: NodeSettings) -> Iterator[NodeService]:
     settings.scp_processes = 2
+    settings.study_max_wait_seconds = 3600  # received studies stay in the spool
+    settings.study_quiet_seconds = 3600
     node = NodeService(settings, kit.FakeEngine())
     node.start()
     yield node
