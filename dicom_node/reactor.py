@@ -16,7 +16,8 @@ soon as there is work:
   writes to, so a received PDU and an outgoing response are both handled at once (TLS:
   bytes already decrypted by OpenSSL count as readable);
 * association thread: a blocking ``get`` on the DIMSE message queue;
-* `EventDimse`: a plain C-STORE-RSP is encoded directly (the same bytes as pynetdicom's).
+* `EventDimse`: a plain C-STORE-RSP is encoded directly (the same bytes as pynetdicom's);
+* pynetdicom's standard logging handlers are unbound while its logger is above INFO.
 
 Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
 pass (ARTIM and idle timers, release and abort requests, ``kill``) run as before, at most
@@ -38,6 +39,12 @@ import time
 from typing import Any, cast
 
 from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -195,6 +202,12 @@ class EventAssociation(Association):
                 return
 
 
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
 _IMPLICIT_ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 
@@ -266,4 +279,10 @@ class EventRequestHandler(RequestHandler):
         assoc.dul.__class__ = EventDul
         assoc.dimse.__class__ = EventDimse
         cast(EventDul, assoc.dul).prepare_wake()
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers only write INFO/DEBUG lines about every PDU
+            # and DIMSE message (the C-STORE one copies the whole data set to say that it
+            # has one); with its logger above INFO they cost time and show nothing
+            for event, handler in _STANDARD_LOG_HANDLERS:
+                assoc.unbind(event, handler)
         return assoc

@@ -63,12 +63,6 @@ from pynetdicom import (
     _config,
     evt,
 )
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -436,18 +430,6 @@ class StorageSCP:
                 request_handler=EventRequestHandler if s.scp_event_reactor else None,
             ),
         )
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
-            # pynetdicom's standard handlers only write INFO/DEBUG lines about every PDU
-            # and DIMSE message (the C-STORE one copies the whole data set to say it has
-            # one); with its logger above INFO they cost time and show nothing
-            for event, handler in (
-                (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-                (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-                (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-                (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-            ):
-                with contextlib.suppress(ValueError, KeyError):
-                    server.unbind(event, handler)
         server.admission = AdmissionLimits(
             max_associations=s.max_associations,
             per_peer=s.max_associations_per_peer,
