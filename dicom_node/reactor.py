@@ -16,7 +16,9 @@ soon as there is work:
   writes to, so a received PDU and an outgoing response are both handled at once (TLS:
   bytes already decrypted by OpenSSL count as readable);
 * association thread: a blocking ``get`` on the DIMSE message queue;
-* `EventDimse`: a plain C-STORE-RSP is encoded directly (the same bytes as pynetdicom's);
+* `EventDimse`: a C-STORE request is served in the DUL thread that decoded it (no hand-off
+  to the association thread and back), and a plain C-STORE-RSP is encoded directly (the
+  same bytes as pynetdicom's);
 * pynetdicom's standard logging handlers are unbound while its logger is above INFO.
 
 Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
@@ -35,7 +37,9 @@ import queue
 import select
 import ssl
 import struct
+import threading
 import time
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -47,11 +51,13 @@ from pynetdicom._handlers import (
 )
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
+from pynetdicom.utils import make_target
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +262,44 @@ class EventDimse(DIMSEServiceProvider):
     response, encoded element by element) took about a millisecond of Python per instance;
     the bytes are the same (a test compares them). Anything else goes through pynetdicom.
     """
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """As pynetdicom 3.0.4's ``receive_primitive``; a C-STORE-RQ is served right here.
+
+        pynetdicom queues every decoded request for the association thread, which answers
+        through the DUL thread's queue: two thread hand-offs per instance, each a trip
+        through the scheduler on a busy machine. A C-STORE request is served in the DUL
+        thread that decoded it instead (the peer waits for the response before it sends
+        more: only one operation is negotiated); everything else is queued as before.
+        """
+        if self.message is None:
+            self.message = DIMSEMessage()
+        if not self.message.decode_msg(primitive, self.assoc):
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+        context_id = cast(int, self.message.context_id)
+        try:
+            d_primitive = self.message.message_to_primitive()
+        except Exception:  # as pynetdicom: an invalid message ends the association
+            logger.exception("Received an invalid DIMSE message")
+            self.dul.event_queue.put("Evt19")
+            return
+        # reset the message for the next one (pynetdicom's fix for its issue 41)
+        self.message.encoded_command_set = BytesIO()
+        self.message.data_set = BytesIO()
+        self.message._data_set_file = None
+        self.message._data_set_path = None
+        self.message = None
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            threading.Thread(
+                target=make_target(self.assoc._serve_request), args=(d_primitive, context_id)
+            ).start()
+        elif type(d_primitive) is C_STORE and d_primitive.MessageIDBeingRespondedTo is None:
+            self.assoc._serve_request(d_primitive, context_id)
+        else:
+            self.msg_queue.put((context_id, cast(Any, d_primitive)))
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """Send a DIMSE message; see the class docstring."""
