@@ -19,6 +19,10 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   PixelData shorter than Rows x Columns x samples x frames x bits with 0xA900. Other
   failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210 (cannot
   understand: the header does not parse or lacks StudyInstanceUID).
+* Receive path: associations run `dicom_node.reactor`'s event-driven loops
+  (``scp_event_reactor``); with ``receive_mode=file`` a data set is received to a file in
+  ``spool/.incoming`` (pynetdicom's chunked receive) and memory-mapped for the checks and
+  the spool write; ``scp_processes`` runs several SCPs on the port (`dicom_node.scp_pool`).
 * Admission (`dicom_node.admission`): per-peer-address connection limit, a short timeout
   until the A-ASSOCIATE-RQ arrives, and slots idle connections can never take.
 * TLS (``tls_cert_file``/``tls_key_file``; ``tls_ca_file`` requires client certificates):

@@ -9,6 +9,8 @@ each runs in its own thread:
     SCP (pynetdicom server threads) -> spool -> router -> jobs/ready -> worker
         -> jobs/outbox -> outbox sender -> done | failed
 
+(with ``scp_processes`` > 1 the SCP runs in processes of its own: `dicom_node.scp_pool`)
+
 plus the HTTP API. ``start()`` returns at once; ``stop()`` ends everything. Restarting on the
 same ``data_dir`` resumes: temporary spool files and association markers are dropped,
 half-created jobs rolled back, jobs found in ``running/`` queued again, and the outbox
