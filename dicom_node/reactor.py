@@ -296,7 +296,16 @@ class EventDimse(DIMSEServiceProvider):
             threading.Thread(
                 target=make_target(self.assoc._serve_request), args=(d_primitive, context_id)
             ).start()
-        elif type(d_primitive) is C_STORE and d_primitive.MessageIDBeingRespondedTo is None:
+        elif (
+            type(d_primitive) is C_STORE
+            and d_primitive.MessageIDBeingRespondedTo is None
+            and self.assoc.is_established
+        ):
+            # Only once established: pynetdicom sends the A-ASSOCIATE-AC before it sets
+            # is_established, a fast peer's first C-STORE can arrive in between, and
+            # pynetdicom's C-STORE service sends no response on an association that is not
+            # established (the peer then waited for the network timeout). Before that the
+            # request is queued, and the association thread serves it once its loop runs.
             self.assoc._serve_request(d_primitive, context_id)
         else:
             self.msg_queue.put((context_id, cast(Any, d_primitive)))

@@ -20,7 +20,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
@@ -174,6 +174,28 @@ def test_direct_c_store_rsp_is_what_pynetdicom_encodes(
     assert pdata.presentation_data_value_list == [(1, b"\x03" + encode_c_store_rsp(rsp))]
     rsp.ErrorComment = "more than the plain fields: pynetdicom encodes it"
     assert encode_c_store_rsp(rsp) is None
+
+
+def test_c_store_right_after_the_accept_gets_its_response(
+    settings: NodeSettings, ct_path: Path
+) -> None:
+    """pynetdicom sends the A-ASSOCIATE-AC before it marks the association established;
+    a C-STORE arriving in between must still be answered (here the gap is widened)."""
+    server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
+    server.start()
+    try:
+        server.ae._servers[0].bind(evt.EVT_ACCEPTED, lambda event: time.sleep(1.0))
+        ae = AE(ae_title="TESTSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+        ae.add_requested_context(dcmread(ct_path).SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="AINODE")
+        assert assoc.is_established
+        status = assoc.send_c_store(ct_path)  # sent while the SCP is still in EVT_ACCEPTED
+        assoc.release()
+    finally:
+        server.stop()
+    assert getattr(status, "Status", None) == 0x0000
+    _assert_spooled_as_sent(settings, ct_path)
 
 
 # --------------------------------------------------------------------------- receive_mode=file
