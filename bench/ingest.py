@@ -343,10 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         "storescp": start_storescp,
         "orthanc": start_orthanc,
     }
+    receive_modes = set()
     for name in names:
         if name == "node" or name.startswith("node-"):
-            node_options(name)  # a wrong variant fails before anything starts
+            # a wrong variant fails before anything starts
+            receive_modes.add(node_options(name).get("receive_mode", "memory"))
             starters[name] = lambda path, name=name: start_node(path, name)
+    if len(receive_modes) > 1:
+        # pynetdicom's STORE_RECV_CHUNKED_DATASET is process-wide: the last node started
+        # would decide for all of them
+        raise SystemExit("node variants with different receive modes need separate runs")
     load_start = [round(v, 2) for v in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     receivers: list[Receiver] = []

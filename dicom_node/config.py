@@ -92,7 +92,8 @@ class NodeSettings(BaseSettings):
             (default; pynetdicom's buffer) or ``file`` (pynetdicom's chunked receive,
             ``STORE_RECV_CHUNKED_DATASET``: written as it arrives to ``spool/.incoming/``
             and mapped, not read, for the checks and the spool write, so a large instance
-            never sits in Python memory).
+            never sits in Python memory). pynetdicom's switch is process-wide:
+            SCPs in one process share the mode of the one started last.
         acse_timeout_seconds: association negotiation timeout.
         dimse_timeout_seconds: DIMSE message timeout.
         network_timeout_seconds: idle association timeout.

@@ -143,6 +143,8 @@ def read_header(
 #: Where pynetdicom writes a data set it receives to a file (``receive_mode=file``), per AE:
 #: ``id(AE)`` -> the spool's incoming folder (same file system as the spool).
 _INCOMING: dict[int, Path] = {}
+#: ``id(AE)`` -> ``receive_mode`` of the running SCPs of this process.
+_RECEIVE_MODES: dict[int, str] = {}
 _ntf = tempfile.NamedTemporaryFile
 
 
@@ -417,8 +419,14 @@ class StorageSCP:
         if s.receive_mode == "file":
             ensure_dir(self._spool.incoming_dir)
             _INCOMING[id(self.ae)] = self._spool.incoming_dir
-        # process-wide in pynetdicom; `_received_dataset` reads either form, so an SCP in
-        # the other mode in the same process (tests) still stores every instance
+        # process-wide in pynetdicom: the SCP started last decides for every SCP of the
+        # process; `_received_dataset` reads either form, so all keep storing correctly
+        if any(mode != s.receive_mode for mode in _RECEIVE_MODES.values()):
+            logger.warning(
+                "receive_mode is process-wide: this SCP's setting now applies to all",
+                extra={"reason": s.receive_mode},
+            )
+        _RECEIVE_MODES[id(self.ae)] = s.receive_mode
         _config.STORE_RECV_CHUNKED_DATASET = s.receive_mode == "file"
         ssl_context = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
@@ -464,6 +472,7 @@ class StorageSCP:
             self._server = None
         self.ae.shutdown()
         _INCOMING.pop(id(self.ae), None)
+        _RECEIVE_MODES.pop(id(self.ae), None)
 
     def active_associations(self) -> int:
         """Associations currently open."""
