@@ -81,6 +81,19 @@ class NodeSettings(BaseSettings):
             ones are refused (0xC211) before they are acknowledged (`dicom_node.limits`).
         max_dataset_elements: data elements (nested included) a received data set may have.
         max_inflated_mb: size a Deflated data set may inflate to.
+        scp_processes: Storage SCP processes sharing the port (``SO_REUSEPORT``,
+            `dicom_node.scp_pool`), so associations are received on several cores; 1 runs
+            the SCP in the node's process, 0 is one per core. Association limits apply per
+            process.
+        scp_event_reactor: run the SCP's associations with `dicom_node.reactor`'s loops,
+            which wait for data instead of napping 1 ms per pass (default); false keeps
+            pynetdicom's own polling loops.
+        receive_mode: where the SCP collects a data set while it arrives: ``memory``
+            (default; pynetdicom's buffer) or ``file`` (pynetdicom's chunked receive,
+            ``STORE_RECV_CHUNKED_DATASET``: written as it arrives to ``spool/.incoming/``
+            and mapped, not read, for the checks and the spool write, so a large instance
+            never sits in Python memory). pynetdicom's switch is process-wide:
+            SCPs in one process share the mode of the one started last.
         acse_timeout_seconds: association negotiation timeout.
         dimse_timeout_seconds: DIMSE message timeout.
         network_timeout_seconds: idle association timeout.
@@ -206,6 +219,9 @@ class NodeSettings(BaseSettings):
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     min_free_disk_mb: int = Field(default=1024, ge=0)
     max_dataset_depth: int = Field(default=32, ge=1, le=100_000)
+    receive_mode: Literal["memory", "file"] = "memory"
+    scp_processes: int = Field(default=1, ge=0, le=64)
+    scp_event_reactor: bool = True
     max_dataset_elements: int = Field(default=1_000_000, ge=1)
     max_inflated_mb: int = Field(default=256, ge=1)
 
@@ -275,6 +291,10 @@ class NodeSettings(BaseSettings):
     worker_lease_seconds: float = Field(default=30.0, gt=0)
     dispatch_timeout_seconds: float = Field(default=600.0, gt=0)
     worker_engine: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+
+    def scp_process_count(self) -> int:
+        """Storage SCP processes to run (``scp_processes``, 0 resolved to the core count)."""
+        return self.scp_processes or max(1, os.cpu_count() or 1)
 
     def engine_thread_count(self) -> int:
         """Threads per engine process: ``engine_threads``, or the default described above."""

@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+#: What `write_durable` writes: one buffer, or several written one after the other.
+Content = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
 #: Prefix and suffix of temporary files; everything named like this is garbage after a crash.
 TMP_PREFIX = ".tmp-"
@@ -34,7 +38,7 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
-def write_durable(path: Path, data: bytes | bytearray | memoryview) -> None:
+def write_durable(path: Path, data: Content) -> None:
     """Write ``data`` to ``path`` atomically and durably.
 
     A temporary file in the same directory (created 0600: received instances hold PHI) is
@@ -44,18 +48,25 @@ def write_durable(path: Path, data: bytes | bytearray | memoryview) -> None:
 
     Args:
         path: the destination; its directory must exist.
-        data: the complete content.
+        data: the complete content, or its parts in order (e.g. a new file meta and the
+            data set still in a memory-mapped file: nothing is joined in memory).
 
     Raises:
         OSError: the write failed (disk full, permissions, ...); no partial file is left.
     """
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            for part in parts:
+                with memoryview(part) as view:
+                    done = 0
+                    while done < len(view):  # os.write may write less than asked
+                        done += os.write(fd, view[done:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -25,8 +25,12 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from mmap import mmap
 
 from pydicom.datadict import dictionary_VR
+
+#: What `walk` reads: bytes, or a memory-mapped file (slicing gives bytes, struct reads it).
+Buffer = bytes | mmap
 
 #: DIMSE C-STORE failure statuses (PS3.4 B.2.3) used for refusals.
 STATUS_CANNOT_UNDERSTAND = 0xC210
@@ -137,8 +141,9 @@ def _malformed(what: str) -> DatasetRefusedError:
 
 
 def walk(
-    data: bytes,
+    data: Buffer,
     *,
+    start: int = 0,
     implicit: bool,
     little_endian: bool,
     limits: DatasetLimits,
@@ -147,7 +152,10 @@ def walk(
     """Walk an encoded data set's elements and items without building a `Dataset`.
 
     Args:
-        data: the data set bytes (no file meta; inflated).
+        data: the data set bytes (no file meta; inflated), or a buffer holding them from
+            ``start`` on (e.g. a memory-mapped Part 10 file: nothing is copied but the
+            element headers and the few pixel-description values).
+        start: offset of the data set in ``data``.
         implicit: Implicit VR encoding.
         little_endian: byte order.
         limits: the limits.
@@ -163,10 +171,10 @@ def walk(
     order = "<" if little_endian else ">"
     u16, u32 = struct.Struct(order + "H"), struct.Struct(order + "I")
     le16, le32 = struct.Struct("<H"), struct.Struct("<I")
-    if not implicit and len(data) >= 6 and not data[4:6].isalpha():
+    if not implicit and len(data) >= start + 6 and not data[start + 4 : start + 6].isalpha():
         implicit = True  # explicit VR announced, implicit VR sent: pydicom reads it so too
     stack = [_Context("dataset", len(data), implicit)]
-    pos, elements, depth, max_depth = 0, 0, 0, 0
+    pos, elements, depth, max_depth = start, 0, 0, 0
     values: dict[str, int] = {}
     pixel_length: int | None = None
     while True:
@@ -315,18 +323,21 @@ def _check_pixel_length(values: dict[str, int], length: int | None) -> None:
 
 
 def check_dataset(
-    data: bytes,
+    data: Buffer,
     *,
+    start: int = 0,
     implicit: bool,
     little_endian: bool,
     deflated: bool,
     limits: DatasetLimits,
     native_pixels: bool = True,
-) -> bytes:
+) -> Buffer:
     """Check a received data set against ``limits``; return it inflated when it was deflated.
 
     Args:
-        data: the data set as received (no file meta).
+        data: the data set as received (no file meta), or a buffer holding it from
+            ``start`` on (see `walk`).
+        start: offset of the data set in ``data``.
         implicit: Implicit VR.
         little_endian: byte order.
         deflated: Deflated Explicit VR Little Endian.
@@ -334,15 +345,17 @@ def check_dataset(
         native_pixels: the transfer syntax is native (PixelData's length is checked).
 
     Returns:
-        The (inflated) data set bytes, for the header read.
+        ``data`` itself, or the inflated data set (from offset 0) when it was deflated: what
+        the header read needs.
 
     Raises:
         DatasetRefusedError: refused, with the status to answer.
     """
-    plain = inflate(data, limits.max_inflated_bytes) if deflated else data
+    plain = inflate(data[start:], limits.max_inflated_bytes) if deflated else data
     try:
         walk(
             plain,
+            start=0 if deflated else start,
             implicit=implicit,
             little_endian=little_endian,
             limits=limits,

@@ -9,6 +9,8 @@ each runs in its own thread:
     SCP (pynetdicom server threads) -> spool -> router -> jobs/ready -> worker
         -> jobs/outbox -> outbox sender -> done | failed
 
+(with ``scp_processes`` > 1 the SCP runs in processes of its own: `dicom_node.scp_pool`)
+
 plus the HTTP API. ``start()`` returns at once; ``stop()`` ends everything. Restarting on the
 same ``data_dir`` resumes: temporary spool files and association markers are dropped,
 half-created jobs rolled back, jobs found in ``running/`` queued again, and the outbox
@@ -39,6 +41,7 @@ from dicom_node.retention import Cleaner
 from dicom_node.router import Router, RoutingRules
 from dicom_node.rules import RulesFile, build_rules
 from dicom_node.scp import StorageSCP
+from dicom_node.scp_pool import ScpPool
 from dicom_node.sender import Outbox, ResultSender, build_sender
 from dicom_node.spool import Spool
 from dicom_node.worker import Worker
@@ -151,7 +154,7 @@ class NodeService:
         self._workers: list[Worker] = []
         self._loops: list[_Loop] = []
         self._http: ApiServer | None = None
-        self.scp: StorageSCP | None = None
+        self.scp: StorageSCP | ScpPool | None = None
         self.spool: Spool | None = None
         self.queue: JobQueue | None = None
         self.index: StateIndex | None = None
@@ -250,15 +253,18 @@ class NodeService:
         router_loop = _Loop("router", route, interval, next_wait=router.seconds_until_due)
         cleaner_loop = _Loop("cleaner", cleaner.step, s.cleanup_interval_seconds)
         self._loops = [router_loop, *worker_loops, outbox_loop, cleaner_loop]
-        self.scp = StorageSCP(
-            s, spool, self.metrics, on_activity=None, on_association_end=router_loop.wake
-        )
+        if s.scp_process_count() == 1:
+            self.scp = StorageSCP(
+                s, spool, self.metrics, on_activity=None, on_association_end=router_loop.wake
+            )
+        else:  # several SCP processes share the port and the spool (`dicom_node.scp_pool`)
+            self.scp = ScpPool(s, self.metrics, on_association_end=router_loop.wake)
         try:
             self.scp.start()
         except OSError as exc:
             index.close()
             self._close_engines(5.0)
-            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from exc
         for loop in self._loops:
             loop.start()
         if s.http_port:

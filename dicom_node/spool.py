@@ -6,6 +6,8 @@ Layout under ``data_dir/spool/``::
                                dataset bytes exactly as the peer sent them)
     <study>/.open-<token>      an association that sent this study is still open
     <study>/.process-now       an operator asked for the study to be processed at once
+    .incoming/.tmp-*.part      data sets being received (``receive_mode=file``); never
+                               acknowledged, removed at startup
 
 ``<study>`` and ``<sop>`` are the UIDs themselves when they are well-formed UIDs, otherwise a
 hash of them (a peer controls these strings: they must never make a path). Every instance is
@@ -33,13 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_node.errors import SpoolError
-from dicom_node.fsutil import ensure_dir, fsync_dir, is_temp_name, write_durable
+from dicom_node.fsutil import Content, ensure_dir, fsync_dir, is_temp_name, write_durable
 
 logger = logging.getLogger(__name__)
 
 INSTANCE_SUFFIX = ".dcm"
 OPEN_MARKER_PREFIX = ".open-"
 PROCESS_NOW_MARKER = ".process-now"
+#: Folder (in the spool root; no study folder starts with a dot) where data sets being
+#: received to a file (``receive_mode=file``) are written until their C-STORE is answered.
+INCOMING_FOLDER = ".incoming"
 
 _UID_RE = re.compile(r"[0-9](?:[0-9.]{0,63})")
 
@@ -101,6 +106,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         ensure_dir(root)
+        self.incoming_dir = root / INCOMING_FOLDER
         self._listings: dict[str, _Listing] = {}
         self._scan_lock = threading.Lock()
 
@@ -115,13 +121,13 @@ class Spool:
         """
         return self.root / safe_name(study_uid)
 
-    def store(self, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
+    def store(self, study_uid: str, sop_instance_uid: str, data: Content) -> Path:
         """Write one instance durably; returns only once it is on stable storage.
 
         Args:
             study_uid: the instance's StudyInstanceUID.
             sop_instance_uid: its SOPInstanceUID.
-            data: the complete Part 10 file content.
+            data: the complete Part 10 file content, or its parts in order.
 
         Returns:
             The spooled file.
@@ -214,7 +220,7 @@ class Spool:
         with self._scan_lock:
             seen: set[str] = set()
             for entry in folders:
-                if not entry.is_dir(follow_symlinks=False):
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                     continue
                 seen.add(entry.name)
                 study = self._scan_study(Path(entry.path))

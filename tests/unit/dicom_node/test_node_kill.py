@@ -1,4 +1,5 @@
-"""kill -9 of a real node process mid-job, then a restart on the same data_dir."""
+"""kill -9 of a real node process mid-job (with its SCP in-process or in SCP processes), then a
+restart on the same data_dir: what was acknowledged is processed and delivered once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -38,6 +40,8 @@ CHILD = textwrap.dedent(
     )
     node = NodeService(settings, slow_engine)
     node.start()
+    pids = getattr(node.scp, "pids", [])  # scp_processes > 1: the SCP processes
+    Path(port_file + ".pids").write_text(" ".join(str(p) for p in pids))
     Path(port_file).write_text(str(node.scp_port))
     time.sleep(300)
     """
@@ -53,8 +57,17 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("scp_processes", [1, 2])
 def test_kill_9_mid_job_then_restart_delivers_once(
-    kit, settings: NodeSettings, destination, ct_path: Path, tmp_path: Path
+    kit, settings: NodeSettings, destination, ct_path: Path, tmp_path: Path, scp_processes: int
 ) -> None:
     marker = tmp_path / "engine-started"
     port_file = tmp_path / "port"
@@ -68,10 +81,17 @@ def test_kill_9_mid_job_then_restart_delivers_once(
             str(marker),
             str(port_file),
         ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+            "DICOM_NODE_SCP_PROCESSES": str(scp_processes),
+        },
     )
+    scp_pids: list[int] = []
     try:
-        assert _wait_for(lambda: port_file.exists() and port_file.read_text(), 30)
+        assert _wait_for(lambda: port_file.exists() and port_file.read_text(), 60)
+        scp_pids = [int(p) for p in Path(f"{port_file}.pids").read_text().split()]
+        assert len(scp_pids) == (scp_processes if scp_processes > 1 else 0)
         study = generate_uid()
         files = [kit.new_instance(ct_path, study, tmp_path / "in") for _ in range(2)]
         assert kit.send_files(int(port_file.read_text()), files) == [0, 0]
@@ -79,6 +99,8 @@ def test_kill_9_mid_job_then_restart_delivers_once(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
+    # the SCP processes die with the node (no orphan keeps the port or writes the spool)
+    assert _wait_for(lambda: not any(_alive(p) for p in scp_pids), 30)
 
     queue = JobQueue(settings.jobs_dir)
     assert len(list(queue.iter_jobs(JobStateValues.RUNNING))) == 1

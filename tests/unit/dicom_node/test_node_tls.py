@@ -377,3 +377,35 @@ def test_routing_rules_tls_keys_are_validated(tmp_path: Path, extra: str, messag
     )
     with pytest.raises(RulesError, match=message):
         load_rules(path)
+
+
+def test_tls_through_scp_processes(
+    kit, settings: NodeSettings, pki: Pki, ct_path: Path, tmp_path: Path
+) -> None:
+    """``scp_processes=2``: each SCP process loads the certificates and checks clients."""
+    from dicom_node.scp_pool import ScpPool
+
+    settings = _with(
+        settings,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_ca_file=pki.ca,
+        scp_processes=2,
+    )
+    pool = ScpPool(settings, Metrics())
+    pool.start()
+    try:
+        trusted = _client_context(pki, pki.client_cert, pki.client_key)
+        for _ in range(4):  # new connections each, spread over both processes by the kernel
+            path = kit.new_instance(ct_path, None, tmp_path / "in")
+            assoc = _tls_associate(pool.port, trusted)
+            assert assoc.is_established
+            status = assoc.send_c_store(path)
+            assoc.release()
+            assert int(status.Status) == 0
+        rogue = _client_context(pki, pki.rogue_client_cert, pki.rogue_client_key)
+        assert not _tls_associate(pool.port, rogue).is_established
+        assert not _tls_associate(pool.port, None).is_established  # plain DICOM on TLS port
+    finally:
+        pool.stop()
+    assert len(list(settings.spool_dir.rglob("*.dcm"))) == 4

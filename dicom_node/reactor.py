@@ -1,0 +1,341 @@
+"""Event-driven reactors for the SCP's associations (pynetdicom 3.0's, without the 1 ms naps).
+
+pynetdicom runs every association as two threads that poll: the DUL thread checks the socket
+and its queue and sleeps 1 ms whenever neither had anything; the association thread sleeps
+1 ms before each look at the DIMSE message queue. A C-STORE of a 50 KB image arrives as
+several PDUs and its response goes back through both threads, so one instance paid several
+of those naps: with one association the SCP waited more than it worked, and on a loaded
+machine every nap became a trip through the scheduler (``bench/ingest.py``:
+docs/results/ingest.md).
+
+`EventRequestHandler` (the SCP's request handler) gives each accepted association the two
+loops below, which are pynetdicom 3.0.4's loops with each nap replaced by a wait that ends as
+soon as there is work:
+
+* DUL thread: ``select`` on the peer's socket and a wake-up pipe that `EventDul.send_pdu`
+  writes to, so a received PDU and an outgoing response are both handled at once (TLS:
+  bytes already decrypted by OpenSSL count as readable);
+* association thread: a blocking ``get`` on the DIMSE message queue;
+* `EventDimse`: a C-STORE request is served in the DUL thread that decoded it (no hand-off
+  to the association thread and back), and a plain C-STORE-RSP is encoded directly (the
+  same bytes as pynetdicom's);
+* pynetdicom's standard logging handlers are unbound while its logger is above INFO.
+
+Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
+pass (ARTIM and idle timers, release and abort requests, ``kill``) run as before, at most
+that much later. Everything else (state machine, PDU and DIMSE decoding, events) is
+pynetdicom's own code. The class of the association and of its DUL are set before either
+thread starts; the SCU side (`dicom_node.sender`, `dicom_node.pull`) is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import ssl
+import struct
+import threading
+import time
+from io import BytesIO
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import RequestHandler
+from pynetdicom.utils import make_target
+
+logger = logging.getLogger(__name__)
+
+#: Longest wait of either loop when nothing arrives (the old loops woke every 1 ms).
+POLL_SECONDS = 0.005
+
+
+class EventDul(DULServiceProvider):
+    """The DUL reactor, waking on socket data or an outgoing primitive instead of napping."""
+
+    _wake_read: int
+    _wake_write: int
+
+    def prepare_wake(self) -> None:
+        """Create the wake-up pipe (before the thread starts)."""
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive for the peer (pynetdicom's) and wake the reactor."""
+        super().send_pdu(primitive)
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is pending anyway
+            os.write(self._wake_write, b"\0")
+
+    def _wait(self, timeout: float) -> None:
+        """Until the socket is readable, a primitive was queued, or ``timeout`` passed."""
+        transport = self.socket
+        sock = getattr(transport, "socket", None)
+        if sock is None:
+            time.sleep(timeout)
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        try:
+            select.select([sock, self._wake_read], [], [], timeout)
+        except (OSError, ValueError):  # closed meanwhile: the loop sees it next
+            time.sleep(timeout)
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_read, 4096):
+                pass
+
+    def run_reactor(self) -> None:
+        """Pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, with `_wait` for the nap."""
+        try:
+            self._run_reactor()
+        finally:
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _run_reactor(self) -> None:
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            # pynetdicom's loop sleeps here when the previous pass found nothing to do
+            if sleep and self.to_provider_queue.empty():
+                self._wait(POLL_SECONDS)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                logger.exception(
+                    "Exception in DUL.run(), aborting association",
+                    extra={"error_type": type(exc).__name__},
+                )
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                if self.socket is not None:
+                    self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+class EventAssociation(Association):
+    """An acceptor association whose reactor blocks on the DIMSE queue instead of napping."""
+
+    def _run_reactor(self) -> None:
+        """Pynetdicom 3.0.4's acceptor loop, with a blocking queue ``get`` for the nap."""
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            try:
+                context_id, msg = self.dimse.msg_queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                context_id, msg = None, None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                logger.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                logger.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                logger.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+_IMPLICIT_ELEMENT = struct.Struct("<HHI")
+_US = struct.Struct("<H")
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return _IMPLICIT_ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def _command_uid(uid: object) -> bytes:
+    raw = str(uid).encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
+    """The command set of a C-STORE-RSP as pynetdicom encodes it (Implicit VR Little Endian).
+
+    Returns:
+        The encoded command set; None when the response carries more than the plain fields
+        (an error comment, an offending element) or a value that is not ASCII: pynetdicom
+        encodes those.
+    """
+    if rsp.ErrorComment is not None or rsp.OffendingElement is not None:
+        return None
+    if rsp.MessageIDBeingRespondedTo is None or rsp.Status is None:
+        return None
+    try:
+        parts = []
+        if rsp.AffectedSOPClassUID is not None:
+            parts.append(_command_element(0x0002, _command_uid(rsp.AffectedSOPClassUID)))
+        parts.append(_command_element(0x0100, _US.pack(0x8001)))
+        parts.append(_command_element(0x0120, _US.pack(int(rsp.MessageIDBeingRespondedTo))))
+        parts.append(_command_element(0x0800, _US.pack(0x0101)))  # no data set
+        parts.append(_command_element(0x0900, _US.pack(int(rsp.Status))))
+        if rsp.AffectedSOPInstanceUID is not None:
+            parts.append(_command_element(0x1000, _command_uid(rsp.AffectedSOPInstanceUID)))
+    except (UnicodeEncodeError, struct.error):
+        return None
+    body = b"".join(parts)
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+class EventDimse(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a plain C-STORE-RSP is encoded directly.
+
+    Building the response through pynetdicom's DIMSE message (a pydicom ``Dataset`` per
+    response, encoded element by element) took about a millisecond of Python per instance;
+    the bytes are the same (a test compares them). Anything else goes through pynetdicom.
+    """
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """As pynetdicom 3.0.4's ``receive_primitive``; a C-STORE-RQ is served right here.
+
+        pynetdicom queues every decoded request for the association thread, which answers
+        through the DUL thread's queue: two thread hand-offs per instance, each a trip
+        through the scheduler on a busy machine. A C-STORE request is served in the DUL
+        thread that decoded it instead (the peer waits for the response before it sends
+        more: only one operation is negotiated); everything else is queued as before.
+        """
+        if self.message is None:
+            self.message = DIMSEMessage()
+        if not self.message.decode_msg(primitive, self.assoc):
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+        context_id = cast(int, self.message.context_id)
+        try:
+            d_primitive = self.message.message_to_primitive()
+        except Exception:  # as pynetdicom: an invalid message ends the association
+            logger.exception("Received an invalid DIMSE message")
+            self.dul.event_queue.put("Evt19")
+            return
+        # reset the message for the next one (pynetdicom's fix for its issue 41)
+        self.message.encoded_command_set = BytesIO()
+        self.message.data_set = BytesIO()
+        self.message._data_set_file = None
+        self.message._data_set_path = None
+        self.message = None
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            threading.Thread(
+                target=make_target(self.assoc._serve_request), args=(d_primitive, context_id)
+            ).start()
+        elif (
+            type(d_primitive) is C_STORE
+            and d_primitive.MessageIDBeingRespondedTo is None
+            and self.assoc.is_established
+        ):
+            # Only once established: pynetdicom sends the A-ASSOCIATE-AC before it sets
+            # is_established, a fast peer's first C-STORE can arrive in between, and
+            # pynetdicom's C-STORE service sends no response on an association that is not
+            # established (the peer then waited for the network timeout). Before that the
+            # request is queued, and the association thread serves it once its loop runs.
+            self.assoc._serve_request(d_primitive, context_id)
+        else:
+            self.msg_queue.put((context_id, cast(Any, d_primitive)))
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Send a DIMSE message; see the class docstring."""
+        if type(primitive) is C_STORE and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            encoded = encode_c_store_rsp(primitive)
+            max_pdu = self.maximum_pdu_size
+            if encoded is not None and (max_pdu == 0 or len(encoded) + 6 <= max_pdu):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
+class EventRequestHandler(RequestHandler):
+    """pynetdicom's request handler; the association it creates uses the classes above."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.__class__ = EventAssociation
+        assoc.dul.__class__ = EventDul
+        assoc.dimse.__class__ = EventDimse
+        cast(EventDul, assoc.dul).prepare_wake()
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers only write INFO/DEBUG lines about every PDU
+            # and DIMSE message (the C-STORE one copies the whole data set to say that it
+            # has one); with its logger above INFO they cost time and show nothing
+            for event, handler in _STANDARD_LOG_HANDLERS:
+                assoc.unbind(event, handler)
+        return assoc
