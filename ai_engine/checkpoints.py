@@ -12,15 +12,15 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from ai_engine import registry
 from ai_engine.errors import ModelLoadError
-from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.types import Calibration, ModelCard
+
+if TYPE_CHECKING:  # reading cards needs no torch (the node's router reads them); weights do
+    import torch
+
+    from ai_engine.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def save(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> 
     Returns:
         The card as written (with ``weights_sha256`` filled in).
     """
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_NAME
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(weights))
@@ -150,6 +152,11 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None) -> 
         ModelLoadError: missing files, sha256 mismatch, or weights not fitting the network.
         UnknownModelError: the card names a model id that is not registered.
     """
+    from safetensors.torch import load_file
+
+    from ai_engine import registry
+    from ai_engine.models.base import default_device
+
     folder = resolve(name_or_path)
     card = read_card(folder)
     weights = folder / WEIGHTS_NAME

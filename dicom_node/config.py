@@ -104,7 +104,8 @@ class NodeSettings(BaseSettings):
             association that sent it is still open.
         study_max_wait_seconds: a study is forced complete this long after its first
             instance arrived, even if instances keep coming.
-        checkpoints: engine checkpoints every routed image is analysed with.
+        checkpoints: engine checkpoints; without a rules file each image goes to those whose
+            model card accepts it (`dicom_node.router.DefaultRules`).
         poll_interval_seconds: how often router, worker and sender look for work.
         process_max_attempts: engine runs per job before it is dead-lettered.
         process_backoff_seconds: first wait before re-running a job; doubles each time.
@@ -229,7 +230,9 @@ class NodeSettings(BaseSettings):
     data_dir: Path = Path("var/dicom_node")
     study_quiet_seconds: float = Field(default=10.0, ge=0)
     study_max_wait_seconds: float = Field(default=600.0, gt=0)
-    checkpoints: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default-cxr"])
+    checkpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default-cxr", "default-brain"]
+    )
     poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     process_max_attempts: int = Field(default=2, ge=1, le=100)
     process_backoff_seconds: float = Field(default=10.0, ge=0)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -45,6 +45,9 @@ from dicom_node.logutil import error_context, log_failure
 from dicom_node.metrics import Metrics
 from dicom_node.queue import INPUT_DIR, Job, JobQueue, new_job_id
 from dicom_node.spool import Spool, SpooledStudy
+
+if TYPE_CHECKING:
+    from ai_engine.types import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +114,14 @@ class RoutingRules(Protocol):
 
 
 class DefaultRules:
-    """Every image goes to every configured checkpoint; result objects (SEG, SR, PM) to none.
+    """Without a rules file: each image goes to the configured checkpoints made for it.
 
-    The engine itself reports images it is not made for (``not_analysed_reason``).
+    A checkpoint is made for an image when its model card accepts the image's header
+    (modality, body part, view, greyscale: `ai_engine.suitability`), so by default chest
+    radiographs go to ``default-cxr`` and brain MR to ``default-brain``. An image that no
+    card accepts goes to the first checkpoint, whose engine reports it *not analysed* with the
+    reason, so it is never silently dropped. A checkpoint whose card cannot be read here (a
+    stand-in engine's name) takes every image. Result objects (SEG, SR, PM) go nowhere.
 
     Args:
         checkpoints: the configured checkpoint names.
@@ -122,10 +130,20 @@ class DefaultRules:
     has_route_quiet_periods = False
 
     def __init__(self, checkpoints: Sequence[str]) -> None:
-        self._decision = RouteDecision(checkpoints=tuple(checkpoints))
+        from ai_engine.checkpoints import read_card
+        from ai_engine.errors import AiEngineError
+
+        self._checkpoints = tuple(checkpoints)
+        self._cards: dict[str, ModelCard] = {}
+        for name in self._checkpoints:
+            try:
+                self._cards[name] = read_card(name)
+            except AiEngineError:
+                continue
+        self._decisions: dict[tuple[str, ...], RouteDecision] = {}
 
     def decide(self, header: Dataset, calling_ae: str | None = None) -> RouteDecision:
-        """All checkpoints for images, none for derived objects.
+        """The checkpoints made for an image (see the class docstring); none for derived objects.
 
         Args:
             header: the instance header.
@@ -134,9 +152,22 @@ class DefaultRules:
         Returns:
             The decision.
         """
+        from ai_engine.suitability import reason_not_suitable
+
         if is_derived_object(str(header.get("SOPClassUID", "")) or None):
             return NOT_ROUTED
-        return self._decision
+        made_for = (
+            tuple(
+                name
+                for name in self._checkpoints
+                if name not in self._cards or reason_not_suitable(header, self._cards[name]) is None
+            )
+            or self._checkpoints[:1]
+        )
+        decision = self._decisions.get(made_for)
+        if decision is None:
+            decision = self._decisions[made_for] = RouteDecision(checkpoints=made_for)
+        return decision
 
     def checkpoints_for(self, header: Dataset) -> Sequence[str]:
         """The checkpoint names of `decide` (kept for callers of the first interface).

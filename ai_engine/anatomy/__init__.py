@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from ai_engine.types import AnomalyOutput
+if TYPE_CHECKING:  # imported where used: reading a card's anatomy needs no torch
+    import torch
+
+    from ai_engine.types import AnomalyOutput
 
 __all__ = [
     "ANATOMIES",
@@ -84,6 +87,8 @@ def region_tensor(
     The mask is squashed like the image (`ai_engine.transforms.model_input`); a model pixel
     counts as inside when any of it is.
     """
+    import torch
+
     from ai_engine.transforms import model_input
 
     if not masks:
@@ -113,6 +118,10 @@ def restrict(
         top_fraction: the card's ``training.scoring.top_fraction``.
         margin: pixels by which the region is widened first (``scoring.region_margin``).
     """
+    import torch
+
+    from ai_engine.types import AnomalyOutput
+
     amap = output.anomaly_map
     inside = region.to(amap.device).bool()
     if margin > 0:

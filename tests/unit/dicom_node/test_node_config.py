@@ -24,7 +24,7 @@ def test_secure_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.require_called_ae is True
     assert s.http_host == "127.0.0.1"
     assert s.http_port == 8099
-    assert s.checkpoints == ["default-cxr"]
+    assert s.checkpoints == ["default-cxr", "default-brain"]  # each image to the one made for it
     assert s.calling_ae_allowed("ORTHANC")
     assert not s.calling_ae_allowed("OTHER")
 

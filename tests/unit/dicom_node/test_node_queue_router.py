@@ -94,3 +94,46 @@ def test_backoff() -> None:
 
 def test_checkpoint_version_without_card() -> None:
     assert checkpoint_version("no-such-checkpoint") == "unknown"
+
+
+def test_without_a_rules_file_each_image_goes_to_the_shipped_model_made_for_it() -> None:
+    """Chest radiographs to default-cxr, brain MR to default-brain, by their model cards;
+    an image neither accepts to the first checkpoint (its engine says why it is not analysed);
+    a name without a readable card (a stand-in engine) takes every image."""
+    import subprocess
+    import sys
+
+    from pydicom import Dataset
+
+    rules = DefaultRules(["default-cxr", "default-brain"])
+
+    def routed(modality: str, body_part: str, view: str = "") -> tuple[str, ...]:
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        ds.Modality, ds.BodyPartExamined = modality, body_part
+        if view:
+            ds.ViewPosition = view
+        return tuple(rules.decide(ds).checkpoints)
+
+    assert routed("DX", "CHEST", "PA") == ("default-cxr",)
+    assert routed("CR", "") == ("default-cxr",)
+    assert routed("MR", "BRAIN") == ("default-brain",)
+    assert routed("MR", "") == ("default-brain",)
+    assert routed("MR", "KNEE") == ("default-cxr",)  # neither: reported not analysed
+    assert routed("DX", "CHEST", "LL") == ("default-cxr",)
+    seg = Dataset()
+    seg.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    assert tuple(rules.decide(seg).checkpoints) == ()
+    assert tuple(DefaultRules(["stand-in"]).decide(seg).checkpoints) == ()
+    ds = Dataset()
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.2", "CT"
+    assert tuple(DefaultRules(["stand-in"]).decide(ds).checkpoints) == ("stand-in",)
+    # the node's router reads model cards without importing torch (the node process stays small)
+    probe = (
+        "import sys; from pydicom import Dataset; from dicom_node.router import DefaultRules; "
+        "ds = Dataset(); ds.SOPClassUID = '1.2.840.10008.5.1.4.1.1.1'; ds.Modality = 'DX'; "
+        "assert DefaultRules(['default-cxr', 'default-brain']).decide(ds).checkpoints; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
