@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ai_engine.anatomy import find_regions, region_tensor, restrict
+from ai_engine.anatomy import find_regions, region_tensor, restrict, widen
 from ai_engine.metrics import auroc
 from ai_engine.pipeline import get_model, predict_images
 from training.data import load_image, read_manifest
@@ -67,8 +67,7 @@ def main() -> None:
         }
     ]
     for margin in MARGINS:
-        kernel = 2 * margin + 1
-        field = torch.nn.functional.max_pool2d(lungs.float(), kernel, stride=1, padding=margin) > 0
+        field = widen(lungs, margin)
         for rule, fraction in RULES:
             restricted = restrict(out, x, lungs, rule, fraction, margin)
             rows.append(

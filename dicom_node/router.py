@@ -140,7 +140,6 @@ class DefaultRules:
                 self._cards[name] = read_card(name)
             except AiEngineError:
                 continue
-        self._decisions: dict[tuple[str, ...], RouteDecision] = {}
 
     def decide(self, header: Dataset, calling_ae: str | None = None) -> RouteDecision:
         """The checkpoints made for an image (see the class docstring); none for derived objects.
@@ -164,10 +163,7 @@ class DefaultRules:
             )
             or self._checkpoints[:1]
         )
-        decision = self._decisions.get(made_for)
-        if decision is None:
-            decision = self._decisions[made_for] = RouteDecision(checkpoints=made_for)
-        return decision
+        return RouteDecision(checkpoints=made_for)
 
     def checkpoints_for(self, header: Dataset) -> Sequence[str]:
         """The checkpoint names of `decide` (kept for callers of the first interface).

@@ -454,20 +454,19 @@ class Outbox:
         self._metrics.observe("send_seconds", time.monotonic() - sending_started)
         out = self._queue.job_dir(job) / OUTPUT_DIR
         self._jobs.delivered(job, [str(p.relative_to(out)) for p in files])
-        if job.kind == "feedback":
-            logger.info("review delivered", extra={**ctx, "files": len(files)})
-            if self._on_feedback is not None:
-                try:
-                    self._on_feedback(job)
-                except Exception as exc:  # noqa: BLE001 - a callback must not stop delivery
-                    log_failure(logger, "on_feedback callback failed", exc, **ctx)
-            return
-        logger.info("results delivered", extra={**ctx, "files": len(files)})
-        if self._on_result is not None:
+        feedback = job.kind == "feedback"
+        logger.info(
+            "review delivered" if feedback else "results delivered",
+            extra={**ctx, "files": len(files)},
+        )
+        name, callback = ("on_feedback", self._on_feedback) if feedback else (
+            "on_result", self._on_result
+        )  # fmt: skip
+        if callback is not None:
             try:
-                self._on_result(job)
+                callback(job)
             except Exception as exc:  # noqa: BLE001 - a callback must not stop delivery
-                log_failure(logger, "on_result callback failed", exc, **ctx)
+                log_failure(logger, f"{name} callback failed", exc, **ctx)
 
     def _destination(self, name: str) -> ResultSender:
         if name == "default":

@@ -96,6 +96,17 @@ def region_tensor(
     return torch.stack([model_input(m.astype(np.float32), image_size) for m in masks]) > 0
 
 
+def widen(region: torch.Tensor, margin: int) -> torch.Tensor:
+    """(B, 1, H, W) bool ``region`` dilated by ``margin`` pixels (a square neighbourhood)."""
+    import torch
+
+    if margin <= 0:
+        return region.bool()
+    kernel = 2 * margin + 1
+    pooled = torch.nn.functional.max_pool2d(region.float(), kernel, stride=1, padding=margin)
+    return pooled > 0
+
+
 def restrict(
     output: AnomalyOutput,
     x: torch.Tensor,
@@ -123,11 +134,7 @@ def restrict(
     from ai_engine.types import AnomalyOutput
 
     amap = output.anomaly_map
-    inside = region.to(amap.device).bool()
-    if margin > 0:
-        kernel = 2 * margin + 1
-        widened = torch.nn.functional.max_pool2d(inside.float(), kernel, stride=1, padding=margin)
-        inside = widened > 0
+    inside = widen(region.to(amap.device), margin)
     amap = torch.where(inside, amap, torch.zeros_like(amap))
     count = inside.flatten(1).sum(1)
     safe = count.clamp_min(1).to(amap.dtype)
