@@ -8,12 +8,75 @@ import { store } from './store.js';
 
 const IMAGE_RENDERED = 'CORNERSTONE_IMAGE_RENDERED';
 const ELEMENT_ENABLED = 'CORNERSTONE_ELEMENT_ENABLED';
+// cornerstone 3D (OHIF 3.13) reports an image it could not fetch or decode with one of these,
+// on its global event target, detail.imageId (e.g. Orthanc answering 500 for a frame)
+const LOAD_FAILED_EVENTS = ['CORNERSTONE_IMAGE_LOAD_FAILED', 'IMAGE_LOAD_ERROR'];
 const OVERLAY_CLASS = 'ai-anomaly-heatmap';
+export const NOT_LOADED_TEXT = 'Image not loaded: the AI map is not shown';
 
 /** sourceSOPInstanceUID -> {studyUID, seriesUID, sopUID, frameNumber, rows, columns, maxValue, canvas?, promise?} */
 let bySource = new Map();
 const listening = new WeakSet();
 let started = false;
+/** imageIds the viewer failed to load: a map is never drawn over the blank left in their place */
+const failedImages = new Set();
+let watchingLoads = false;
+
+/**
+ * The SeriesInstanceUID in a WADO-RS imageId (`wadors:.../series/<uid>/instances/...`).
+ * @param {string} imageId
+ * @returns {string|undefined}
+ */
+export function seriesOfImageId(imageId) {
+  return /\/series\/([0-9.]+)\//.exec(String(imageId || ''))?.[1];
+}
+
+/**
+ * What a failed image load means for the panel: the region's own SEG frames (the PACS could not
+ * serve them, so OHIF's "Loading SEG…" would never end) or an image of the study.
+ * @param {string} imageId the image that failed
+ * @param {{status: string, seriesInstanceUID?: string}} region the store's region state
+ * @returns {'region'|'image'}
+ */
+export function classifyFailure(imageId, region) {
+  const series = seriesOfImageId(imageId);
+  return series && region?.seriesInstanceUID === series ? 'region' : 'image';
+}
+
+/**
+ * Start noting images cornerstone fails to load (call on mode enter, before images load).
+ */
+export function watchImageLoads() {
+  const core = cs();
+  if (!core || watchingLoads) return;
+  watchingLoads = true;
+  for (const name of LOAD_FAILED_EVENTS) {
+    core.eventTarget.addEventListener(name, (evt) => {
+      const imageId = evt.detail?.imageId;
+      if (!imageId || failedImages.has(imageId)) return;
+      failedImages.add(imageId);
+      const { region } = store.get();
+      if (classifyFailure(imageId, region) === 'region') {
+        store.set({ region: { status: 'error', message: 'the PACS could not serve the region (SEG) frames' } });
+      }
+      redrawAll();
+    });
+  }
+}
+
+/**
+ * Whether the heat map may be drawn for the viewport's current image: only over an image that
+ * the viewport actually holds, never over one that failed to load.
+ * @param {string} imageId the viewport's current imageId
+ * @param {{imageId?: string}|undefined} shownImage the viewport's cornerstone image, if any
+ * @param {Set<string>} failed imageIds that failed to load
+ * @returns {'draw'|'failed'|'wait'}
+ */
+export function overlayState(imageId, shownImage, failed) {
+  if (failed.has(imageId)) return 'failed';
+  if (!shownImage || (shownImage.imageId && shownImage.imageId !== imageId)) return 'wait';
+  return 'draw';
+}
 
 /**
  * Build the source-image -> fractional-frame index from SEG metadata (newest SEG wins).
@@ -66,6 +129,7 @@ export async function startHeatmap(studyUID) {
 /** Forget the current study's maps and remove overlays. */
 export function stopHeatmap() {
   bySource = new Map();
+  failedImages.clear();
   document.querySelectorAll(`canvas.${OVERLAY_CLASS}`).forEach((c) => c.remove());
 }
 
@@ -76,6 +140,7 @@ function cs() {
 function attachAll() {
   const core = cs();
   if (!core) return;
+  watchImageLoads();
   if (!started) {
     started = true;
     core.eventTarget.addEventListener(ELEMENT_ENABLED, (evt) => attach(evt.detail?.element));
@@ -91,7 +156,11 @@ function attach(element) {
 }
 
 function redrawAll() {
-  for (const ee of cs()?.getEnabledElements?.() || []) draw(ee.viewport?.element);
+  let failedShown = 0;
+  for (const ee of cs()?.getEnabledElements?.() || []) {
+    if (draw(ee.viewport?.element) === 'failed') failedShown += 1;
+  }
+  if ((store.get().imageFailures || 0) !== failedShown) store.set({ imageFailures: failedShown });
 }
 
 function sopOf(imageId) {
@@ -146,9 +215,9 @@ function draw(element) {
   const core = cs();
   const ee = element && core?.getEnabledElement?.(element);
   const viewport = ee?.viewport;
-  if (!viewport || typeof viewport.getCurrentImageId !== 'function') return;
+  if (!viewport || typeof viewport.getCurrentImageId !== 'function') return undefined;
   const overlay = overlayFor(viewport);
-  if (!overlay) return;
+  if (!overlay) return undefined;
   const { heatVisible, heatOpacity } = store.get();
   const imageId = viewport.getCurrentImageId();
   const { sop, frame, multi } = imageId ? sopOf(imageId) : {};
@@ -163,10 +232,22 @@ function draw(element) {
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.clearRect(0, 0, overlay.width, overlay.height);
   overlay.dataset.drawn = 'false';
-  if (!entry || !heatVisible) return;
+  delete overlay.dataset.notLoaded;
+  const state = overlayState(imageId, viewport.getCornerstoneImage?.(), failedImages);
+  if (!entry || !heatVisible) return state;
+  if (state === 'failed') {
+    // a map over the blank of an image that did not load would look like a finding
+    overlay.dataset.notLoaded = 'true';
+    ctx.font = `${Math.round(14 * devicePixelRatio)}px sans-serif`;
+    ctx.fillStyle = '#f59e0b';
+    ctx.textAlign = 'center';
+    ctx.fillText(NOT_LOADED_TEXT, overlay.width / 2, overlay.height / 2 + 40 * devicePixelRatio);
+    return state;
+  }
+  if (state === 'wait') return state;
   if (!entry.canvas) {
     loadEntry(entry);
-    return;
+    return 'wait';
   }
   let p0, p1, p2;
   try {
@@ -175,7 +256,7 @@ function draw(element) {
     p1 = toCanvas(entry.columns, 0);
     p2 = toCanvas(0, entry.rows);
   } catch (err) {
-    return; // metadata not ready yet; the next render draws it
+    return 'wait'; // metadata not ready yet; the next render draws it
   }
   const d = devicePixelRatio;
   ctx.setTransform(
@@ -190,4 +271,5 @@ function draw(element) {
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(entry.canvas, 0, 0);
   overlay.dataset.drawn = 'true';
+  return state;
 }

@@ -5,7 +5,7 @@
 // OHIF viewports that cannot show them), a global customization adding the "AI anomaly" study-list
 // column; onModeEnter loads the study's SR, heat map and SEG overlay.
 import { loadStudyReports, loadWorklistScores, setServices } from './dicomweb.js';
-import { startHeatmap, stopHeatmap } from './heatmap.js';
+import { startHeatmap, stopHeatmap, watchImageLoads } from './heatmap.js';
 import { mountPanel } from './panel.js';
 import { domHost, h } from './react.js';
 import { startRegion, stopRegion } from './region.js';
@@ -205,7 +205,8 @@ const extension = {
     services = servicesManager.services;
     setServices(services);
     const studies = new URLSearchParams(window.location.search).getAll('StudyInstanceUIDs').flatMap((s) => s.split(','));
-    store.set({ result: { status: 'idle' }, heatmap: { status: 'none' }, region: { status: 'none' } });
+    store.set({ result: { status: 'idle' }, heatmap: { status: 'none' }, region: { status: 'none' }, imageFailures: 0 });
+    watchImageLoads();
     startRegion(services);
     if (studies[0]) onStudy(studies[0]);
   },

@@ -324,7 +324,11 @@ function controls(services) {
     if (s.region.status === 'ok') parts.push('region loaded');
     else if (s.region.status === 'loading') parts.push('region loading…');
     else if (s.region.status === 'error') parts.push(`region error: ${s.region.message}`);
+    if (s.imageFailures > 0) {
+      parts.push(`${s.imageFailures} image${s.imageFailures > 1 ? 's' : ''} did not load in the viewer: no map is drawn over ${s.imageFailures > 1 ? 'them' : 'it'}`);
+    }
     status.textContent = parts.join(' · ');
+    status.dataset.imageFailures = String(s.imageFailures || 0);
   };
   update(store.get());
   return { box, update };

@@ -68,7 +68,7 @@ export function startRegion(services) {
         const key = `${viewportId}|${seg.displaySetInstanceUID}`;
         if (hydrated.has(key)) continue;
         hydrated.add(key);
-        store.set({ region: { status: 'loading', displaySetInstanceUID: seg.displaySetInstanceUID } });
+        store.set({ region: { status: 'loading', displaySetInstanceUID: seg.displaySetInstanceUID, seriesInstanceUID: seg.SeriesInstanceUID } });
         try {
           viewportGridService.setDisplaySetsForViewport({
             viewportId,

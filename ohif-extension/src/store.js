@@ -33,6 +33,8 @@ export const store = createStore({
   result: { status: 'idle' },
   // heat map (fractional SEG) state: {status: 'none'|'loading'|'ok'|'error', message}
   heatmap: { status: 'none' },
+  // images of the study the viewer could not load (the heat map is never drawn over them)
+  imageFailures: 0,
   heatVisible: true,
   heatOpacity: 0.55,
   // binary SEG overlay: {status: 'none'|'loading'|'ok'|'error', segmentationId, message}

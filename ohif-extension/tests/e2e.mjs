@@ -3,6 +3,9 @@
 //   node ohif-extension/tests/e2e.mjs --url http://127.0.0.1:3000 --study <StudyInstanceUID> \
 //        [--screenshots DIR] [--timeout 120] [--viewer-user U --viewer-password-file F]
 //        [--no-score-ok]   (accept the QIDO fallback "AI report" in the list when the node API is absent)
+//        [--expect-load-failure]  (a study the viewer cannot fully load, e.g. a SEG the PACS cannot
+//                                  serve: the panel must say what did not load instead of waiting
+//                                  forever, and no heat map may be drawn over an image that failed)
 //        [--judge agree|false_alarm|missed_finding [--comment TEXT] [--reader NAME]]
 // With --judge it then clicks that judgement button in the panel (typing the comment, and the
 // reader's name when the viewer has no login), waits until the panel says it was saved, saves
@@ -27,6 +30,7 @@ const { values: o } = parseArgs({
     'viewer-user': { type: 'string' },
     'viewer-password-file': { type: 'string' },
     'no-score-ok': { type: 'boolean', default: false },
+    'expect-load-failure': { type: 'boolean', default: false },
     judge: { type: 'string' },
     comment: { type: 'string', default: '' },
     reader: { type: 'string', default: 'Dr E2E Reader' },
@@ -132,7 +136,15 @@ try {
   // 3. Overlay: OHIF labelmap from the binary SEG, and our heat map from the fractional SEG.
   let segCount = 0;
   let heat = 'n/a';
-  if (flagStatus !== 'not_analysed') {
+  if (o['expect-load-failure']) {
+    await page.waitForFunction(() =>
+      /region error|did not load/.test(document.querySelector('[data-testid="ai-map-status"]')?.textContent || ''),
+    );
+    const overFailed = await page.locator('canvas.ai-anomaly-heatmap[data-not-loaded="true"][data-drawn="true"]').count();
+    if (overFailed) fail('a heat map is drawn over an image that did not load');
+    heat = (await page.locator('[data-testid="ai-map-status"]').textContent()).trim();
+    log(`map status: ${heat}`);
+  } else if (flagStatus !== 'not_analysed') {
     await page.waitForFunction(() => window.services?.segmentationService?.getSegmentations?.()?.length > 0);
     segCount = await page.evaluate(() => window.services.segmentationService.getSegmentations().length);
     log(`segmentations loaded: ${segCount}`);
