@@ -4,13 +4,17 @@ Runs inside Orthanc (Debian's orthanc-python, system Python 3.11, not the projec
 imports nothing from the project. It repeats the own-output rule of
 ``ai_engine/dicom_io/markers.py``; ``tests/unit/orthanc_plugin`` checks that both agree.
 
-On ``STABLE_STUDY`` it looks at every instance of the study and:
-
-- skips the whole study when it already holds results written by the node (belt and braces: the
-  node deduplicates too), so a study that becomes stable again after the results were stored
-  back is never sent twice;
-- otherwise C-STOREs the source images only (never SEG/SR/Parametric Map, nor anything whose
-  Manufacturer is the node's) to the modality named by ``AiNodeRouting.TargetModality``.
+On ``STABLE_STUDY`` it looks at every instance of the study and C-STOREs the source images
+(never SEG/SR/Parametric Map, nor anything whose Manufacturer is the node's) that were **not
+routed before** to the modality named by ``AiNodeRouting.TargetModality``; after a successful
+C-STORE each of them gets the user metadata ``AiNodeRouted`` (declared in Orthanc's
+``UserMetadata``, see ``orthanc.template.json``). So a study that arrives in parts has each part
+analysed once its part is stable, a study that becomes stable again because the node's results
+were stored back sends nothing, and the metadata lives and dies with the instance in Orthanc's
+own database. (A crash between the C-STORE and the mark re-sends those instances; the node
+drops what it processed before.) Where ``UserMetadata`` does not declare ``AiNodeRouted`` the
+plugin falls back to the older rule, logged at start-up: a study that holds the node's results is
+not routed again, so its late parts are not analysed.
 
 The C-STORE runs on a worker thread, never in Orthanc's change callback. A study whose C-STORE
 fails (the node down, restarting or refusing associations) stays **waiting** and is tried again
@@ -98,6 +102,7 @@ class InstanceInfo:
     orthanc_id: str
     manufacturer: str | None
     sop_class_uid: str | None
+    routed: bool = False  # carries the AiNodeRouted mark: sent to the node before
 
 
 @dataclass(frozen=True)
@@ -108,25 +113,38 @@ class RoutingPlan:
     reason: str
 
 
-def plan_study(instances: Iterable[InstanceInfo]) -> RoutingPlan:
+#: Orthanc user metadata set on an instance once it was C-STOREd to the node.
+ROUTED_METADATA = "AiNodeRouted"
+
+
+def plan_study(instances: Iterable[InstanceInfo], marks: bool = True) -> RoutingPlan:
     """Decide what to route for a stable study.
 
     Args:
         instances: every instance of the study.
+        marks: whether Orthanc keeps the ``AiNodeRouted`` mark; without it, a study that holds
+            the node's results is not routed again (late parts are then not analysed).
 
     Returns:
-        The Orthanc ids of the source images to send, or an empty plan with the reason: the
-        study already contains the node's results, or it holds no source image.
+        The Orthanc ids of the source images to send, or an empty plan with the reason: every
+        source image was routed before, the study holds no source image, or (without marks)
+        the study already contains the node's results.
     """
     items = list(instances)
-    if any((i.manufacturer or "").strip() == OUTPUT_MANUFACTURER for i in items) or any(
-        is_own_output(i.manufacturer, i.sop_class_uid) for i in items
-    ):
-        return RoutingPlan((), "study already contains AI node results")
-    to_send = tuple(i.orthanc_id for i in items if is_routable(i.manufacturer, i.sop_class_uid))
-    if not to_send:
+    sources = [i for i in items if is_routable(i.manufacturer, i.sop_class_uid)]
+    if not sources:
         return RoutingPlan((), "no source images")
-    return RoutingPlan(to_send, "source images")
+    if not marks:
+        if any((i.manufacturer or "").strip() == OUTPUT_MANUFACTURER for i in items):
+            return RoutingPlan((), "study already contains AI node results")
+        return RoutingPlan(tuple(i.orthanc_id for i in sources), "source images")
+    to_send = tuple(i.orthanc_id for i in sources if not i.routed)
+    if not to_send:
+        return RoutingPlan((), "every source image was routed before")
+    earlier = len(sources) - len(to_send)
+    return RoutingPlan(
+        to_send, "source images" + (f" (a later part; {earlier} routed before)" if earlier else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ class RoutingConfig:
     retry_delay_seconds: float = 2.0
     max_retry_delay_seconds: float = 300.0
     state_file: str = ""  # "": waiting studies are kept in memory only
+    marks: bool = True  # Orthanc's UserMetadata declares AiNodeRouted
 
     @classmethod
     def from_orthanc_config(cls, config: Mapping[str, Any]) -> RoutingConfig:
@@ -160,6 +179,7 @@ class RoutingConfig:
             retry_delay_seconds=float(section.get("RetryDelaySeconds", 2.0)),
             max_retry_delay_seconds=float(section.get("MaxRetryDelaySeconds", 300.0)),
             state_file=str(section.get("StateFile", Path(storage) / "ai-node-routing.json")),
+            marks=ROUTED_METADATA in (config.get("UserMetadata") or {}),
         )
 
     def delay(self, attempts: int) -> float:
@@ -217,6 +237,14 @@ def _get_json(uri: str) -> Any:
     return json.loads(orthanc.RestApiGet(uri))
 
 
+def _has_metadata(instance_id: str, name: str) -> str | None:
+    try:
+        value: bytes = orthanc.RestApiGet(f"/instances/{instance_id}/metadata/{name}")
+    except Exception:  # noqa: BLE001 - orthanc.OrthancException when the metadata is absent
+        return None
+    return value.decode("ascii", "replace").strip()
+
+
 def _collect_instances(study_id: str) -> tuple[str, list[InstanceInfo]]:
     """Return the StudyInstanceUID and the instances of an Orthanc study.
 
@@ -233,13 +261,15 @@ def _collect_instances(study_id: str) -> tuple[str, list[InstanceInfo]]:
         series = _get_json(f"/series/{series_id}")
         manufacturer = series.get("MainDicomTags", {}).get("Manufacturer")
         for instance_id in series.get("Instances", []):
-            try:
-                sop_class = orthanc.RestApiGet(f"/instances/{instance_id}/metadata/SopClassUid")
-                sop_class_uid: str | None = sop_class.decode("ascii", "replace").strip()
-            except Exception:  # noqa: BLE001 - orthanc.OrthancException when metadata is absent
-                sop_class_uid = None
-            infos.append(InstanceInfo(instance_id, manufacturer, sop_class_uid))
+            sop_class_uid = _has_metadata(instance_id, "SopClassUid")
+            routed = _has_metadata(instance_id, ROUTED_METADATA) is not None
+            infos.append(InstanceInfo(instance_id, manufacturer, sop_class_uid, routed))
     return study_uid, infos
+
+
+def _mark_routed(instance_ids: Sequence[str]) -> None:
+    for instance_id in instance_ids:
+        orthanc.RestApiPut(f"/instances/{instance_id}/metadata/{ROUTED_METADATA}", "1")
 
 
 class StudyRouter:
@@ -257,6 +287,9 @@ class StudyRouter:
         log: writes one log line.
         clock: monotonic seconds (injectable for tests).
         pending: where waiting studies are kept (default: ``config.state_file``).
+        mark: records that instances were sent (``AiNodeRouted``), called after a successful
+            C-STORE when ``config.marks``; a failure is logged (the node drops re-sent
+            instances it processed before).
     """
 
     def __init__(
@@ -267,9 +300,11 @@ class StudyRouter:
         log: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
         pending: PendingFile | None = None,
+        mark: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.config = config
         self._store = store
+        self._mark = mark
         self._collect = collect
         self._log = log
         self._clock = clock
@@ -412,15 +447,23 @@ class StudyRouter:
             Exception: whatever the C-STORE raised (the caller retries).
         """
         study_uid, instances = self._collect(study_id)
-        plan = plan_study(instances)
+        plan = plan_study(instances, marks=self.config.marks)
         if not plan.to_send:
             self._log(f"ai-node routing: not routing study {study_uid}: {plan.reason}")
             return plan
         target = self.config.target_modality
         self._store(target, plan.to_send)
+        if self.config.marks and self._mark is not None:
+            try:
+                self._mark(plan.to_send)
+            except Exception as exc:  # noqa: BLE001 - the study was delivered; marks are a shortcut
+                self._log(
+                    f"ai-node routing: study {study_uid} sent but not marked routed "
+                    f"({type(exc).__name__}); a later stable event sends it again"
+                )
         self._log(
             f"ai-node routing: routed study {study_uid}: {len(plan.to_send)} of "
-            f"{len(instances)} instances to '{target}'"
+            f"{len(instances)} instances to '{target}' ({plan.reason})"
         )
         return plan
 
@@ -458,7 +501,14 @@ def _register() -> None:
     if not config.enabled:
         orthanc.LogWarning("ai-node routing: disabled by AiNodeRouting.Enabled")
         return
-    _router = StudyRouter(config, _orthanc_store, _collect_instances, orthanc.LogWarning)
+    _router = StudyRouter(
+        config, _orthanc_store, _collect_instances, orthanc.LogWarning, mark=_mark_routed
+    )
+    if not config.marks:
+        orthanc.LogWarning(
+            f"ai-node routing: UserMetadata does not declare {ROUTED_METADATA}; a study that "
+            "holds the node's results is not routed again, so parts arriving later are not analysed"
+        )
     _router.start()
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterRestCallback("/ai-node/routing", on_status_request)

@@ -249,8 +249,8 @@ def test_exactly_one_result_set_after_restabilising(
     assert stack.orthanc is not None
     log = stack.orthanc.log_path.read_text(encoding="utf-8", errors="replace")
     assert (
-        f"not routing study {pynetdicom_results.study_uid}: study already contains AI node "
-        "results" in log
+        f"not routing study {pynetdicom_results.study_uid}: every source image was routed "
+        "before" in log
     )
     # the plugin's status endpoint (Orthanc's REST API, same password): nothing left waiting,
     # and its state file (kept for a restart) is in Orthanc's storage folder
@@ -259,6 +259,66 @@ def test_exactly_one_result_set_after_restabilising(
     assert status.json()["waiting"] == []
     assert status.json()["delivered"] >= 1
     assert requests.get(f"{stack.orthanc_url}/ai-node/routing", timeout=5).status_code == 401
+
+
+def sr_images(client: DICOMwebClient, study_uid: str) -> dict[str, dict]:
+    """Per-image results of every SR of a study (SOP Instance UID -> its SR group)."""
+    images: dict[str, dict] = {}
+    for record in series_by_modality(client, study_uid).get("SR", []):
+        for sr in retrieve_series(client, study_uid, record):
+            images.update(read_sr_scores(sr)["images"])
+    return images
+
+
+def test_a_part_arriving_after_the_analysis_is_analysed_too(
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, tmp_path: Path
+) -> None:
+    """Orthanc's plugin skipped every study that held results, so a late part was never analysed.
+
+    Part 1 is analysed; part 2 (same patient and study, another series) arrives after the
+    results are in Orthanc. The plugin sends only part 2 (it marks what it sent with the
+    ``AiNodeRouted`` user metadata), and the late image gets its score.
+    """
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(sample_file("kermany_normal_mono1"))
+    ds.StudyInstanceUID = study_uid = generate_uid()
+    parts = []
+    for n in (1, 2):
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesNumber = n
+        path = tmp_path / f"part{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        parts.append((path, str(ds.SOPInstanceUID)))
+    t0 = time.monotonic()
+    send_files([parts[0][0]], "127.0.0.1", stack.options.dicom_port)
+    wait_for_results(dicomweb, study_uid, since=t0)
+    assert set(sr_images(dicomweb, study_uid)) == {parts[0][1]}
+
+    send_files([parts[1][0]], "127.0.0.1", stack.options.dicom_port)
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while parts[1][1] not in (images := sr_images(dicomweb, study_uid)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the late part was not analysed: SR images {sorted(images)}")
+        time.sleep(1.0)
+    assert images[parts[1][1]]["score"] is not None
+    # each source image was sent once: both carry the mark, and the plugin routed part 2 alone
+    for _, sop in parts:
+        found = requests.post(
+            f"{stack.orthanc_url}/tools/lookup", data=sop, auth=stack.auth, timeout=5
+        ).json()
+        (instance,) = [r for r in found if r["Type"] == "Instance"]
+        mark = requests.get(
+            f"{stack.orthanc_url}/instances/{instance['ID']}/metadata/AiNodeRouted",
+            auth=stack.auth,
+            timeout=5,
+        )
+        assert mark.status_code == 200, mark.text
+    assert stack.orthanc is not None
+    log = stack.orthanc.log_path.read_text(encoding="utf-8", errors="replace")
+    assert f"routed study {study_uid}: 1 of " in log
+    assert "(a later part; 1 routed before)" in log
 
 
 def test_unknown_scanner_is_refused(stack: EmbeddedStack) -> None:

@@ -67,13 +67,68 @@ def test_source_images_are_routed_and_foreign_sc_too(plugin: ModuleType) -> None
     assert plan.to_send == ("a", "b")
 
 
-def test_study_with_our_results_is_not_routed_again(plugin: ModuleType) -> None:
+def test_a_late_part_of_an_analysed_study_is_routed_alone(plugin: ModuleType) -> None:
+    """Orthanc sends what it has not sent before: a part arriving after the results is analysed."""
     info = plugin.InstanceInfo
-    plan = plugin.plan_study(
-        [info("a", None, DX), info("s", "AI Anomaly Node", SR), info("g", "AI Anomaly Node", SEG)]
-    )
+    ours = [info("s", "AI Anomaly Node", SR), info("g", "AI Anomaly Node", SEG)]
+    plan = plugin.plan_study([info("a", None, DX, routed=True), *ours, info("b", None, DX)])
+    assert plan.to_send == ("b",)
+    assert "1 routed before" in plan.reason
+    # stable again once the node's results for "b" are stored back: nothing to send
+    again = plugin.plan_study([info("a", None, DX, True), *ours, info("b", None, DX, True)])
+    assert again.to_send == ()
+    assert "routed before" in again.reason
+
+
+def test_without_marks_a_study_with_our_results_is_not_routed_again(plugin: ModuleType) -> None:
+    info = plugin.InstanceInfo
+    ours = "AI Anomaly Node"
+    study = [info("a", None, DX), info("s", ours, SR), info("g", ours, SEG)]
+    plan = plugin.plan_study(study, marks=False)
     assert plan.to_send == ()
     assert "already" in plan.reason
+    assert plugin.plan_study(study[:1], marks=False).to_send == ("a",)
+
+
+def test_marks_need_the_user_metadata_declared(plugin: ModuleType) -> None:
+    config = plugin.RoutingConfig.from_orthanc_config
+    assert config({"UserMetadata": {"AiNodeRouted": 4201}}).marks
+    assert not config({}).marks
+    template = json.loads((PLUGIN.parent / "orthanc.template.json").read_text(encoding="utf-8"))
+    assert config(template).marks  # the bundled Orthanc keeps the marks
+
+
+def test_instances_are_marked_only_after_a_successful_store(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
+    up, marked, logs = {"node": False}, [], []
+
+    def store(target: str, ids: tuple[str, ...]) -> None:
+        if not up["node"]:
+            raise RuntimeError("association rejected")
+
+    cfg = plugin.RoutingConfig(state_file=str(tmp_path / "routing.json"))
+    router = plugin.StudyRouter(
+        cfg,
+        store,
+        lambda sid: ("uid", [plugin.InstanceInfo(i, None, DX) for i in ("i1", "i2")]),
+        logs.append,
+        mark=lambda ids: marked.append(tuple(ids)),
+    )
+    with pytest.raises(RuntimeError):
+        router.route("s1")
+    assert marked == []
+    up["node"] = True
+    router.route("s1")
+    assert marked == [("i1", "i2")]
+
+    def broken_mark(ids: tuple[str, ...]) -> None:
+        raise OSError("metadata refused")
+
+    router._mark = broken_mark
+    plan = router.route("s1")  # delivered all the same; the node drops what it processed
+    assert plan.to_send == ("i1", "i2")
+    assert "not marked routed" in logs[-2]
 
 
 def test_study_without_images_is_not_routed(plugin: ModuleType) -> None:
