@@ -73,16 +73,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from dicom_node.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from dicom_node.feedback import Feedback, FeedbackError, check_uid
-from dicom_node.index import STATE_QUEUED, StateIndex
+from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle, RerunConflictError
 from dicom_node.metrics import Metrics, render_prometheus
-from dicom_node.queue import (
-    ERROR_FILE,
-    INPUT_DIR,
-    STATE_FOLDERS,
-    Job,
-    JobQueue,
-    JobStateValues,
-)
+from dicom_node.queue import STATE_FOLDERS, Job, JobQueue, JobStateValues
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -95,61 +89,6 @@ _ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_LIMIT = 10_000
 #: State-changing endpoints the read (viewer) token may call.
 _READER_ENDPOINTS = frozenset({"post_feedback"})
-_RERUNNABLE = (JobStateValues.DONE, JobStateValues.FAILED)
-#: Fields of a job that describe one pass through the stages, reset by a re-run.
-_RUN_FIELDS: dict[str, object] = {
-    "attempts": {},
-    "next_retry_at": None,
-    "failed_stage": None,
-    "started_at": None,
-    "processing_seconds": None,
-    "finished_at": None,
-    "results": [],
-    "sent_files": [],
-    "delivered_to": [],
-}
-
-
-class RerunConflictError(Exception):
-    """The job cannot be re-run now (still active, or its input is gone)."""
-
-
-def rerun_job(queue: JobQueue, index: StateIndex, job_id: str) -> Job | None:
-    """Queue a finished (done or failed) job again with the input instances it kept.
-
-    Args:
-        queue: the job queue.
-        index: the processed-instance index (its instances become ``queued`` again, so the
-            same instances arriving meanwhile do not start a second job).
-        job_id: the job.
-
-    Returns:
-        The queued job, or None if there is no such job.
-
-    Raises:
-        RerunConflictError: the job is not done or failed, its input is no longer kept, or
-            another request moved it first.
-    """
-    job = queue.find(job_id)
-    if job is None:
-        return None
-    if job.state not in _RERUNNABLE:
-        raise RerunConflictError(f"job is {job.state.value}; only done or failed jobs re-run")
-    folder = queue.job_dir(job)
-    if not any((folder / INPUT_DIR).glob("*.dcm")):
-        raise RerunConflictError("the job's input instances are no longer kept")
-    for name, value in _RUN_FIELDS.items():
-        if name in Job.model_fields:
-            setattr(job, name, value.copy() if isinstance(value, dict | list) else value)
-    (folder / ERROR_FILE).unlink(missing_ok=True)  # job.json keeps last_error
-    try:
-        queue.move(job, JobStateValues.QUEUED)
-    except FileNotFoundError as exc:
-        raise RerunConflictError("the job was moved meanwhile") from exc
-    index.set_state(job.job_id, STATE_QUEUED)
-    return job
-
-
 def _job_summary(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
@@ -310,7 +249,7 @@ def create_app(
     @app.post("/jobs/<job_id>/rerun")
     def rerun(job_id: str) -> tuple[Response, int]:
         try:
-            job = rerun_job(queue, index, job_id)
+            job = lifecycle.rerun(job_id)
         except RerunConflictError as exc:
             return jsonify(error=str(exc)), 409
         if job is None:

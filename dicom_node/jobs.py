@@ -10,7 +10,7 @@ maps them to the folders under ``jobs/``. After the router has queued a job::
     running --failed-->       queued | failed          process_retries_total | jobs_failed_total
     sending --failed-->       sending | failed         send_retries_total | jobs_failed_total
     sending --delivered-->    done        index: instances done, study scores; jobs_sent_total
-    done | failed --rerun-->  queued      POST /jobs/<id>/rerun (`dicom_node.http_api`)
+    done | failed --rerun-->  queued      POST /jobs/<id>/rerun (`dicom_node.http_api`); jobs_rerun_total
 
 A failure is retried with backoff while attempts remain and the error is retryable
 (`JobQueue.record_failure`); a dead-lettered job's instances become ``failed`` in the index,
@@ -28,13 +28,40 @@ from collections.abc import Sequence
 
 from dicom_node.index import StateIndex
 from dicom_node.metrics import Metrics
-from dicom_node.queue import Job, JobQueue, JobStageValues, JobStateValues, StudyOutcome, utcnow
+from dicom_node.queue import (
+    ERROR_FILE,
+    INPUT_DIR,
+    Job,
+    JobQueue,
+    JobStageValues,
+    JobStateValues,
+    StudyOutcome,
+    utcnow,
+)
 
 #: Counter of scheduled retries per failed stage.
 RETRY_COUNTERS = {
     JobStageValues.PROCESS: "process_retries_total",
     JobStageValues.SEND: "send_retries_total",
 }
+#: States a job may be re-run from.
+RERUNNABLE = (JobStateValues.DONE, JobStateValues.FAILED)
+#: What a re-run resets: the record of the last run (job.json keeps ``last_error``).
+_RUN_FIELDS: dict[str, object] = {
+    "attempts": {},
+    "next_retry_at": None,
+    "failed_stage": None,
+    "started_at": None,
+    "processing_seconds": None,
+    "finished_at": None,
+    "results": [],
+    "sent_files": [],
+    "delivered_to": [],
+}
+
+
+class RerunConflictError(Exception):
+    """The job cannot be re-run now (still active, or its input is gone)."""
 
 
 class JobLifecycle:
@@ -142,6 +169,43 @@ class JobLifecycle:
         if self._index is not None and not is_feedback:
             self._index.record_done(job)
         self.queue.move(job, JobStateValues.DONE)
+
+    def rerun(self, job_id: str) -> Job | None:
+        """``done | failed -> queued``: run a finished job again with the input it kept.
+
+        Its instances become ``queued`` in the index again, so the same instances arriving
+        meanwhile do not start a second job.
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            The queued job, or None if there is no such job.
+
+        Raises:
+            RerunConflictError: the job is not done or failed, its input is no longer kept,
+                or another request moved it first.
+        """
+        job = self.queue.find(job_id)
+        if job is None:
+            return None
+        if job.state not in RERUNNABLE:
+            raise RerunConflictError(f"job is {job.state.value}; only done or failed jobs re-run")
+        folder = self.queue.job_dir(job)
+        if not any((folder / INPUT_DIR).glob("*.dcm")):
+            raise RerunConflictError("the job's input instances are no longer kept")
+        for name, value in _RUN_FIELDS.items():
+            if name in Job.model_fields:
+                setattr(job, name, value.copy() if isinstance(value, dict | list) else value)
+        (folder / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            self.queue.move(job, JobStateValues.QUEUED)
+        except FileNotFoundError as exc:
+            raise RerunConflictError("the job was moved meanwhile") from exc
+        if self._index is not None:
+            self._index.set_state(job.job_id, JobStateValues.QUEUED)
+        self._metrics.inc("jobs_rerun_total")
+        return job
 
     def seen_processed(self, job: Job) -> None:
         """A scaled-out worker moved a job on to ``sending``: count it for the node.
