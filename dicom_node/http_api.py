@@ -89,6 +89,8 @@ _ADMIN_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_LIMIT = 10_000
 #: State-changing endpoints the read (viewer) token may call.
 _READER_ENDPOINTS = frozenset({"post_feedback"})
+
+
 def _job_summary(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
@@ -144,6 +146,7 @@ def create_app(
     read_token = api_token.encode() if api_token else None
     admin_token = api_admin_token.encode() if api_admin_token else None
     woken = on_change or (lambda: None)
+    lifecycle = JobLifecycle(queue, index, metrics)
 
     def _matches(given: bytes, expected: bytes | None) -> bool:
         return expected is not None and hmac.compare_digest(given, expected)

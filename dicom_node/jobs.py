@@ -10,7 +10,7 @@ maps them to the folders under ``jobs/``. After the router has queued a job::
     running --failed-->       queued | failed          process_retries_total | jobs_failed_total
     sending --failed-->       sending | failed         send_retries_total | jobs_failed_total
     sending --delivered-->    done        index: instances done, study scores; jobs_sent_total
-    done | failed --rerun-->  queued      POST /jobs/<id>/rerun (`dicom_node.http_api`); jobs_rerun_total
+    done | failed --rerun-->  queued      POST /jobs/<id>/rerun; jobs_rerun_total
 
 A failure is retried with backoff while attempts remain and the error is retryable
 (`JobQueue.record_failure`); a dead-lettered job's instances become ``failed`` in the index,

@@ -30,6 +30,7 @@ COUNTERS: Mapping[str, str] = {
     "jobs_processed_total": "Jobs the engine finished.",
     "jobs_sent_total": "Jobs whose results were delivered (done).",
     "jobs_failed_total": "Jobs moved to failed (dead letter).",
+    "jobs_rerun_total": "Finished jobs queued again by POST /jobs/<id>/rerun.",
     "process_retries_total": "Engine runs scheduled again after a failure.",
     "send_retries_total": "Deliveries scheduled again after a failure.",
     "instances_not_routed_total": "Instances no routing rule sent to a checkpoint (recorded).",

@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 
 from dicom_node.config import NodeSettings, load_settings
 from dicom_node.errors import ConfigError
-from dicom_node.http_api import RerunConflictError, rerun_job
 from dicom_node.index import StateIndex
+from dicom_node.jobs import JobLifecycle, RerunConflictError
 from dicom_node.metrics import ENGINE_STAGES, HISTOGRAMS, Metrics, render_prometheus
 from dicom_node.queue import Job, JobQueue, JobStateValues, new_job_id
 from dicom_node.service import NodeService
@@ -107,6 +107,7 @@ def test_rerun_failed_job_then_done_job(kit, make_node, ct_path: Path, instances
     assert detail["error"] is None
     assert detail["last_error"]["type"] == "MemoryError"  # history kept in job.json
     assert len(engine.calls) == 1  # the failing run raised before recording a call
+    assert "dicom_node_jobs_rerun_total 1" in api(node, "/metrics", ADMIN).text
 
     # a done job runs again too (e.g. after a model update)
     assert api(node, f"/jobs/{failed['job_id']}/rerun", ADMIN, "POST").status_code == 202
@@ -119,20 +120,23 @@ def test_rerun_failed_job_then_done_job(kit, make_node, ct_path: Path, instances
 def test_rerun_conflicts(kit, settings: NodeSettings, ct_path: Path, tmp_path: Path) -> None:
     queue = JobQueue(settings.jobs_dir)
     index = StateIndex(tmp_path / "state.sqlite3")
+    metrics = Metrics()
+    lifecycle = JobLifecycle(queue, index, metrics)
     try:
         job = Job(job_id=new_job_id(), study_instance_uid="1.2.3", checkpoints=["x"])
         folder = queue.stage(job)
         kit.new_instance(ct_path, "1.2.3", folder / "input")
         queue.commit(job)
         with pytest.raises(RerunConflictError, match="queued"):
-            rerun_job(queue, index, job.job_id)
+            lifecycle.rerun(job.job_id)
         queue.move(job, JobStateValues.DONE)
         for f in (queue.job_dir(job) / "input").iterdir():
             f.unlink()
         with pytest.raises(RerunConflictError, match="no longer kept"):
-            rerun_job(queue, index, job.job_id)
-        assert rerun_job(queue, index, "../etc") is None
-        assert rerun_job(queue, index, "nope") is None
+            lifecycle.rerun(job.job_id)
+        assert lifecycle.rerun("../etc") is None
+        assert lifecycle.rerun("nope") is None
+        assert metrics.snapshot()["jobs_rerun_total"] == 0
     finally:
         index.close()
 
