@@ -58,7 +58,7 @@ from ai_engine.dicom_io.reader import (
 from ai_engine.errors import UnsupportedInputError
 from ai_engine.types import FloatArray
 
-__all__ = ["Volume", "read_nifti", "read_series"]
+__all__ = ["Volume", "plane_order", "read_nifti", "read_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,40 @@ def _slice_positions(datasets: Sequence[Dataset]) -> npt.NDArray[np.float64] | N
     return np.asarray(
         [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets]
     )
+
+
+def plane_order(datasets: Sequence[Dataset]) -> list[int] | None:
+    """Order of slice headers along their normal, or None when they are not one volume.
+
+    One volume here: single-frame slices of one Frame of Reference (present), one size and
+    one orientation, each with ImagePositionPatient/ImageOrientationPatient, no two at the
+    same position. This is what the volume writers (`seg_volume_writer`, `pmap_writer`)
+    accept; the pipeline asks it before writing one SEG and one map for a series.
+
+    Args:
+        datasets: slice headers, in any order.
+
+    Returns:
+        Indices into ``datasets`` sorted along the slice normal, or None.
+    """
+    if not datasets:
+        return None
+    for keyword in ("FrameOfReferenceUID", "Rows", "Columns"):
+        found = {str(ds.get(keyword, "") or "") for ds in datasets}
+        if len(found) != 1 or found == {""}:
+            return None
+    if any(_number_of_frames(ds) > 1 for ds in datasets):
+        return None
+    try:
+        positions = _slice_positions(datasets)
+    except UnsupportedInputError:
+        return None
+    if positions is None:
+        return None
+    order = [int(i) for i in np.argsort(positions, kind="stable")]
+    if len(order) > 1 and float(np.diff(positions[order]).min()) < _SAME_POSITION_MM:
+        return None
+    return order
 
 
 def _order(datasets: Sequence[Dataset]) -> tuple[list[int], npt.NDArray[np.float64] | None]:
