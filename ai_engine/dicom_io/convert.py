@@ -420,7 +420,7 @@ def pngs_to_mr_series(
     for k, (values, sop_uid) in enumerate(zip(slices, sop_instance_uids, strict=True)):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
