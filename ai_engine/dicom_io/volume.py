@@ -315,8 +315,8 @@ def _frame_planes(ds: Dataset, path: Path) -> list[Dataset]:
     n = _number_of_frames(ds)
     if len(ds.get("PerFrameFunctionalGroupsSequence") or []) != n:
         raise UnsupportedInputError(
-            f"{path.name}: multi-frame file of {n} frames without a PerFrameFunctionalGroupsSequence "
-            "item per frame"
+            f"{path.name}: multi-frame file of {n} frames without a "
+            "PerFrameFunctionalGroupsSequence item per frame"
         )
     planes = []
     for k in range(n):
