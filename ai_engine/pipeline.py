@@ -2,9 +2,19 @@
 
 ``run(input_dir, output_dir, checkpoints)`` reads every DICOM file under ``input_dir``,
 groups them by study, checks each image against each model's card (images a model was not
-trained for are *not analysed*, with the reason), scores the rest in batches, and writes per
-analysed image a binary SEG (nested threshold levels) and a FRACTIONAL SEG of the map, and
-per study and model a Comprehensive SR (TID 1500) with the scores.
+trained for are *not analysed*, with the reason), scores the rest in batches, and writes the
+result objects per *output unit* (`_output_units`):
+
+- a series of two or more slices with a Frame of Reference and plane positions (CT/MR) is
+  one unit: one multi-frame binary SEG (nested threshold levels,
+  `seg_volume_writer.write_binary_seg_volume`) and one Parametric Map over all its analysed
+  slices, so a viewer shows the region on every slice of one overlay;
+- any other analysed image (a radiograph, a lone slice) is its own unit: a binary SEG and a
+  FRACTIONAL SEG of the map (a Parametric Map where it has a Frame of Reference).
+
+All objects of a unit are saved or none (a unit whose objects cannot be built is not
+analysed, with the reason). Per study and model a Comprehensive SR (TID 1500) holds the
+per-image scores (per slice for a series).
 
 Study score: the **maximum** of the analysed images' scores; the study is abnormal when any
 analysed image is.
@@ -252,52 +262,43 @@ def run(
                 prepared_by_study[study_uid] = [prepare_source(s.header) for s in sources]
             prepared = prepared_by_study[study_uid]
             files: list[str] = []
-            seg_series, frac_series, sc_series = generate_uid(), generate_uid(), generate_uid()
+            # the result objects written for the study, in writing order (for the SR's refs)
+            written: list[Dataset] = []
+            series_uids = _OutputSeries(
+                generate_uid(), generate_uid(), generate_uid() if overlay_sc else None
+            )
             cal = card.calibration
-            for i, (index, dataset, pixels) in enumerate(to_score):
-                score = float(output.score[i])
-                result = ImageResult(
-                    sop_instance_uid=str(dataset.SOPInstanceUID),
-                    series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
-                    score=score,
-                    threshold=cal.threshold,
-                    is_abnormal=score >= cal.threshold,
-                    healthy_percentile=cal.healthy_percentile(score),
-                )
+            scored_results = [
+                _scored_result(dataset, float(output.score[i]), cal)
+                for i, (_, dataset, _) in enumerate(to_score)
+            ]
+            units = _output_units([dataset for _, dataset, _ in to_score])
+            for instance_number, unit in enumerate(units, start=1):
                 try:
-                    written = _write_image_outputs(
-                        output_dir,
-                        card.name,
-                        prepared[index],  # the prepared header, shared by its writers and the SR
-                        dataset,
-                        pixels,
-                        map_to_source(output.anomaly_map[i], *pixels.shape),
+                    objects = _build_unit_outputs(
+                        [prepared[to_score[i][0]] for i in unit],  # shared with the SR
+                        [to_score[i][2] for i in unit],
+                        [map_to_source(output.anomaly_map[i], *to_score[i][2].shape) for i in unit],
                         cal,
                         algorithm,
-                        (seg_series, frac_series, sc_series if overlay_sc else None),
-                        i + 1,
+                        series_uids,
+                        instance_number,
+                        [i + 1 for i in unit],
                     )
-                except Exception as exc:  # noqa: BLE001 - one image's writers must not sink the study
-                    # strict writing refused something of this source: the image gets a
+                    paths = _save_all(output_dir, card.name, objects)
+                except Exception as exc:  # noqa: BLE001 - one unit's writers must not sink the study
+                    # strict writing refused something of these sources: their images get a
                     # reason instead of a score, the study's other images keep their results
                     logger.warning(
-                        "result objects of an image could not be written",
+                        "result objects of an image or series could not be written",
                         extra={"study_uid": study_uid, "error": type(exc).__name__},
                     )
-                    result = dataclasses.replace(
-                        result,
-                        score=None,
-                        threshold=None,
-                        is_abnormal=None,
-                        healthy_percentile=None,
-                        not_analysed_reason=(
-                            "the result objects for this image could not be written "
-                            f"({type(exc).__name__})"
-                        ),
-                    )
+                    what = "series" if len(unit) > 1 else "image"
+                    image_results.extend(_not_written(scored_results[i], what, exc) for i in unit)
                 else:
-                    files.extend(written)
-                image_results.append(result)
+                    files.extend(paths)
+                    written.extend(ds for _, ds in objects)
+                    image_results.extend(scored_results[i] for i in unit)
             scored = [r for r in image_results if r.score is not None]
             study_score = max((r.score for r in scored if r.score is not None), default=None)
             study = StudyResult(
@@ -331,56 +332,146 @@ def run(
     return results
 
 
-def _write_image_outputs(
-    output_dir: Path,
-    name: str,
-    source: PreparedSource,
-    dataset: Dataset,
-    pixels: FloatArray,
-    source_map: FloatArray,
+@dataclass(frozen=True)
+class _OutputSeries:
+    """The study's output series (one per object kind, shared by all its units)."""
+
+    seg: str
+    map: str
+    overlay_sc: str | None  # None: no overlay Secondary Captures
+
+
+def _scored_result(dataset: Dataset, score: float, cal: Calibration) -> ImageResult:
+    return ImageResult(
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
+        score=score,
+        threshold=cal.threshold,
+        is_abnormal=score >= cal.threshold,
+        healthy_percentile=cal.healthy_percentile(score),
+    )
+
+
+def _not_written(result: ImageResult, what: str, exc: BaseException) -> ImageResult:
+    return dataclasses.replace(
+        result,
+        score=None,
+        threshold=None,
+        is_abnormal=None,
+        healthy_percentile=None,
+        not_analysed_reason=(
+            f"the result objects for this {what} could not be written ({type(exc).__name__})"
+        ),
+    )
+
+
+def _output_units(datasets: Sequence[Dataset]) -> list[tuple[int, ...]]:
+    """Group analysed images into output units (indices into ``datasets``), in input order.
+
+    The images of one series form one unit when there are at least two and they are one
+    volume: single-frame slices with a Frame of Reference and plane positions, one size,
+    one orientation, no two at the same position (`volume.plane_order`). Every other image
+    is a unit of its own.
+    """
+    from ai_engine.dicom_io.volume import plane_order
+
+    by_series: dict[str, list[int]] = {}
+    for k, ds in enumerate(datasets):
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(k)
+    units: list[tuple[int, ...]] = []
+    for members in by_series.values():
+        volume = [datasets[k] for k in members]
+        if len(members) > 1 and plane_order(volume) is not None:
+            units.append(tuple(members))
+        else:
+            units.extend((k,) for k in members)
+    return sorted(units)
+
+
+def _build_unit_outputs(
+    sources: Sequence[PreparedSource],
+    pixels: Sequence[FloatArray],
+    source_maps: Sequence[FloatArray],
     cal: Calibration,
     algorithm: AlgorithmInfo,
-    series: tuple[str, str, str | None],
+    series: _OutputSeries,
     instance_number: int,
-) -> list[str]:
-    """Write one analysed image's binary SEG, continuous map (and overlay SC); their paths.
+    image_numbers: Sequence[int],
+) -> list[tuple[str, Dataset]]:
+    """Build the result objects of one output unit: ``(kind, dataset)`` pairs.
 
-    Nothing is saved unless every object of the image was built.
+    ``instance_number`` numbers the unit's SEG and map in their series, ``image_numbers``
+    (one per source) the overlay SCs in theirs.
+
+    One source: its binary SEG and continuous map (Parametric Map where the source has a
+    frame of reference, FRACTIONAL SEG on projection radiographs: a PM is not valid there).
+    Several sources (the slices of one volume series, see `_output_units`): one multi-frame
+    binary SEG and one Parametric Map over all of them. Overlay SCs are per image either way.
     """
     from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.sc_writer import write_overlay_sc
+    from ai_engine.dicom_io.seg_volume_writer import write_binary_seg_volume
     from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
 
-    seg_series, map_series, sc_series = series
-    binary = write_binary_seg(
-        source,
-        region_levels(source_map, cal),
-        algorithm,
-        series_instance_uid=seg_series,
-        instance_number=instance_number,
-    )
-    # continuous map: Parametric Map where the source has a frame of reference (CT/MR),
-    # FRACTIONAL SEG on projection radiographs (a PM is not valid there)
-    scaled = fractional_map(source_map, cal)
-    writer = write_parametric_map if dataset.get("FrameOfReferenceUID") else None
-    continuous: Dataset = (
-        writer([source], scaled, algorithm, series_instance_uid=map_series,
-               instance_number=instance_number)
-        if writer is not None
-        else write_fractional_seg(source, scaled, algorithm, series_instance_uid=map_series,
-                                  instance_number=instance_number)
-    )  # fmt: skip
-    outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
-    if sc_series is not None:
-        sc = write_overlay_sc(
+    scaled = [fractional_map(m, cal) for m in source_maps]
+    binary: Dataset
+    continuous: Dataset
+    if len(sources) == 1:
+        [source], [source_map] = sources, source_maps
+        binary = write_binary_seg(
             source,
-            pixels,
-            scaled,
+            region_levels(source_map, cal),
             algorithm,
-            series_instance_uid=sc_series,
+            series_instance_uid=series.seg,
             instance_number=instance_number,
         )
-        outputs.append(("sc", sc))
+        continuous = (
+            write_parametric_map([source], scaled[0], algorithm, series_instance_uid=series.map,
+                                 instance_number=instance_number)
+            if source.get("FrameOfReferenceUID")
+            else write_fractional_seg(source, scaled[0], algorithm,
+                                      series_instance_uid=series.map,
+                                      instance_number=instance_number)
+        )  # fmt: skip
+    else:
+        per_slice = [region_levels(m, cal) for m in source_maps]
+        levels = [
+            (label, np.stack([slice_levels[j][1] for slice_levels in per_slice]))
+            for j, (label, _) in enumerate(per_slice[0])
+        ]
+        binary = write_binary_seg_volume(
+            sources,
+            levels,
+            algorithm,
+            series_instance_uid=series.seg,
+            instance_number=instance_number,
+        )
+        continuous = write_parametric_map(
+            sources,
+            np.stack(scaled),
+            algorithm,
+            series_instance_uid=series.map,
+            instance_number=instance_number,
+        )
+    outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
+    if series.overlay_sc is not None:
+        for source, image, values, number in zip(
+            sources, pixels, scaled, image_numbers, strict=True
+        ):
+            sc = write_overlay_sc(
+                source,
+                image,
+                values,
+                algorithm,
+                series_instance_uid=series.overlay_sc,
+                instance_number=number,
+            )
+            outputs.append(("sc", sc))
+    return outputs
+
+
+def _save_all(output_dir: Path, name: str, outputs: Sequence[tuple[str, Dataset]]) -> list[str]:
+    """Save one unit's objects; nothing is left unless all of them were saved."""
     paths: list[Path] = []
     try:
         for kind, ds in outputs:
@@ -388,7 +479,7 @@ def _write_image_outputs(
             paths.append(path)
             ds.save_as(path, enforce_file_format=True)
     except BaseException:
-        for path in paths:  # no half of an image's result set is left to be delivered
+        for path in paths:  # no half of a unit's result set is left to be delivered
             path.unlink(missing_ok=True)
         raise
     return [str(p) for p in paths]

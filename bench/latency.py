@@ -14,6 +14,13 @@ study in Orthanc lists both a SEG and an SR series (polled every 10 ms). "Beyond
 that latency minus the configured quiet period, i.e. what the node's machinery (completion
 check, queue, engine, DICOM writers, STOW-RS, Orthanc's indexing) adds.
 
+``--mr-slices N`` (issue 19 item 6): each study is instead an N-slice MR FLAIR series made
+from one LGG test patient's PNG slices in ``../shared/data/brain_lgg_flair`` (TCGA_HT_7473, 32
+contiguous slices; `convert.pngs_to_mr_series` with `anatomy.brain.assumed_spacing`), sent
+in one association and analysed by ``--checkpoint default-brain`` (use that with it); the
+clock starts after the last slice's C-STORE, and the goal is p95 beyond the quiet period
+under 60 s on 2 CPU cores.
+
 Runs inside a loopback-only network namespace (re-executes itself with ``unshare -n`` when
 started outside one, like bench/ingest.py). Prints a table and, as its last line, one JSON
 object. Goal (issue 10): p95 beyond the quiet period under 1 s on 2 CPU cores.
@@ -52,6 +59,9 @@ DEFAULT_SOURCE = (
 )
 POLL_SECONDS = 0.01
 TIMEOUT_SECONDS = 120.0
+MR_TIMEOUT_SECONDS = 600.0
+MR_DATASET = REPO.parent / "shared" / "data" / "brain_lgg_flair"
+MR_PATIENT = "TCGA_HT_7473"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,10 +96,53 @@ def send_study(source: Path, port: int) -> str:
     return str(ds.StudyInstanceUID)
 
 
-def wait_results(stack: EmbeddedStack, session: Any, study_uid: str) -> None:
+def mr_pngs(n: int) -> list[Path]:
+    """The first ``n`` PNG slices (manifest order) of the LGG patient used for --mr-slices."""
+    import csv
+
+    with (MR_DATASET / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["patient_id"] == MR_PATIENT]
+    rows.sort(key=lambda r: int(r["slice"]))
+    if len(rows) < n:
+        raise SystemExit(f"{MR_PATIENT} has {len(rows)} slices; --mr-slices {n} is too many")
+    return [MR_DATASET / r["path"] for r in rows[:n]]
+
+
+def send_mr_series(pngs: list[Path], port: int) -> str:
+    """C-STORE a new MR series (new UIDs) of these slices in one association; its study UID."""
+    from ai_engine.anatomy.brain import assumed_spacing
+    from ai_engine.dicom_io.convert import pngs_to_mr_series
+
+    datasets = pngs_to_mr_series(
+        pngs,
+        assumed_spacing(len(pngs)),
+        patient_id="BENCH-MR",
+        study_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        frame_of_reference_uid=generate_uid(),
+        sop_instance_uids=[generate_uid() for _ in pngs],
+    )
+    ae = AE(ae_title=ORTHANC_AET)
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    if not assoc.is_established:
+        raise SystemExit("the node refused the association")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if not status or int(status.Status) != 0:
+                raise SystemExit(f"C-STORE failed: {status}")
+    finally:
+        assoc.release()
+    return str(datasets[0].StudyInstanceUID)
+
+
+def wait_results(
+    stack: EmbeddedStack, session: Any, study_uid: str, timeout: float = TIMEOUT_SECONDS
+) -> None:
     """Poll QIDO-RS until the study has a SEG and an SR series in Orthanc."""
     url = f"{stack.orthanc_url}/dicom-web/studies/{study_uid}/series"
-    deadline = time.monotonic() + TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = session.get(url, params={"includefield": "00080060"}, timeout=10)
         if response.status_code == 200 and response.content:
@@ -99,7 +152,7 @@ def wait_results(stack: EmbeddedStack, session: Any, study_uid: str) -> None:
             if {"SEG", "SR"} <= modalities:
                 return
         time.sleep(POLL_SECONDS)
-    raise SystemExit(f"no SEG and SR for study {study_uid} after {TIMEOUT_SECONDS:.0f} s")
+    raise SystemExit(f"no SEG and SR for study {study_uid} after {timeout:.0f} s")
 
 
 def run_cell(args: argparse.Namespace, quiet: float, work: Path) -> list[float]:
@@ -116,12 +169,20 @@ def run_cell(args: argparse.Namespace, quiet: float, work: Path) -> list[float]:
         fresh=True,
     )
     latencies: list[float] = []
+    pngs = mr_pngs(args.mr_slices) if args.mr_slices else []
+    timeout = MR_TIMEOUT_SECONDS if pngs else TIMEOUT_SECONDS
+
+    def send() -> str:
+        if pngs:
+            return send_mr_series(pngs, options.node_port)
+        return send_study(args.source, options.node_port)
+
     with EmbeddedStack(options) as stack, stack.session() as session:
-        wait_results(stack, session, send_study(args.source, options.node_port))  # warm-up
+        wait_results(stack, session, send(), timeout)  # warm-up
         for i in range(args.studies):
-            study_uid = send_study(args.source, options.node_port)
+            study_uid = send()
             t0 = time.monotonic()
-            wait_results(stack, session, study_uid)
+            wait_results(stack, session, study_uid, timeout)
             latencies.append(time.monotonic() - t0)
             if (i + 1) % 20 == 0:
                 print(f"  quiet {quiet:g} s: {i + 1}/{args.studies}", file=sys.stderr)
@@ -135,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", default="0,3", help="quiet periods (s), comma-separated")
     parser.add_argument("--checkpoint", default="default-cxr")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--mr-slices", type=int, default=0, help="send N-slice MR FLAIR series instead (N <= 32)"
+    )
     args = parser.parse_args(argv)
     ensure_loopback_namespace(argv, Path(__file__))
     logging.basicConfig(level=logging.WARNING)
@@ -156,14 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                     "mean_s": round(statistics.fmean(lat), 3),
                 }
             )
+    goal = 60.0 if args.mr_slices else 1.0
     print()
     print(
         "| quiet period s | studies | p50 s | p95 s | max s | beyond quiet p50 s "
-        "| beyond quiet p95 s | goal p95 beyond < 1 s |"
+        f"| beyond quiet p95 s | goal p95 beyond < {goal:g} s |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cells:
-        met = "yes" if c["beyond_quiet_p95_s"] < 1.0 else "no"
+        met = "yes" if c["beyond_quiet_p95_s"] < goal else "no"
         print(
             f"| {c['quiet_s']:g} | {c['studies']} | {c['p50_s']:.3f} | {c['p95_s']:.3f} "
             f"| {c['max_s']:.3f} | {c['beyond_quiet_p50_s']:.3f} | {c['beyond_quiet_p95_s']:.3f} "
@@ -174,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "bench": "latency",
                 "checkpoint": args.checkpoint,
-                "source": args.source.name,
+                "source": (
+                    f"{MR_PATIENT} MR FLAIR, {args.mr_slices} slices"
+                    if args.mr_slices
+                    else args.source.name
+                ),
                 "cpus": os.cpu_count(),
                 "machine": platform.platform(),
                 "load_start": load_start,

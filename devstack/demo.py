@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         viewer_host=args.viewer_host,
         stable_age=args.stable_age,
         quiet_seconds=args.quiet_seconds,
-        checkpoints=tuple(args.checkpoints or ("default-cxr",)),
+        checkpoints=tuple(args.checkpoints or ("default-cxr", "default-brain")),
         scanners=(DicomPeer("scanner", SAMPLE_SCU_AET), *args.allow_scanner),
         fresh=args.fresh,
     )

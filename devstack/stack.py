@@ -82,7 +82,7 @@ class StackOptions:
     viewer_host: str = "127.0.0.1"
     stable_age: int = 5
     quiet_seconds: float = 3.0
-    checkpoints: tuple[str, ...] = ("default-cxr",)
+    checkpoints: tuple[str, ...] = ("default-cxr", "default-brain")
     scanners: tuple[DicomPeer, ...] = (DicomPeer("scanner", SAMPLE_SCU_AET),)
     fresh: bool = False
 

@@ -1,4 +1,8 @@
-"""Make valid radiograph DICOM files from 8-bit greyscale PNGs (for tests, demos and benchmarks).
+"""Make valid DICOM files from 8-bit greyscale PNGs (for tests, demos and benchmarks).
+
+Radiographs: `png_to_dicom`, one PNG to one DX or CR instance (below). MR series:
+`pngs_to_mr_series`, a stack of axial slices to one MR Image Storage series with its
+geometry (see there).
 
 `png_to_dicom` builds a *Digital X-Ray Image Storage - For Presentation* instance (modality
 "DX") or a *CR Image Storage* instance (modality "CR") that passes ``dciodvfy`` without errors.
@@ -52,6 +56,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
+    MRImageStorage,
     RLELossless,
 )
 
@@ -61,6 +66,7 @@ from ai_engine.errors import UnsupportedInputError
 __all__ = [
     "SUPPORTED_TRANSFER_SYNTAXES",
     "png_to_dicom",
+    "pngs_to_mr_series",
     "save",
 ]
 
@@ -343,3 +349,152 @@ def _encode(ds: Dataset, stored: npt.NDArray[np.uint8], tsyntax: UID) -> None:
             f"no encoder installed for {tsyntax.name}: " + "; ".join(encoder.missing_dependencies)
         )
     ds.compress(tsyntax, stored)
+
+
+def pngs_to_mr_series(
+    png_paths: Sequence[Path],
+    spacing: tuple[float, float, float],
+    *,
+    patient_id: str,
+    patient_age: str | None = None,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    frame_of_reference_uid: str,
+    sop_instance_uids: Sequence[str],
+    study_description: str = "MR series converted from PNG slices",
+    series_description: str = "AX FLAIR",
+    body_part: str = "BRAIN",
+    series_number: int = 1,
+) -> list[Dataset]:
+    """Make an axial MR series (MR Image Storage, one instance per slice) from 8-bit PNGs.
+
+    Geometry, stated rather than measured (a PNG carries none): axial slices,
+    ImageOrientationPatient [1, 0, 0, 0, 1, 0] (rows run to the patient's left, columns to
+    posterior), ``png_paths[k]`` at ImagePositionPatient z = k x slice spacing (the given
+    order runs feet to head), the in-plane centre of the slice at x = y = 0; PixelSpacing,
+    SliceThickness and SpacingBetweenSlices from ``spacing``; one Frame of Reference. The
+    images are marked DERIVED/SECONDARY and their DerivationDescription says so.
+
+    Pixels: BitsAllocated 16 (the MR Image module requires it), BitsStored 8, stored value =
+    the PNG value, so a reader returns ``png / 255`` with the window written (center 128,
+    width 256). MR acquisition attributes that the PNG does not carry are written empty (Type
+    2: RepetitionTime, EchoTime, EchoTrainLength, InversionTime, ScanOptions,
+    MRAcquisitionType); ScanningSequence is "IR" (FLAIR is an inversion recovery sequence)
+    and SequenceVariant "NONE".
+
+    Args:
+        png_paths: the slices' 8-bit greyscale PNGs, in order along the slice normal; all of
+            one size.
+        spacing: (slice, row, column) spacing in mm, e.g. `anatomy.brain.assumed_spacing`.
+        patient_id: PatientID, the only identifier written.
+        patient_age: PatientAge as nnnY.
+        study_instance_uid: StudyInstanceUID.
+        series_instance_uid: SeriesInstanceUID.
+        frame_of_reference_uid: FrameOfReferenceUID.
+        sop_instance_uids: one SOPInstanceUID per slice (deterministic samples).
+        study_description: StudyDescription.
+        series_description: SeriesDescription.
+        body_part: BodyPartExamined.
+        series_number: SeriesNumber.
+
+    Returns:
+        One dataset per slice, with ``file_meta``, in the order of ``png_paths``.
+
+    Raises:
+        UnsupportedInputError: a PNG is not 8-bit greyscale or cannot be read.
+        ValueError: no slice, slices of different sizes, a spacing that is not positive, or
+            not one SOPInstanceUID per slice.
+    """
+    if not png_paths:
+        raise ValueError("an MR series needs at least one slice")
+    if len(sop_instance_uids) != len(png_paths):
+        raise ValueError("one SOPInstanceUID per slice is needed")
+    if not all(v > 0 for v in spacing):
+        raise ValueError(f"spacing must be positive, not {spacing}")
+    slice_mm, row_mm, col_mm = (float(v) for v in spacing)
+    slices = [_load_png_8bit(Path(p)) for p in png_paths]
+    rows, cols = slices[0].shape
+    if any(s.shape != (rows, cols) for s in slices):
+        raise ValueError("the PNG slices differ in size")
+    datasets = []
+    for k, (values, sop_uid) in enumerate(zip(slices, sop_instance_uids, strict=True)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.PatientName = ""
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        if patient_age is not None:
+            ds.PatientAge = patient_age
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "Converted from a public research PNG; no source identifiers"
+        ds.StudyInstanceUID = study_instance_uid
+        ds.StudyDate = ""
+        ds.StudyTime = ""
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = ""
+        ds.AccessionNumber = ""
+        ds.StudyDescription = study_description
+        # General Series
+        ds.Modality = "MR"
+        ds.SeriesInstanceUID = series_instance_uid
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = series_description
+        ds.BodyPartExamined = body_part
+        ds.PatientPosition = "HFS"
+        # Frame of Reference, General Equipment
+        ds.FrameOfReferenceUID = frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+        ds.Manufacturer = ""
+        # General Image
+        ds.InstanceNumber = k + 1
+        ds.ContentDate = ""
+        ds.ContentTime = ""
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        ds.DerivationDescription = (
+            "Converted from an 8-bit greyscale PNG slice; geometry assumed, not measured"
+        )
+        ds.BurnedInAnnotation = "NO"
+        ds.LossyImageCompression = "00"
+        # Image Plane
+        ds.PixelSpacing = [row_mm, col_mm]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [
+            round(-(cols - 1) / 2 * col_mm, 4),
+            round(-(rows - 1) / 2 * row_mm, 4),
+            round(k * slice_mm, 4),
+        ]
+        ds.SliceThickness = round(slice_mm, 4)
+        ds.SpacingBetweenSlices = round(slice_mm, 4)
+        ds.SliceLocation = round(k * slice_mm, 4)
+        # MR Image
+        ds.ScanningSequence = "IR"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = ""
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+        ds.InversionTime = ""
+        # Image Pixel
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.BitsAllocated = 16
+        ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.WindowCenter = 128
+        ds.WindowWidth = 256
+        ds.PixelData = values.astype(np.uint16).tobytes()
+        ds["PixelData"].VR = "OW"
+        datasets.append(ds)
+    logger.debug("converted %d PNG slices to MR series %s", len(datasets), series_instance_uid)
+    return datasets

@@ -1,17 +1,24 @@
 """Parametric Map of the anomaly map of CT/MR slices (highdicom, strict writing).
 
-A Parametric Map (PM) carries the continuous anomaly map as 32-bit float pixels on the
-source grid. It needs a Frame of Reference and plane positions, so it is written for sources
-that have them (CT/MR slices); a 2D radiograph (DX/CR, no Frame of Reference) gets the
-FRACTIONAL SEG of `seg_writer.write_fractional_seg` instead, and `write_parametric_map`
-raises `UnsupportedInputError` for it (stack-notes section 4: a PM is not a valid IOD there,
-and highdicom 0.28.2 fails on it).
+A Parametric Map (PM) carries the continuous anomaly map on the source grid, as 16-bit
+unsigned integers with a Real World Value Mapping to the map value. It needs a Frame of
+Reference and plane positions, so it is written for sources that have them (CT/MR slices);
+a 2D radiograph (DX/CR, no Frame of Reference) gets the FRACTIONAL SEG of
+`seg_writer.write_fractional_seg` instead, and `write_parametric_map` raises
+`UnsupportedInputError` for it (stack-notes section 4: a PM is not a valid IOD there, and
+highdicom 0.28.2 fails on it).
+
+Why integers, not FloatPixelData: Orthanc 1.10 with DICOMweb 1.7 (the PACS bundled here)
+returns FloatPixelData as one float in the WADO-RS metadata and answers its frames with
+HTTP 400, so a float PM never loads in a viewer behind it. PixelData (OB/OW) is served
+like any image's.
 
 Layout:
 
 - One frame per source slice. ``values[k]`` belongs to ``sources[k]``; highdicom takes each
   frame's plane position and orientation from its source and references the source per
-  frame (DerivationImageSequence / SourceImageSequence).
+  frame (DerivationImageSequence / SourceImageSequence). Pixel spacing, slice thickness and
+  spacing between slices are the sources' own (copied by highdicom, never invented here).
 - PITFALL: highdicom 0.28.2 *always* stores the frames in its own spatial order (sorted
   along the normal of its volume convention; for an axial series sorted feet-to-head, as
   `volume.read_series` returns it, that is head-to-feet, i.e. reversed), with
@@ -20,12 +27,15 @@ Layout:
   frames by their source reference or plane position (as viewers and highdicom's
   ``get_volume`` do), never by index. `frame_sources` lists the mapping.
 - ContentQualification RESEARCH; image flavour VOLUME, derived pixel contrast QUANTITY.
-- Real World Value Mapping: stored value = real world value, range 0..1, unit
+- Pixels: stored value = round(map value x `STORED_SCALE`), BitsStored 16, 0..10000.
+- Real World Value Mapping: map value = stored value x 1e-4 + 0 over stored 0..10000, unit
   (1, UCUM, "no units"), LUT label "ANOMALY", explanation
-  "anomaly map, 0.5 = pixel threshold" (0.5 = the first calibrated pixel threshold, as in the
-  fractional SEG).
-- VOI window center 0.5, width 1 so a viewer without a heat-map mode shows 0..1 as
-  black..white.
+  "scaled anomaly map, 0.5 = pixel threshold". The value is what
+  `postprocess.fractional_map` gives: the model's anomaly map divided by the calibrated map
+  scale and clipped to [0, 1], so 0.5 is the first calibrated pixel threshold (as in the
+  fractional SEG). It is not a probability and is not labelled as one.
+- VOI window over the stored values (center 5000, width 10000), so a viewer without a
+  heat-map mode shows 0..1 as black..white.
 - Provenance: Manufacturer = `markers.OUTPUT_MANUFACTURER`, ManufacturerModelName = model
   name, SoftwareVersions = model version, DeviceSerialNumber = first 16 hex digits of the
   weights sha256, ContentLabel "ANOMALY_MAP", ContentDescription "map by <name> <version>",
@@ -67,7 +77,13 @@ from ai_engine.dicom_io._common import (
 )
 from ai_engine.types import AlgorithmInfo
 
-__all__ = ["PARAMETRIC_MAP_SERIES_NUMBER", "frame_sources", "write_parametric_map"]
+__all__ = [
+    "PARAMETRIC_MAP_SERIES_NUMBER",
+    "STORED_SCALE",
+    "frame_sources",
+    "stored_to_map",
+    "write_parametric_map",
+]
 
 _iod_lookup.install()  # highdicom's IOD table scans, cached (see the module)
 logger = logging.getLogger(__name__)
@@ -76,7 +92,9 @@ PARAMETRIC_MAP_SERIES_NUMBER = 9004
 
 #: LUT label (SH, 16 characters) and explanation of the real world value mapping.
 LUT_LABEL = "ANOMALY"
-LUT_EXPLANATION = "anomaly map, 0.5 = pixel threshold"
+LUT_EXPLANATION = "scaled anomaly map, 0.5 = pixel threshold"
+#: Stored value of map value 1.0 (16-bit unsigned pixels; map value = stored / STORED_SCALE).
+STORED_SCALE = 10000
 
 _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 
@@ -90,7 +108,7 @@ def _derivation_description(algorithm: AlgorithmInfo) -> str:
 
 def _as_frames(
     values: npt.NDArray[np.generic], sources: Sequence[Dataset]
-) -> npt.NDArray[np.float32]:
+) -> npt.NDArray[np.uint16]:
     array = np.asarray(values)
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"values must be a float array, not {array.dtype}")
@@ -109,7 +127,15 @@ def _as_frames(
             raise ValueError(
                 f"values have (rows, cols) {array.shape[1:]}; source {index} has {expected}"
             )
-    return check_unit_interval("anomaly map", array)
+    unit = check_unit_interval("anomaly map", array)
+    stored: npt.NDArray[np.uint16] = np.rint(unit * STORED_SCALE).astype(np.uint16)
+    return stored
+
+
+def stored_to_map(stored: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    """Map values in [0, 1] of stored PM pixels (the Real World Value Mapping written here)."""
+    out: npt.NDArray[np.float32] = np.asarray(stored, np.float32) / np.float32(STORED_SCALE)
+    return out
 
 
 def write_parametric_map(
@@ -121,15 +147,16 @@ def write_parametric_map(
     instance_number: int = 1,
     series_number: int = PARAMETRIC_MAP_SERIES_NUMBER,
 ) -> hd.pm.ParametricMap:
-    """A Parametric Map (float32, one frame per source slice) holding the anomaly map.
+    """A Parametric Map (16-bit, one frame per source slice) holding the anomaly map.
 
     Args:
         sources: the analysed slices (headers are enough, e.g. `SourceImage.dataset` or
             `Volume.datasets`), single-frame images of one series with a Frame of
             Reference; ``sources[k]`` is the slice of ``values[k]``.
         values: float (frames, rows, cols), or (rows, cols) for one slice, in [0, 1] on the
-            source grid; 0.5 = the first pixel threshold. Values within 1e-6 outside [0, 1]
-            are clipped.
+            source grid (`postprocess.fractional_map`); 0.5 = the first pixel threshold.
+            Values within 1e-6 outside [0, 1] are clipped. Stored with a step of
+            1 / `STORED_SCALE`.
         algorithm: the model that made the map.
         series_instance_uid: series to put the PM into; new if None.
         instance_number: InstanceNumber.
@@ -156,8 +183,8 @@ def write_parametric_map(
         lut_label=LUT_LABEL,
         lut_explanation=LUT_EXPLANATION,
         unit=_NO_UNITS,
-        value_range=(0.0, 1.0),
-        slope=1.0,
+        value_range=(0, STORED_SCALE),
+        slope=1.0 / STORED_SCALE,
         intercept=0.0,
     )
     with warnings.catch_warnings():
@@ -178,7 +205,11 @@ def write_parametric_map(
                 str(s.get("RecognizableVisualFeatures", "")).upper() == "YES" for s in prepared
             ),
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(
+                    window_center=STORED_SCALE / 2, window_width=float(STORED_SCALE)
+                )
+            ],
             transfer_syntax_uid=ExplicitVRLittleEndian,
             content_description=f"map by {algorithm.name} {algorithm.version}"[:64],
             content_label="ANOMALY_MAP",

@@ -26,7 +26,12 @@ are not in the patient, and a 3D model would see them as edges. A volume min/max
 monotonic mapping for the whole series (the same tissue gets the same value on every slice).
 Slices with a window keep their own stored window, as a radiologist would see them.
 
-Multi-frame files are not assembled here (`reader.read_frames` reads their frames).
+Enhanced multi-frame files (e.g. Enhanced MR Image Storage, one object with many frames):
+`read_series` of that one file assembles its frames as the slices of the volume, with each
+frame's position from PerFrameFunctionalGroupsSequence / PlanePositionSequence and the
+orientation and pixel spacing from the shared (else the frame's) PlaneOrientationSequence and
+PixelMeasuresSequence; frames are then ordered and checked like single-frame slices. A
+multi-frame file among other files is refused.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from ai_engine.dicom_io.reader import (
 from ai_engine.errors import UnsupportedInputError
 from ai_engine.types import FloatArray
 
-__all__ = ["Volume", "read_nifti", "read_series"]
+__all__ = ["Volume", "plane_order", "read_nifti", "read_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,9 @@ NIFTI_PERCENTILES = (0.5, 99.5)
 @dataclass(frozen=True)
 class Volume:
     """A CT/MR series as one volume, ready for preprocessing.
+
+    For an enhanced multi-frame file, ``datasets`` and ``paths`` repeat its one header and
+    path once per slice.
 
     Attributes:
         pixels: (slices, rows, cols) float32 in [0, 1], higher = brighter, slices sorted
@@ -128,6 +136,40 @@ def _slice_positions(datasets: Sequence[Dataset]) -> npt.NDArray[np.float64] | N
     return np.asarray(
         [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets]
     )
+
+
+def plane_order(datasets: Sequence[Dataset]) -> list[int] | None:
+    """Order of slice headers along their normal, or None when they are not one volume.
+
+    One volume here: single-frame slices of one Frame of Reference (present), one size and
+    one orientation, each with ImagePositionPatient/ImageOrientationPatient, no two at the
+    same position. This is what the volume writers (`seg_volume_writer`, `pmap_writer`)
+    accept; the pipeline asks it before writing one SEG and one map for a series.
+
+    Args:
+        datasets: slice headers, in any order.
+
+    Returns:
+        Indices into ``datasets`` sorted along the slice normal, or None.
+    """
+    if not datasets:
+        return None
+    for keyword in ("FrameOfReferenceUID", "Rows", "Columns"):
+        found = {str(ds.get(keyword, "") or "") for ds in datasets}
+        if len(found) != 1 or found == {""}:
+            return None
+    if any(_number_of_frames(ds) > 1 for ds in datasets):
+        return None
+    try:
+        positions = _slice_positions(datasets)
+    except UnsupportedInputError:
+        return None
+    if positions is None:
+        return None
+    order = [int(i) for i in np.argsort(positions, kind="stable")]
+    if len(order) > 1 and float(np.diff(positions[order]).min()) < _SAME_POSITION_MM:
+        return None
+    return order
 
 
 def _order(datasets: Sequence[Dataset]) -> tuple[list[int], npt.NDArray[np.float64] | None]:
@@ -188,9 +230,9 @@ def read_series(paths: Sequence[Path]) -> Volume:
 
     Raises:
         UnsupportedInputError: no file; a file that `reader.read_image` would refuse; a
-            multi-frame file; slices of different series, frames of reference, sizes or
-            orientations; two slices at the same position; or slices that cannot be
-            ordered.
+            multi-frame file among others, or one without per-frame plane positions; slices
+            of different series, frames of reference, sizes or orientations; two slices at
+            the same position; or slices that cannot be ordered.
     """
     files = [Path(p) for p in paths]
     if not files:
@@ -201,10 +243,12 @@ def read_series(paths: Sequence[Path]) -> Volume:
         _require_uids(ds, path)
         _check_image(ds, path)
         if _number_of_frames(ds) > 1:
-            raise UnsupportedInputError(
-                f"{path}: multi-frame file; read_series assembles single-frame slices "
-                "(use reader.read_frames)"
-            )
+            if len(files) > 1:
+                raise UnsupportedInputError(
+                    f"{path}: a multi-frame file among {len(files)} files; read_series "
+                    "assembles one enhanced multi-frame file or single-frame slices"
+                )
+            return _read_multiframe(ds, path)
         full.append(ds)
     for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
         found = {str(ds.get(keyword, "")) for ds in full}
@@ -243,6 +287,88 @@ def read_series(paths: Sequence[Path]) -> Volume:
         datasets=tuple(_header(ds) for ds in datasets),
         spacing=spacing,
         paths=tuple(files[i] for i in order),
+    )
+
+
+def _frame_item(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
+    """The functional group item ``keyword`` of a frame: per-frame, else shared."""
+    for groups in (
+        ds.get("PerFrameFunctionalGroupsSequence"),
+        ds.get("SharedFunctionalGroupsSequence"),
+    ):
+        if not groups:
+            continue
+        item = groups[frame] if groups is ds.get("PerFrameFunctionalGroupsSequence") else groups[0]
+        sequence = item.get(keyword)
+        if sequence:
+            found: Dataset = sequence[0]
+            return found
+    return None
+
+
+def _frame_planes(ds: Dataset, path: Path) -> list[Dataset]:
+    """One small header per frame with its plane, from an enhanced file's functional groups.
+
+    Each holds ImagePositionPatient, ImageOrientationPatient, InstanceNumber (frame number)
+    and, where given, PixelSpacing, SliceThickness and SpacingBetweenSlices.
+    """
+    n = _number_of_frames(ds)
+    if len(ds.get("PerFrameFunctionalGroupsSequence") or []) != n:
+        raise UnsupportedInputError(
+            f"{path.name}: multi-frame file of {n} frames without a "
+            "PerFrameFunctionalGroupsSequence item per frame"
+        )
+    planes = []
+    for k in range(n):
+        position = _frame_item(ds, k, "PlanePositionSequence")
+        orientation = _frame_item(ds, k, "PlaneOrientationSequence")
+        if position is None or orientation is None:
+            raise UnsupportedInputError(
+                f"{path.name}: frame {k + 1} has no PlanePositionSequence / "
+                "PlaneOrientationSequence; its frames cannot be placed in a volume"
+            )
+        plane = Dataset()
+        plane.ImagePositionPatient = position.ImagePositionPatient
+        plane.ImageOrientationPatient = orientation.ImageOrientationPatient
+        plane.InstanceNumber = k + 1
+        measures = _frame_item(ds, k, "PixelMeasuresSequence")
+        for keyword in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
+            if measures is not None and keyword in measures:
+                setattr(plane, keyword, measures.get(keyword))
+        planes.append(plane)
+    return planes
+
+
+def _read_multiframe(ds: Dataset, path: Path) -> Volume:
+    """An enhanced multi-frame file as a volume (see the module docstring)."""
+    planes = _frame_planes(ds, path)
+    order, ordered_positions = _order(planes)
+    stored = _decode(ds, path, None)
+    if stored.ndim == 2:
+        stored = stored[np.newaxis]
+    invert = _is_monochrome1(ds)
+    slices: list[FloatArray | None] = []
+    lo, hi = math.inf, -math.inf
+    for k in order:
+        values, eight_bit_range = _modality(stored[k], ds, k)
+        shown = _apply_voi(values, ds, k, invert, eight_bit_range)
+        if shown is None:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        slices.append(shown)
+    for j, k in enumerate(order):
+        if slices[j] is None:
+            values, _ = _modality(stored[k], ds, k)
+            slices[j] = _linear(values, lo, hi, invert)
+    pixels: FloatArray = np.stack([s for s in slices if s is not None]).astype(np.float32)
+    first = planes[order[0]]
+    row_col = valid_spacing(first.get("PixelSpacing")) or (math.nan, math.nan)
+    header = _header(ds)
+    logger.debug("read a multi-frame volume of %d frames from %s", len(order), path.name)
+    return Volume(
+        pixels=pixels,
+        datasets=(header,) * len(order),
+        spacing=(_slice_spacing(ordered_positions, first), row_col[0], row_col[1]),
+        paths=(path,) * len(order),
     )
 
 

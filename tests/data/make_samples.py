@@ -7,7 +7,8 @@ so running it again writes the same files. Run from the repository root:
 
 Writes
 - ``tests/data/dicom/<study>/*.dcm``: one study per source image (DX, 8-bit), plus the four
-  original DICOMs of ``dicom_samples/`` copied byte for byte (the two RG1 files are one study);
+  original DICOMs of ``dicom_samples/`` copied byte for byte (the two RG1 files are one study),
+  plus one MR FLAIR series made from one LGG test patient's PNG slices (`MR_SAMPLES`);
 - ``tests/data/png/*.png``: the source PNGs of the Kermany images (for the parity test);
 - ``tests/data/samples.json``: what each study is (source, label, variant) for tests and demo.
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from ai_engine.dicom_io.convert import png_to_dicom, save
+from ai_engine.anatomy.brain import assumed_spacing
+from ai_engine.dicom_io.convert import png_to_dicom, pngs_to_mr_series, save
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -71,6 +73,22 @@ PNG_SAMPLES = (
     ),
     PngSample("nih_pneumonia_1", "cxr_nih14_pneumonia", "test/abnormal/00000218_001.png"),
     PngSample("nih_pneumonia_2", "cxr_nih14_pneumonia", "test/abnormal/00000583_045.png"),
+)
+
+
+@dataclass(frozen=True)
+class MrSample:
+    study: str  # folder name under tests/data/dicom/
+    dataset: str  # folder under ../shared/data/ (PNG slices with a manifest `slice` column)
+    patient_id: str  # the source patient (test split), all of whose slices are used
+
+
+#: One LGG test-split patient with a tumour: 20 contiguous slices (1-20), tumour on 10-17.
+MR_SAMPLES = (MrSample("lgg_flair_mr", "brain_lgg_flair", "TCGA_CS_6667"),)
+
+LGG_LICENSE = (
+    "CC BY-NC-SA 4.0 (TCGA-LGG via Buda et al. 2019, doi:10.1016/j.compbiomed.2019.05.002; "
+    "TCIA data usage policy)"
 )
 
 #: The originals, copied byte for byte: study folder -> files of dicom_samples/dicom/.
@@ -164,6 +182,52 @@ def make_png_study(sample: PngSample, shared: Path, out_dir: Path) -> StudyEntry
     )
 
 
+def make_mr_study(sample: MrSample, shared: Path, out_dir: Path) -> StudyEntry:
+    rows = sorted(
+        (r for r in _manifest(shared, sample.dataset).values()
+         if r["patient_id"] == sample.patient_id),
+        key=lambda r: int(r["slice"]),
+    )  # fmt: skip
+    numbers = [int(r["slice"]) for r in rows]
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        raise SystemExit(f"{sample.patient_id}: slices {numbers} are not contiguous")
+    spacing = assumed_spacing(len(rows))
+    datasets = pngs_to_mr_series(
+        [shared / sample.dataset / r["path"] for r in rows],
+        spacing,
+        patient_id=f"SAMPLE-{sample.study.upper().replace('_', '-')}"[:64],
+        patient_age=_age(rows[0].get("age", "")),
+        study_instance_uid=_uid(sample.study, "study"),
+        series_instance_uid=_uid(sample.study, "series"),
+        frame_of_reference_uid=_uid(sample.study, "frame-of-reference"),
+        sop_instance_uids=[_uid(sample.study, "instance", r["slice"]) for r in rows],
+        study_description="Sample LGG brain MR FLAIR",
+    )
+    study_dir = out_dir / "dicom" / sample.study
+    study_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for ds, row in zip(datasets, rows, strict=True):
+        name = f"slice{int(row['slice']):03d}.dcm"
+        save(ds, study_dir / name)
+        files.append(f"dicom/{sample.study}/{name}")
+    tumour = [int(r["slice"]) for r in rows if r["label"] == "1"]
+    return StudyEntry(
+        study=sample.study,
+        files=files,
+        source=f"{sample.dataset}/ patient {sample.patient_id}, slices {numbers[0]}-{numbers[-1]}",
+        label="abnormal" if tumour else "normal",
+        finding=f"lower-grade glioma, annotated on slices {tumour[0]}-{tumour[-1]}"
+        if tumour
+        else "no annotated abnormality",
+        variant=(
+            f"MR FLAIR series, {len(rows)} slices, 16-bit (8 stored), uncompressed; assumed "
+            f"spacing {spacing[0]:.2f} x {spacing[1]:.4f} x {spacing[2]:.4f} mm"
+        ),
+        study_instance_uid=str(datasets[0].StudyInstanceUID),
+        license=LGG_LICENSE,
+    )
+
+
 def copy_originals(shared: Path, out_dir: Path) -> list[StudyEntry]:
     import pydicom
 
@@ -200,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.out / "png", ignore_errors=True)
     entries = [make_png_study(s, args.shared_data, args.out) for s in PNG_SAMPLES]
     entries += copy_originals(args.shared_data, args.out)
+    entries += [make_mr_study(s, args.shared_data, args.out) for s in MR_SAMPLES]
     (args.out / "samples.json").write_text(
         json.dumps([asdict(e) for e in entries], indent=2) + "\n", encoding="utf-8"
     )

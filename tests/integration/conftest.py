@@ -47,7 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         viewer_port=free_port(),
         stable_age=STABLE_AGE,
         quiet_seconds=QUIET_SECONDS,
-        checkpoints=(CHECKPOINT,),
+        # default routing: chest radiographs to CHECKPOINT, brain MR to default-brain
+        checkpoints=tuple(dict.fromkeys((CHECKPOINT, "default-brain"))),
         scanners=(
             DicomPeer("scanner", SAMPLE_SCU_AET),
             DicomPeer("storescu", STORESCU_AET),

@@ -146,7 +146,11 @@ def test_the_node_analyses_an_mr_flair_series_as_one_volume(tmp_path: Path, extr
             scores.append(image.score)
     assert auroc(labels, scores) > 0.85
     assert result.is_abnormal is True
-    assert len([f for f in result.files if "_seg_" in f]) == len(scores)
+    # one multi-frame SEG and one map for the series, a frame per analysed slice
+    [seg] = [pydicom.dcmread(f) for f in result.files if "_seg_" in f]
+    [pm] = [pydicom.dcmread(f) for f in result.files if "_map_" in f]
+    assert pm.NumberOfFrames == len(scores)
+    assert seg.NumberOfFrames == len(scores) * len(seg.SegmentSequence)
     # the map of the slice with the largest tumour, thresholded as the SEG is
     volume, _, masks = extracted
     normalised = normalise_in_brain(volume, masks)

@@ -221,3 +221,126 @@ def test_an_image_whose_results_cannot_be_written_is_not_analysed_and_the_rest_i
     reported = read_sr_scores(sr)["images"][bad_uid]
     assert reported["status"] == "Not analysed"
     assert "could not be written" in reported["reason"]
+
+
+def _mr_model(tmp_path: Path) -> Path:
+    """A copy of the shipped CXR model whose card accepts MR (the pipeline's paths, not a
+    brain model: no HD-BET, so the test stays fast)."""
+    import dataclasses
+    import json
+
+    from ai_engine import checkpoints
+
+    ckpt = tmp_path / "mr-model"
+    shutil.copytree(checkpoints.resolve("default-cxr"), ckpt)
+    card = checkpoints.read_card(ckpt)
+    card = dataclasses.replace(card, name="mr-test", modalities=("MR",), body_parts=(), views=())
+    (ckpt / "card.json").write_text(json.dumps(checkpoints.card_to_dict(card)))
+    return ckpt
+
+
+def _mr_series(folder: Path, n: int = 5) -> list[pydicom.Dataset]:
+    """An n-slice MR series from pydicom's MR_small: 4 mm apart along the slice normal,
+    each slice's pixels rolled differently so every slice gets its own map; files written
+    in reverse order."""
+    template = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    iop = [float(v) for v in template.ImageOrientationPatient]
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.array([float(v) for v in template.ImagePositionPatient])
+    series_uid = pydicom.uid.generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    slices = []
+    for k in range(n):
+        ds = copy.deepcopy(template)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.ImagePositionPatient = [float(v) for v in origin + 4.0 * k * normal]
+        ds.InstanceNumber = k + 1
+        ds.PixelData = np.roll(template.pixel_array, 13 * k, axis=k % 2).tobytes()
+        ds.save_as(folder / f"s{n - k:02d}.dcm", enforce_file_format=True)
+        slices.append(ds)
+    return slices
+
+
+def test_a_multi_slice_mr_series_gets_one_seg_and_one_map_mapped_to_its_slices(tmp_path):
+    """Issue 19: one multi-frame binary SEG and one Parametric Map per volume series, each
+    frame referencing its source slice and holding that slice's result (the same pixels as
+    the single-image path writes for that slice on its own); the SR keeps per-slice scores."""
+    import highdicom as hd
+
+    from ai_engine.dicom_io.pmap_writer import frame_sources
+    from tests.unit.ai_engine.dicom_io.conftest import dciodvfy_report
+
+    ckpt = _mr_model(tmp_path)
+    slices = _mr_series(tmp_path / "in")
+    [result] = pipeline.run(tmp_path / "in", tmp_path / "out", [str(ckpt)])
+    assert all(i.score is not None for i in result.images)
+    assert len(result.images) == len(slices)
+    written = {Path(f): pydicom.dcmread(f) for f in result.files}
+    [seg_path] = [p for p, ds in written.items() if ds.Modality == "SEG"]
+    [pm_path] = [p for p, ds in written.items() if ds.SOPClassUID.name == "Parametric Map Storage"]
+    seg, pm = written[seg_path], written[pm_path]
+    uids = {str(s.SOPInstanceUID) for s in slices}
+    assert seg.SegmentationType == "BINARY"
+    n_levels = len(seg.SegmentSequence)
+    assert seg.NumberOfFrames == len(slices) * n_levels
+    assert pm.NumberOfFrames == len(slices)
+    # frames are mapped by reference (highdicom orders them in space, not by input order)
+    assert set(frame_sources(pm)) == uids
+    assert set(frame_sources(seg)) == uids
+    for path in (seg_path, pm_path):
+        errors, output = dciodvfy_report(path)
+        assert not errors, output
+    # per-slice scores in the SR, as before
+    sr = next(ds for ds in written.values() if ds.Modality == "SR")
+    assert set(read_sr_scores(sr)["images"]) == uids
+
+    # each slice alone (a single-image unit) gives the reference pixels for that slice
+    by_source_pm = dict(zip(frame_sources(pm), pm.pixel_array, strict=True))
+    volume_seg = hd.seg.Segmentation.from_dataset(seg)
+    for k, ds in enumerate(slices):
+        alone = tmp_path / f"alone{k}"
+        alone.mkdir()
+        shutil.copy(next(p for p in (tmp_path / "in").iterdir()
+                         if pydicom.dcmread(p).SOPInstanceUID == ds.SOPInstanceUID),
+                    alone / "slice.dcm")  # fmt: skip
+        [single] = pipeline.run(alone, tmp_path / f"out{k}", [str(ckpt)])
+        assert single.images[0].score == pytest.approx(
+            next(i.score for i in result.images if i.sop_instance_uid == ds.SOPInstanceUID)
+        )
+        one = [pydicom.dcmread(f) for f in single.files]
+        [one_pm] = [d for d in one if d.SOPClassUID.name == "Parametric Map Storage"]
+        [one_seg] = [d for d in one if d.Modality == "SEG"]
+        # a batch of 5 and a batch of 1 differ by float rounding: 1 stored step (1e-4) at most
+        frame = by_source_pm[str(ds.SOPInstanceUID)].astype(int)
+        assert np.abs(frame - one_pm.pixel_array.astype(int)).max() <= 1
+        others = [v for u, v in by_source_pm.items() if u != ds.SOPInstanceUID]
+        assert all(np.abs(frame - v.astype(int)).mean() > 100 for v in others)  # slices differ
+        numbers = list(range(1, n_levels + 1))
+        in_volume = volume_seg.get_pixels_by_source_instance(
+            [str(ds.SOPInstanceUID)], segment_numbers=numbers
+        )
+        alone_seg = hd.seg.Segmentation.from_dataset(one_seg).get_pixels_by_source_instance(
+            [str(ds.SOPInstanceUID)], segment_numbers=numbers
+        )
+        assert in_volume.any()
+        assert np.mean(in_volume != alone_seg) < 1e-3  # the same region up to that rounding
+
+
+def test_a_series_whose_objects_cannot_be_written_is_not_analysed_as_a_whole(tmp_path, monkeypatch):
+    """All objects of a series are saved or none: a refused volume SEG leaves no map behind."""
+    from ai_engine.dicom_io import seg_volume_writer
+
+    def refusing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("a value the IOD does not allow")
+
+    monkeypatch.setattr(seg_volume_writer, "write_binary_seg_volume", refusing)
+    slices = _mr_series(tmp_path / "in", n=3)
+    [result] = pipeline.run(tmp_path / "in", tmp_path / "out", [str(_mr_model(tmp_path))])
+    assert {i.not_analysed_reason for i in result.images} == {
+        "the result objects for this series could not be written (ValueError)"
+    }
+    assert len(result.images) == len(slices)
+    kinds = sorted(pydicom.dcmread(f).Modality for f in result.files)
+    assert kinds == ["SR"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(result.files[0]).name]

@@ -133,3 +133,56 @@ def test_kermany_png_to_dx(kermany_png, tmp_path, dciodvfy, transfer_syntax):
 def test_save_requires_file_meta(tmp_path):
     with pytest.raises(ValueError, match="file_meta"):
         save(pydicom.Dataset(), tmp_path / "x.dcm")
+
+
+def test_committed_mr_sample_is_one_valid_volume_series(dciodvfy):
+    """tests/data/dicom/lgg_flair_mr (made by pngs_to_mr_series): MR Image Storage, one series
+    and frame of reference, the assumed geometry, read back as one volume in slice order."""
+    from pathlib import Path
+
+    from ai_engine.anatomy.brain import assumed_spacing
+    from ai_engine.dicom_io.volume import read_series
+
+    folder = Path(__file__).resolve().parents[3] / "data" / "dicom" / "lgg_flair_mr"
+    paths = sorted(folder.glob("*.dcm"))
+    assert 20 <= len(paths) <= 30
+    assert sum(p.stat().st_size for p in paths) <= 3_000_000
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    assert {h.SOPClassUID for h in headers} == {"1.2.840.10008.5.1.4.1.1.4"}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert len({h.get(keyword) for h in headers}) == 1
+    spacing = assumed_spacing(len(paths))
+    for k, h in enumerate(headers):  # file names follow the manifest's slice order
+        assert [float(v) for v in h.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        assert float(h.ImagePositionPatient[2]) == pytest.approx(k * spacing[0], abs=1e-3)
+        assert [float(v) for v in h.PixelSpacing] == pytest.approx(spacing[1:])
+        assert float(h.SliceThickness) == float(h.SpacingBetweenSlices)
+    dciodvfy(paths[len(paths) // 2])
+    volume = read_series(list(reversed(paths)))
+    assert volume.spacing == pytest.approx(spacing, abs=1e-3)
+    assert [str(p) for p in volume.paths] == [str(p) for p in paths]
+    png = np.asarray(pydicom.dcmread(paths[0]).pixel_array)
+    assert png.max() <= 255
+    np.testing.assert_allclose(volume.pixels[0], png / 255.0, atol=1e-6)
+
+
+def test_pngs_to_mr_series_refuses_bad_arguments(png_factory):
+    from pydicom.uid import generate_uid
+
+    from ai_engine.dicom_io.convert import pngs_to_mr_series
+
+    a, _ = png_factory("a.png")
+    b, _ = png_factory("b.png", rows=32)
+    uids = dict(
+        study_instance_uid=generate_uid(),
+        series_instance_uid=generate_uid(),
+        frame_of_reference_uid=generate_uid(),
+    )
+    with pytest.raises(ValueError, match="differ in size"):
+        pngs_to_mr_series(
+            [a, b], (5, 1, 1), patient_id="X", sop_instance_uids=["1.2", "1.3"], **uids
+        )
+    with pytest.raises(ValueError, match="one SOPInstanceUID per slice"):
+        pngs_to_mr_series([a], (5, 1, 1), patient_id="X", sop_instance_uids=[], **uids)
+    with pytest.raises(ValueError, match="positive"):
+        pngs_to_mr_series([a], (0, 1, 1), patient_id="X", sop_instance_uids=["1.2"], **uids)

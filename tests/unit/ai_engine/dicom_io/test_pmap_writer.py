@@ -9,7 +9,12 @@ import pytest
 
 from ai_engine.dicom_io import markers
 from ai_engine.dicom_io.convert import png_to_dicom, save
-from ai_engine.dicom_io.pmap_writer import frame_sources, write_parametric_map
+from ai_engine.dicom_io.pmap_writer import (
+    STORED_SCALE,
+    frame_sources,
+    stored_to_map,
+    write_parametric_map,
+)
 from ai_engine.errors import UnsupportedInputError
 from ai_engine.types import AlgorithmInfo
 
@@ -40,15 +45,24 @@ def _check_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
     assert ds.PatientID == source.PatientID
     shared = ds.SharedFunctionalGroupsSequence[0]
     mapping = shared.RealWorldValueMappingSequence[0]
-    assert mapping.LUTExplanation == "anomaly map, 0.5 = pixel threshold"
+    assert mapping.LUTExplanation == "scaled anomaly map, 0.5 = pixel threshold"
+    assert mapping.LUTLabel == "ANOMALY"
+    assert "probab" not in str(ds).lower()  # a scaled anomaly map, not a probability
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+    # 16-bit integers (Orthanc 1.10 serves no FloatPixelData frames), mapped to 0..1
+    assert "FloatPixelData" not in ds
+    assert (ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (16, 16, 0)
     assert (
-        mapping.DoubleFloatRealWorldValueFirstValueMapped,
-        mapping.DoubleFloatRealWorldValueLastValueMapped,
-    ) == (
-        0.0,
-        1.0,
-    )
-    assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
+        mapping.RealWorldValueFirstValueMapped,
+        mapping.RealWorldValueLastValueMapped,
+    ) == (0, STORED_SCALE)
+    assert mapping.RealWorldValueSlope == pytest.approx(1.0 / STORED_SCALE)
+    assert mapping.RealWorldValueIntercept == 0.0
+    if "PixelSpacing" in source:  # the source's spacing, not an invented one
+        measures = shared.PixelMeasuresSequence[0]
+        assert [float(v) for v in measures.PixelSpacing] == pytest.approx(
+            [float(v) for v in source.PixelSpacing]
+        )
     for item in ds.PerFrameFunctionalGroupsSequence:
         description = item.DerivationImageSequence[0].DerivationDescription
         assert ALGORITHM.weights_sha256 in description
@@ -67,7 +81,8 @@ def test_single_slice_round_trip(name, request, tmp_path, dciodvfy, strict_pydic
     _check_provenance(back, source)
     assert back.NumberOfFrames == 1
     assert back.Laterality == ""
-    np.testing.assert_array_equal(back.pixel_array, values)  # float32, exact
+    # stored with a step of 1e-4: within half a step of the map
+    np.testing.assert_allclose(stored_to_map(back.pixel_array), values, atol=0.5 / STORED_SCALE)
     ref = back.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
     assert ref.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
@@ -79,7 +94,7 @@ def _check_frames(pm: pydicom.Dataset, sources: list, values: np.ndarray) -> lis
     assert sorted(order) == list(range(len(sources)))
     pixels = pm.pixel_array.reshape(len(sources), *values.shape[1:])
     for frame, k in enumerate(order):
-        np.testing.assert_array_equal(pixels[frame], values[k])
+        np.testing.assert_allclose(stored_to_map(pixels[frame]), values[k], atol=0.5 / STORED_SCALE)
         item = pm.PerFrameFunctionalGroupsSequence[frame]
         position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
         assert position == pytest.approx([float(v) for v in sources[k].ImagePositionPatient])

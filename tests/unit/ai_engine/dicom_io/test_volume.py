@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -219,3 +220,34 @@ def test_nifti_matches_an_axial_dicom_series(ct_series, nifti):
     assert out.shape == volume.pixels.shape
     lo, hi = np.percentile(values, (0.5, 99.5))
     np.testing.assert_allclose(out, np.clip((values - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_an_enhanced_multi_frame_mr_is_assembled_like_its_slices(tmp_path):
+    """A real enhanced multi-frame MR (highdicom's Legacy Converted Enhanced MR of the committed
+    LGG series, frames in shuffled order): one volume, per-frame positions, the same pixels
+    and spacing as the single-frame slices read as a series."""
+    import highdicom as hd
+
+    folder = Path(__file__).resolve().parents[3] / "data" / "dicom" / "lgg_flair_mr"
+    paths = sorted(folder.glob("*.dcm"))
+    slices = [pydicom.dcmread(p) for p in paths]
+    shuffled = [slices[k] for k in np.random.default_rng(1).permutation(len(slices))]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        shuffled,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=2,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    assert int(ds.NumberOfFrames) == len(slices)
+    assert "PlanePositionSequence" in ds.PerFrameFunctionalGroupsSequence[0]
+
+    volume = read_series([path])
+    reference = read_series(paths)
+    assert volume.pixels.shape == reference.pixels.shape
+    np.testing.assert_allclose(volume.pixels, reference.pixels, atol=1e-6)
+    assert volume.spacing == pytest.approx(reference.spacing, abs=1e-4)
+    assert volume.paths == (path,) * len(slices)
