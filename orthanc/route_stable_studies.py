@@ -237,7 +237,7 @@ def _get_json(uri: str) -> Any:
     return json.loads(orthanc.RestApiGet(uri))
 
 
-def _has_metadata(instance_id: str, name: str) -> str | None:
+def _metadata(instance_id: str, name: str) -> str | None:
     try:
         value: bytes = orthanc.RestApiGet(f"/instances/{instance_id}/metadata/{name}")
     except Exception:  # noqa: BLE001 - orthanc.OrthancException when the metadata is absent
@@ -261,8 +261,8 @@ def _collect_instances(study_id: str) -> tuple[str, list[InstanceInfo]]:
         series = _get_json(f"/series/{series_id}")
         manufacturer = series.get("MainDicomTags", {}).get("Manufacturer")
         for instance_id in series.get("Instances", []):
-            sop_class_uid = _has_metadata(instance_id, "SopClassUid")
-            routed = _has_metadata(instance_id, ROUTED_METADATA) is not None
+            sop_class_uid = _metadata(instance_id, "SopClassUid")
+            routed = _metadata(instance_id, ROUTED_METADATA) is not None
             infos.append(InstanceInfo(instance_id, manufacturer, sop_class_uid, routed))
     return study_uid, infos
 

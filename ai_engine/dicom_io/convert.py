@@ -132,6 +132,49 @@ def _load_png_8bit(png_path: Path) -> npt.NDArray[np.uint8]:
         raise UnsupportedInputError(f"{png_path}: not a readable PNG ({exc})") from exc
 
 
+def _converted_dataset(
+    sop_class: str,
+    sop_instance_uid: str,
+    *,
+    patient_id: str,
+    patient_sex: str | None,
+    patient_age: str | None,
+    study_instance_uid: str,
+    study_description: str,
+) -> Dataset:
+    """File meta, SOP Common, Patient and General Study of a PNG-made image.
+
+    Only the given identifiers; the callers add the series, image and pixel modules.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    # SOP Common
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance_uid
+    # Patient (only the given identifiers)
+    ds.PatientName = ""
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = patient_sex or ""
+    if patient_age is not None:
+        ds.PatientAge = patient_age
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "Converted from a public research PNG; no source identifiers"
+    # General Study
+    ds.StudyInstanceUID = study_instance_uid
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.StudyDescription = study_description
+    return ds
+
+
 def png_to_dicom(
     png_path: Path,
     *,
@@ -220,35 +263,15 @@ def png_to_dicom(
         if modality == "DX"
         else (ComputedRadiographyImageStorage)
     )
-    sop_instance_uid = new_uid()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    # SOP Common
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_instance_uid
-    # Patient (only the given identifiers)
-    ds.PatientName = ""
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = patient_sex or ""
-    if patient_age is not None:
-        ds.PatientAge = patient_age
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "Converted from a public research PNG; no source identifiers"
-    # General Study
-    ds.StudyInstanceUID = study_instance_uid or new_uid()
-    ds.StudyDate = ""
-    ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = ""
-    ds.StudyDescription = study_description
+    ds = _converted_dataset(
+        sop_class,
+        new_uid(),
+        patient_id=patient_id,
+        patient_sex=patient_sex,
+        patient_age=patient_age,
+        study_instance_uid=study_instance_uid or new_uid(),
+        study_description=study_description,
+    )
     # General Series (+ DX Series / CR Series)
     ds.Modality = modality
     ds.SeriesInstanceUID = series_instance_uid or new_uid()
@@ -418,29 +441,15 @@ def pngs_to_mr_series(
         raise ValueError("the PNG slices differ in size")
     datasets = []
     for k, (values, sop_uid) in enumerate(zip(slices, sop_instance_uids, strict=True)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.PatientName = ""
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        if patient_age is not None:
-            ds.PatientAge = patient_age
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "Converted from a public research PNG; no source identifiers"
-        ds.StudyInstanceUID = study_instance_uid
-        ds.StudyDate = ""
-        ds.StudyTime = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = ""
-        ds.AccessionNumber = ""
-        ds.StudyDescription = study_description
+        ds = _converted_dataset(
+            MRImageStorage,
+            sop_uid,
+            patient_id=patient_id,
+            patient_sex=None,
+            patient_age=patient_age,
+            study_instance_uid=study_instance_uid,
+            study_description=study_description,
+        )
         # General Series
         ds.Modality = "MR"
         ds.SeriesInstanceUID = series_instance_uid

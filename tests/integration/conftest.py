@@ -8,7 +8,8 @@ Orthanc 1.10 cannot bind a single address and would otherwise listen on every in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,35 @@ def dicomweb(stack: EmbeddedStack) -> DICOMwebClient:
     session = requests.Session()
     session.auth = stack.auth
     return DICOMwebClient(url=f"{stack.orthanc_url}/dicom-web", session=session)
+
+
+#: The repository root (the browser scripts live in ohif-extension/tests/).
+REPO = Path(__file__).resolve().parents[2]
+BrowserScript = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def browser_script() -> BrowserScript:
+    """Runs one of ``ohif-extension/tests/*.mjs`` (headless Chromium) and returns its stdout.
+
+    ``browser_script("e2e.mjs", "--url", url, ..., passed="E2E PASS")`` asserts exit status 0
+    and that ``passed`` was printed, showing the script's output (and where its screenshots
+    are, given ``screenshots``) otherwise.
+    """
+
+    def run(script: str, *args: str, passed: str, screenshots: Path | None = None) -> str:
+        proc = subprocess.run(
+            ["node", str(REPO / "ohif-extension" / "tests" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO / "ohif-extension",
+            check=False,
+        )
+        output = f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+        where = f" (screenshots in {screenshots})" if screenshots else ""
+        assert proc.returncode == 0, f"{script} failed{where}:\n{output}"
+        assert passed in proc.stdout, output
+        return proc.stdout
+
+    return run

@@ -7,8 +7,8 @@ Everything is real: the embedded stack (Debian Orthanc, the node with the real e
 
 from __future__ import annotations
 
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -58,7 +58,7 @@ def review_series(client: DICOMwebClient, study_uid: str) -> list[dict]:
 
 @pytest.mark.browser
 def test_judgement_clicked_in_the_viewer_reaches_orthanc_and_the_api(
-    stack: EmbeddedStack, dicomweb: DICOMwebClient
+    stack: EmbeddedStack, dicomweb: DICOMwebClient, browser_script: Callable[..., str]
 ) -> None:
     study_uid = str(pydicom.dcmread(SAMPLE, stop_before_pixels=True).StudyInstanceUID)
     send_files([SAMPLE], "127.0.0.1", stack.options.dicom_port)  # raises on any failure
@@ -70,18 +70,13 @@ def test_judgement_clicked_in_the_viewer_reaches_orthanc_and_the_api(
     assert review_series(dicomweb, study_uid) == []
     assert stack.viewer_url is not None, "the viewer server did not start"
     shots = REPO / "test-artifacts" / "e2e-feedback"
-    proc = subprocess.run(
-        [
-            "node", str(REPO / "ohif-extension/tests/e2e.mjs"),
-            "--url", stack.viewer_url, "--study", study_uid, "--screenshots", str(shots),
-            "--timeout", "120", "--judge", "agree", "--comment", COMMENT,
-        ],
-        capture_output=True, text=True, timeout=300, cwd=REPO / "ohif-extension",
+    stdout = browser_script(
+        "e2e.mjs",
+        "--url", stack.viewer_url, "--study", study_uid, "--screenshots", str(shots),
+        "--timeout", "120", "--judge", "agree", "--comment", COMMENT,
+        passed="E2E FEEDBACK", screenshots=shots,
     )  # fmt: skip
-    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, f"e2e failed (screenshots in {shots}):\n{output}"
-    assert "E2E FEEDBACK" in proc.stdout, output
-    print(next(line for line in proc.stdout.splitlines() if "E2E FEEDBACK" in line))
+    print(next(line for line in stdout.splitlines() if "E2E FEEDBACK" in line))
 
     # the node's API lists it: the latest version counts, from the viewer's reader
     listing = node_api(stack, f"/studies/{study_uid}/feedback").json()

@@ -9,8 +9,8 @@ anomaly extension).
 
 from __future__ import annotations
 
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,11 @@ def _region_slices(seg: pydicom.Dataset, sources: list[str]) -> tuple[list[str],
 
 @pytest.mark.browser
 def test_stock_ohif_shows_the_region_on_the_slices_of_the_seg(
-    stack: EmbeddedStack, dicomweb: DICOMwebClient, mr_study: dict[str, list[dict]], tmp_path: Path
+    stack: EmbeddedStack,
+    dicomweb: DICOMwebClient,
+    mr_study: dict[str, list[dict]],
+    tmp_path: Path,
+    browser_script: Callable[..., str],
 ) -> None:
     """Stock OHIF 3.13.2 (no extension) loads the SEG onto the MR series; overlay pixels are
     drawn on every slice where the SEG has region and on none of the others."""
@@ -167,59 +171,39 @@ def test_stock_ohif_shows_the_region_on_the_slices_of_the_seg(
             if time.monotonic() > deadline:
                 pytest.fail(f"stock viewer not up: {viewer.log_tail()}")
             time.sleep(0.2)
-        proc = subprocess.run(
-            [
-                "node",
-                str(REPO / "ohif-extension" / "tests" / "e2e_stock_mr.mjs"),
-                "--url",
-                url,
-                "--study",
-                _study_uid(),
-                "--region",
-                ",".join(region),
-                "--empty",
-                ",".join(empty),
-                "--screenshot",
-                str(screenshot),
-                "--timeout",
-                "120",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO / "ohif-extension",
-            check=False,
+        browser_script(
+            "e2e_stock_mr.mjs",
+            "--url",
+            url,
+            "--study",
+            _study_uid(),
+            "--region",
+            ",".join(region),
+            "--empty",
+            ",".join(empty),
+            "--screenshot",
+            str(screenshot),
+            "--timeout",
+            "120",
+            passed="E2E STOCK PASS",
         )
-    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    assert "E2E STOCK PASS" in proc.stdout, output
 
 
 @pytest.mark.browser
 def test_our_extension_e2e_on_the_mr_study(
-    stack: EmbeddedStack, mr_study: dict[str, list[dict]]
+    stack: EmbeddedStack, mr_study: dict[str, list[dict]], browser_script: Callable[..., str]
 ) -> None:
     """The extension's own e2e (panel, score, SEG overlay) on the MR study."""
     assert stack.viewer_url is not None
-    proc = subprocess.run(
-        [
-            "node",
-            str(REPO / "ohif-extension" / "tests" / "e2e.mjs"),
-            "--url",
-            stack.viewer_url,
-            "--study",
-            _study_uid(),
-            "--screenshots",
-            str(REPO / "test-artifacts" / "e2e-mr"),
-            "--timeout",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO / "ohif-extension",
-        check=False,
+    browser_script(
+        "e2e.mjs",
+        "--url",
+        stack.viewer_url,
+        "--study",
+        _study_uid(),
+        "--screenshots",
+        str(REPO / "test-artifacts" / "e2e-mr"),
+        "--timeout",
+        "120",
+        passed="E2E PASS",
     )
-    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    assert "E2E PASS" in proc.stdout, output

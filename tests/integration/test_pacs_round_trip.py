@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -342,34 +343,28 @@ def test_orthanc_http_needs_the_generated_password(stack: EmbeddedStack) -> None
 
 
 @pytest.mark.browser
-def test_ohif_shows_panel_and_overlay(stack: EmbeddedStack, pynetdicom_results: Results) -> None:
+def test_ohif_shows_panel_and_overlay(
+    stack: EmbeddedStack, pynetdicom_results: Results, browser_script: Callable[..., str]
+) -> None:
     """The OHIF engineer's e2e script against the viewer server the stack started."""
     e2e = REPO / "ohif-extension" / "tests" / "e2e.mjs"
     if not e2e.exists():
         pytest.fail(f"{e2e.relative_to(REPO)} does not exist yet (the OHIF engineer's e2e script)")
     assert stack.viewer_url is not None, "the viewer server did not start"
     screenshots = REPO / "test-artifacts" / "e2e"  # git-ignored; kept for CI artifacts
-    proc = subprocess.run(
-        [
-            "node",
-            str(e2e),
-            "--url",
-            stack.viewer_url,
-            "--study",
-            pynetdicom_results.study_uid,
-            "--screenshots",
-            str(screenshots),
-            "--timeout",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO / "ohif-extension",
+    browser_script(
+        "e2e.mjs",
+        "--url",
+        stack.viewer_url,
+        "--study",
+        pynetdicom_results.study_uid,
+        "--screenshots",
+        str(screenshots),
+        "--timeout",
+        "120",
+        passed="E2E PASS",
+        screenshots=screenshots,
     )
-    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, f"e2e failed (screenshots in {screenshots}):\n{output}"
-    assert "E2E PASS" in proc.stdout, output
 
 
 def test_demo_report_prints_one_line_per_study(stack: EmbeddedStack) -> None:
