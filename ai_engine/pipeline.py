@@ -308,7 +308,7 @@ def run(
                 study_score=study_score,
                 is_abnormal=None if study_score is None else study_score >= cal.threshold,
             )
-            sr = write_sr(prepared, study)
+            sr = write_sr(prepared, study, derived=written)
             sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             # the SR goes last: it is delivered after every object it sums up, so a consumer

@@ -22,8 +22,8 @@ from ai_engine.errors import UnsupportedInputError
 
 logger = logging.getLogger(__name__)
 
-#: Text appended to every output SeriesDescription.
-RESEARCH_SUFFIX = f"({markers.RESEARCH_USE_NOTICE})"
+#: Text appended to every output SeriesDescription (the prefix says "RESEARCH USE ONLY").
+RESEARCH_SUFFIX = "(not for clinical use)"
 
 
 def new_uid() -> UID:
@@ -77,7 +77,7 @@ def series_description(kind: str) -> str:
         kind: "region", "map" or "report".
 
     Returns:
-        e.g. "AI anomaly region (research use only, not for clinical use)".
+        e.g. "RESEARCH USE ONLY: AI anomaly region (not for clinical use)".
 
     Raises:
         ValueError: when the result would not fit in 64 characters.

@@ -16,7 +16,7 @@ One KOS per flagged study and model, none for a study without a flagged image. C
   research use only, not for clinical use";
 - references: every flagged image and the SR; the evidence lists the same objects.
 
-Series: SeriesDescription "AI anomaly flagged (research use only, not for clinical use)",
+Series: SeriesDescription "RESEARCH USE ONLY: AI anomaly flagged (not for clinical use)",
 series number 9006, Manufacturer, ManufacturerModelName = model name, SoftwareVersions = model
 version.
 """

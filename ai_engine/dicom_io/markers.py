@@ -11,8 +11,10 @@ from typing import Any
 
 #: Manufacturer written into every object the engine creates.
 OUTPUT_MANUFACTURER = "AI Anomaly Node"
-#: SeriesDescription prefix of every output series.
-OUTPUT_SERIES_PREFIX = "AI anomaly"
+#: SeriesDescription prefix of every output series: the research-use marking first, so a
+#: series list that cuts descriptions short (OHIF's) still shows it. Outputs written before
+#: issue 24 began with "AI anomaly"; readers (the viewer's sr.js) accept both.
+OUTPUT_SERIES_PREFIX = "RESEARCH USE ONLY: AI anomaly"
 #: Marking on every output: the results are not for clinical use.
 RESEARCH_USE_NOTICE = "research use only, not for clinical use"
 #: The private coding scheme of concepts DICOM has no code for (declared in every object that

@@ -41,7 +41,7 @@ Layout:
   weights sha256, ContentLabel "ANOMALY_MAP", ContentDescription "map by <name> <version>",
   and every frame's derivation item has a DerivationDescription with model id, name,
   version and the full weights sha256 (a PM has no Algorithm Identification Sequence).
-  SeriesDescription "AI anomaly map (research use only, not for clinical use)", series
+  SeriesDescription "RESEARCH USE ONLY: AI anomaly map (not for clinical use)", series
   number 9004.
 
 highdicom pitfalls handled here (highdicom 0.28.2):

@@ -27,7 +27,7 @@ SourceImageSequence (the source, purpose (121322, DCM, "Source image for image p
 operation")); DerivationDescription with model id, name, version and the full weights
 sha256; Manufacturer = `markers.OUTPUT_MANUFACTURER` (also SecondaryCaptureDevice...),
 ManufacturerModelName = model name, SoftwareVersions = model version; ConversionType WSD;
-SeriesDescription "AI anomaly overlay (research use only, not for clinical use)", series
+SeriesDescription "RESEARCH USE ONLY: AI anomaly overlay (not for clinical use)", series
 number 9005; PatientOrientation from the source (or derived from its
 ImageOrientationPatient for CT/MR; empty when unknown, Type 2C); Laterality as the source,
 else empty (Type 2C; highdicom leaves it out, which dciodvfy reports as an error).

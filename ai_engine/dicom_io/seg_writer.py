@@ -6,16 +6,24 @@ Two objects per analysed image (see docs/CONTRACTS.md):
   segment 1 = the calibrated pixel threshold "Anomaly > p99 healthy", further segments
   stricter). Viewers that only overlay binary SEGs (OHIF 3.13) show the levels as a coarse
   heat map; segment colours go from yellow (level 1) to red (last level).
-- `write_fractional_seg`: a FRACTIONAL SEG (PROBABILITY, MaximumFractionalValue 255) with one
-  segment holding the anomaly map scaled to [0, 1] (0.5 = the first pixel threshold).
+- `write_fractional_seg`: a FRACTIONAL SEG (MaximumFractionalValue 255) with one segment
+  holding the anomaly map scaled to [0, 1] (0.5 = the first pixel threshold). Its fractional
+  type is PROBABILITY because DICOM has only PROBABILITY and OCCUPANCY, and the values are
+  not an occupancy; they are not a probability either, which the segment label and
+  SegmentDescription say (`MAP_LABEL`, `MAP_DESCRIPTION`).
 
 A Parametric Map is not used: it is not a valid IOD for a 2D radiograph without a Frame of
 Reference (stack-notes section 4).
 
-Codes: segmented property category (49755003, SCT, "Morphologically abnormal structure"),
-type (ANOMALY_REGION, 99AINODE, "Anomaly region"): the region is where the image differs from
-the healthy training images, not a lesion, and no standard code says that, so the private
-scheme is declared in CodingSchemeIdentificationSequence; algorithm type AUTOMATIC;
+Codes: segmented property category (49755003, SCT, "Morphologically abnormal structure",
+CID 7150), type (263654008, SCT, "Abnormal"): the region is where the image differs from the
+healthy training images, not a lesion; "Abnormal" is the counterpart of (17621005, SCT,
+"Normal"), which CID 7159 already lists as a segment type, and says no more than the model
+knows. Every segment's SegmentDescription says "Anomaly region (unsupervised, not a
+diagnosis)" and which threshold it is. Each segment has a Tracking ID and a Tracking UID; the
+SR's region groups (`sr_writer`) carry the same, so a consumer ties the SR to the segment.
+The private scheme stays declared in CodingSchemeIdentificationSequence (the volume SEG
+writer shares the list); algorithm type AUTOMATIC;
 algorithm identification with family (CID 7162) "Artificial Intelligence", name = model
 name, version = model version, and parameters ``model_id`` and ``weights_sha256`` (the full
 sha256 of the weights file; it does not fit the 64 characters of ContentDescription, which
@@ -32,11 +40,12 @@ highdicom pitfalls handled here (highdicom 0.28.2, 2D projection sources):
 
 - PatientOrientation is Type 2C in the SEG but highdicom omits it; it is copied from the source
   (empty if the source has none), otherwise dciodvfy reports an error.
-- `Segmentation.from_dataset` needs SliceThickness in the Pixel Measures; when the source has
-  a valid PixelSpacing the SEG gets Pixel Measures with that spacing and SliceThickness 1.0 (a
-  placeholder that means nothing for a projection image). A source with only
-  ImagerPixelSpacing (DX) or without any spacing (some CR) gets no Pixel Measures: detector
-  spacing is not patient spacing, and none is better than a wrong one.
+- Pixel Measures: the source's PixelSpacing, else its ImagerPixelSpacing (a DX's detector
+  spacing, what a viewer of the DX itself uses), copied; a source with neither gets no Pixel
+  Measures at all (the SEG IOD allows it for a projection image, dciodvfy and highdicom accept
+  it), never an invented spacing. `Segmentation.from_dataset` needs SliceThickness whenever
+  Pixel Measures are present, so they carry SliceThickness 1.0, a placeholder that means
+  nothing for a projection image.
 - An invalid source PixelSpacing (0 and 0, as in RG1) is dropped before highdicom copies it.
 - Missing Type 2 patient/study attributes of the source (highdicom raises AttributeError)
   are written empty.
@@ -88,7 +97,15 @@ _YELLOW = (97.1, -21.6, 94.5)
 _RED = (53.2, 80.1, 67.2)
 
 _CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
-_TYPE = hd.sr.CodedConcept("ANOMALY_REGION", markers.PRIVATE_CODING_SCHEME, "Anomaly region")
+_TYPE = hd.sr.CodedConcept("263654008", "SCT", "Abnormal")
+#: Start of every segment's SegmentDescription: what the region is, and what it is not.
+REGION_DESCRIPTION = "Anomaly region (unsupervised, not a diagnosis)"
+MAP_LABEL = "Anomaly map (scaled, not a probability)"
+MAP_DESCRIPTION = (
+    "Anomaly map (unsupervised, not a diagnosis), scaled to 0..1: 0.5 = the calibrated pixel "
+    "threshold of healthy images. Fractional type PROBABILITY is DICOM's only choice for "
+    "graded values; they are not probabilities."
+)
 CODING_SCHEMES = [
     hd.coding_schemes.CodingSchemeIdentificationItem(
         designator=markers.PRIVATE_CODING_SCHEME,
@@ -117,19 +134,21 @@ def _colour(index: int, count: int) -> hd.color.CIELabColor:
     return hd.color.CIELabColor(lab[0], lab[1], lab[2])
 
 
-def _pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence:
-    """Pixel measures for the SEG, always present.
+def _pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | None:
+    """Pixel measures for the SEG: the source's own spacing, or none.
 
-    OHIF 3.13's SEG loader crashes (blank viewer) on a SEG without a Pixel Measures Sequence,
-    and highdicom needs SliceThickness to read one back. Spacing: PixelSpacing when the source
-    has a valid one; else ImagerPixelSpacing (projection radiographs: detector plane); else a
-    nominal 1 mm, which only tells viewers the grid is square.
+    PixelSpacing when the source has a valid one, else ImagerPixelSpacing (a projection
+    radiograph's detector plane); a source with neither gets None (no Pixel Measures), never
+    an invented spacing. highdicom needs SliceThickness to read Pixel Measures back, hence
+    the placeholder.
     """
     spacing = valid_spacing(source.get("PixelSpacing")) or valid_spacing(
         source.get("ImagerPixelSpacing")
     )
+    if spacing is None:
+        return None
     return hd.PixelMeasuresSequence(
-        pixel_spacing=list(spacing) if spacing is not None else [1.0, 1.0],
+        pixel_spacing=list(spacing),
         slice_thickness=_SLICE_THICKNESS_PLACEHOLDER,
     )
 
@@ -267,19 +286,19 @@ def level_segments(
         if not label or len(label) > 64:
             raise ValueError(f"segment label must be 1 to 64 characters: {label!r}")
         masks.append(as_mask(label, mask))
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=index + 1,
-                segment_label=label,
-                segmented_property_category=_CATEGORY,
-                segmented_property_type=_TYPE,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=_algorithm_identification(algorithm),
-                tracking_id=f"anomaly level {index + 1}",
-                tracking_uid=new_uid(),
-                display_color=_colour(index, len(levels)),
-            )
+        description = hd.seg.SegmentDescription(
+            segment_number=index + 1,
+            segment_label=label,
+            segmented_property_category=_CATEGORY,
+            segmented_property_type=_TYPE,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=_algorithm_identification(algorithm),
+            tracking_id=f"anomaly level {index + 1}",
+            tracking_uid=new_uid(),
+            display_color=_colour(index, len(levels)),
         )
+        description.SegmentDescription = f"{REGION_DESCRIPTION}: {label}"
+        descriptions.append(description)
     for wider, stricter in pairwise(masks):
         if np.any(stricter & ~wider):
             logger.warning("binary SEG levels are not nested")
@@ -379,7 +398,7 @@ def write_fractional_seg(
     array = np.clip(array, 0.0, 1.0).astype(np.float32)
     description = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label="Anomaly map",
+        segment_label=MAP_LABEL,
         segmented_property_category=_CATEGORY,
         segmented_property_type=_TYPE,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -388,6 +407,7 @@ def write_fractional_seg(
         tracking_uid=new_uid(),
         display_color=_colour(1, 2),  # red
     )
+    description.SegmentDescription = MAP_DESCRIPTION
     return _segmentation(
         source,
         array[np.newaxis, :, :, np.newaxis],

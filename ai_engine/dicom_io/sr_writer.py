@@ -1,34 +1,49 @@
 """Comprehensive SR (TID 1500) with the anomaly scores of one study and one model.
 
-Layout, as docs/CONTRACTS.md prescribes (what the OHIF extension parses):
+Layout, as docs/CONTRACTS.md prescribes (what the OHIF extension parses), read as IHE AI
+Results (AIR) asks: standard concepts where DICOM has them, private ones (99AINODE) only for
+the score, threshold, percentile and "not analysed".
 
 - Root CONTAINER (126000, DCM, "Imaging Measurement Report") built by highdicom
   `MeasurementReport`; observer = the device (name and model = model name, manufacturer =
   `markers.OUTPUT_MANUFACTURER`, serial number = first 16 hex digits of the weights sha256);
-  procedure reported (363679005, SCT, "Imaging procedure").
+  procedure reported from the sources (`procedures_reported`: "Plain chest X-ray" for a chest
+  CR/DX, "MR Brain", else the modality's "unspecified body region" code); the model also in
+  ContributingEquipmentSequence (109102, DCM, "Processing Equipment"), with model id and the
+  weights' sha256.
 - One TID 1501 `MeasurementsAndQualitativeEvaluations` group per source image (in the order of
-  ``study.images``): tracking identifier "anomaly <SOPInstanceUID>" with a new tracking UID, the
-  source image referenced, algorithm identification (model name, version, parameters
-  ``model_id=...`` and ``weights_sha256=...``), then
+  ``study.images``): tracking identifier "anomaly <SOPInstanceUID>" with a new tracking UID,
+  Finding (121071, DCM) = (263654008, SCT, "Abnormal"), (17621005, SCT, "Normal") or
+  (NOT_ANALYSED, 99AINODE, "Not analysed"), the source image referenced first, then the
+  Parametric Map its score came from (MR/CT), algorithm identification (model name, version,
+  parameters ``model_id=...`` and ``weights_sha256=...``), then
 
   - NUM (ANOMALY_SCORE, 99AINODE, "Anomaly score"), unit ({score}, UCUM, "score")
   - NUM (ANOMALY_THRESHOLD, 99AINODE, "Anomaly score threshold"), unit ({score}, UCUM, "score")
   - NUM (HEALTHY_PERCENTILE, 99AINODE, "Healthy reference percentile"), unit (%, UCUM,
     "percent")
-  - CODE (ANOMALY_STATUS, 99AINODE, "Anomaly status") = (263654008, SCT, "Abnormal"),
-    (17621005, SCT, "Normal") or (NOT_ANALYSED, 99AINODE, "Not analysed").
 
   A value that is unknown (not analysed, or a NaN percentile when the model card has no
-  healthy scores) is left out rather than written as a made-up number.
+  healthy scores) is left out rather than written as a made-up number. SRs written before
+  issue 24 had the status as CODE (ANOMALY_STATUS, 99AINODE); `read_sr_scores` reads both.
 - **Images that were not analysed** get status "Not analysed", no NUMs, and the reason as a
   TEXT item (121106, DCM, "Comment") = "Not analysed: <reason>", inside their group, so any
   SR viewer shows it and `read_sr_scores` returns it as ``reason``.
 - One more group with tracking identifier "anomaly study": NUM "Anomaly score" = the study
-  score (maximum over the analysed images), NUM threshold, status of the study ("Not
+  score (maximum over the analysed images), NUM threshold, Finding of the study ("Not
   analysed" when no image was analysed).
+- **The regions** (``derived``: the SEGs and maps written for the study): per SEG segment a
+  group with the segment's own Tracking ID and Tracking UID, finding type and category the
+  segment's; TID 1410 with the Referenced Segmentation Frame for a SEG of one image, TID
+  1411 with the Referenced Segment (and the source series) for a volume SEG. For a binary
+  SEG of one image, the outlines of segment 1 (the calibrated threshold): one TID 1410 group
+  per connected component (the largest `MAX_OUTLINES`), SCOORD POLYLINE = the convex hull of
+  its pixels on the source image, same Tracking UID as the segment.
+- A "Qualitative Evaluations" container with TEXT "Comment" = `RESEARCH_NOTICE_TEXT`.
+- Evidence (CurrentRequestedProcedureEvidenceSequence): the sources and every derived object.
 
 The private coding scheme 99AINODE is declared in CodingSchemeIdentificationSequence.
-SeriesDescription "AI anomaly report (research use only, not for clinical use)", series
+SeriesDescription "RESEARCH USE ONLY: AI anomaly report (not for clinical use)", series
 number 9003, Manufacturer / ManufacturerModelName / SoftwareVersions as for the SEGs.
 dciodvfy passes it with warnings only (it does not know the private scheme 99AINODE).
 """
@@ -38,10 +53,12 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import highdicom as hd
+import numpy as np
+import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -80,7 +97,11 @@ ANOMALY_THRESHOLD = hd.sr.CodedConcept(
 HEALTHY_PERCENTILE = hd.sr.CodedConcept(
     "HEALTHY_PERCENTILE", CODING_SCHEME, "Healthy reference percentile"
 )
+#: Legacy status concept (SRs written before issue 24); read, no longer written: the status is
+#: now the value of the standard Finding (`FINDING`).
 ANOMALY_STATUS = hd.sr.CodedConcept("ANOMALY_STATUS", CODING_SCHEME, "Anomaly status")
+#: TID 1501/1410/1411 row "Finding" (DCM 121071), the concept AIR consumers look for.
+FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 STATUS_ABNORMAL = hd.sr.CodedConcept("263654008", "SCT", "Abnormal")
 STATUS_NORMAL = hd.sr.CodedConcept("17621005", "SCT", "Normal")
 STATUS_NOT_ANALYSED = hd.sr.CodedConcept("NOT_ANALYSED", CODING_SCHEME, "Not analysed")
@@ -89,6 +110,29 @@ _SCORE_UNIT = hd.sr.CodedConcept("{score}", "UCUM", "score")
 _PERCENT_UNIT = hd.sr.CodedConcept("%", "UCUM", "percent")
 _COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 _IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+#: Procedure Reported (TID 1500 row 4) from the sources' Modality and BodyPartExamined:
+#: specific codes where one fits, else the CID 100 "<modality> unspecified body region" codes.
+_CHEST_RADIOGRAPH = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
+_MR_BRAIN = hd.sr.CodedConcept("24590-2", "LN", "MR Brain")
+_PROCEDURE_BY_MODALITY = {
+    "CR": hd.sr.CodedConcept("43468-8", "LN", "XR unspecified body region"),
+    "DX": hd.sr.CodedConcept("43468-8", "LN", "XR unspecified body region"),
+    "MR": hd.sr.CodedConcept("25056-3", "LN", "MRI unspecified body region"),
+    "CT": hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region"),
+}
+#: CID 7005 purpose of reference of the contributing equipment (the model).
+PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipment")
+#: TID 1500 row 12 root container of document-level qualitative evaluations, where the
+#: research-use notice goes (TEXT "Comment").
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+RESEARCH_NOTICE_TEXT = (
+    f"{markers.RESEARCH_USE_NOTICE.capitalize()}. Unsupervised anomaly detection: scores and "
+    "regions say where an image differs from the healthy training images; they are not a "
+    "diagnosis."
+)
+#: Connected components of a region outlined as SCOORD (largest first); the SEG holds all.
+MAX_OUTLINES = 10
+_REFERENCED_SEGMENT_CONCEPTS = frozenset({("DCM", "121214"), ("DCM", "121191")})
 _NOT_ANALYSED_PREFIX = "Not analysed: "
 
 _STATUS_BY_CODE = {
@@ -98,6 +142,10 @@ _STATUS_BY_CODE = {
         STATUS_NOT_ANALYSED.meaning
     ),
 }
+#: Concepts whose CODE value is the image's status: the Finding, and the legacy status.
+_STATUS_CONCEPTS = frozenset(
+    {(FINDING.scheme_designator, FINDING.value), (CODING_SCHEME, ANOMALY_STATUS.value)}
+)
 _NUM_KEYS = {
     ANOMALY_SCORE.value: "score",
     ANOMALY_THRESHOLD.value: "threshold",
@@ -136,6 +184,7 @@ def _group(
     status: hd.sr.CodedConcept,
     source: Dataset | None,
     reason: str | None,
+    maps: Sequence[Dataset] = (),
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     measurements = [
         hd.sr.Measurement(name=name, value=float(value), unit=unit)
@@ -149,10 +198,15 @@ def _group(
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=identifier),
         algorithm_id=algorithm_id,
+        finding_type=status,
         measurements=measurements or None,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(ANOMALY_STATUS, status)],
+        # the analysed image first (readers take the first), then the Parametric Map the
+        # score was computed from, if any
         source_images=(
-            [hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
+            [
+                hd.sr.SourceImageForMeasurementGroup.from_source_image(image)
+                for image in (source, *maps)
+            ]
             if source is not None
             else None
         ),
@@ -170,7 +224,10 @@ def _group(
 
 
 def _image_group(
-    image: ImageResult, source: Dataset, algorithm_id: hd.sr.AlgorithmIdentification
+    image: ImageResult,
+    source: Dataset,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    maps: Sequence[Dataset] = (),
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     analysed = image.score is not None
     reason = None
@@ -187,6 +244,7 @@ def _image_group(
         # by its tracking identifier alone: an image reference to it would be invalid
         source=source if _is_image_source(source) else None,
         reason=reason,
+        maps=maps if analysed else (),
     )
 
 
@@ -221,10 +279,252 @@ def _study_group(
     )
 
 
+def procedures_reported(sources: Sequence[Dataset]) -> list[hd.sr.CodedConcept]:
+    """Procedure Reported codes (TID 1500 row 4) for the image sources of a study.
+
+    A chest radiograph (CR/DX, BodyPartExamined CHEST) is (399208008, SCT, "Plain chest
+    X-ray"), an MR of the brain or head (24590-2, LN, "MR Brain"); any other CR/DX, MR or CT
+    gets the CID 100 code "<modality> unspecified body region"; a study with none of these is
+    the generic (363679005, SCT, "Imaging procedure").
+
+    Args:
+        sources: the study's source headers (non-images are skipped).
+
+    Returns:
+        One code per distinct procedure, in source order.
+    """
+    found: dict[tuple[str, str], hd.sr.CodedConcept] = {}
+    for src in sources:
+        if not _is_image_source(src):
+            continue
+        modality = str(src.get("Modality", "")).upper()
+        body_part = str(src.get("BodyPartExamined", "") or "").upper()
+        if modality in ("CR", "DX") and body_part == "CHEST":
+            code = _CHEST_RADIOGRAPH
+        elif modality == "MR" and body_part in ("BRAIN", "HEAD"):
+            code = _MR_BRAIN
+        else:
+            code = _PROCEDURE_BY_MODALITY.get(modality, _IMAGING_PROCEDURE)
+        found.setdefault((code.scheme_designator, code.value), code)
+    return list(found.values()) or [_IMAGING_PROCEDURE]
+
+
+def referenced_sources(ds: Dataset) -> list[str]:
+    """SOP Instance UIDs of the source images a derived object (SEG, map, SC) references."""
+    uids = [
+        str(instance.ReferencedSOPInstanceUID)
+        for series in ds.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedInstanceSequence", [])
+    ]
+    uids += [str(item.ReferencedSOPInstanceUID) for item in ds.get("SourceImageSequence", [])]
+    return list(dict.fromkeys(uids))
+
+
+def _frame_segments(seg: Dataset) -> list[int]:
+    """The segment number of each frame of a SEG (per-frame or shared functional groups)."""
+    shared = seg.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    numbers = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        identification = item.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        numbers.append(int(identification[0].ReferencedSegmentNumber))
+    return numbers
+
+
+def _segment_masks(seg: Dataset) -> dict[int, npt.NDArray[np.bool_]]:
+    """Segment number -> (rows, cols) mask of a single-source (2D) binary SEG."""
+    frames = np.asarray(seg.pixel_array).reshape(-1, int(seg.Rows), int(seg.Columns))
+    masks: dict[int, npt.NDArray[np.bool_]] = {}
+    for frame, number in zip(frames, _frame_segments(seg), strict=True):
+        masks[number] = masks.get(number, np.zeros(frame.shape, dtype=bool)) | (frame > 0)
+    return masks
+
+
+def region_outlines(
+    mask: npt.NDArray[np.bool_], limit: int = MAX_OUTLINES
+) -> list[npt.NDArray[np.float64]]:
+    """Closed outlines (convex hulls) of the connected components of a region, largest first.
+
+    Each outline is the convex hull of the component's pixel corners, in image coordinates
+    (column, row; (0, 0) is the top left corner of the top left pixel, as SCOORD wants),
+    first point repeated at the end. A hull covers the component, concave parts included:
+    it shows where the region is; the SEG has its exact pixels.
+
+    Args:
+        mask: (rows, cols) region.
+        limit: at most this many components (the largest).
+
+    Returns:
+        (N, 2) float arrays; empty when the region is empty.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    outlines = []
+    for index in np.argsort(-sizes, kind="stable")[:limit]:
+        rows, cols = np.nonzero(labels == index + 1)
+        # the hull of a component is the hull of each row's outer pixel corners
+        points: set[tuple[float, float]] = set()
+        for row in np.unique(rows):
+            in_row = cols[rows == row]
+            left, right = float(in_row.min()), float(in_row.max() + 1)
+            points.update({(left, row), (right, row), (left, row + 1.0), (right, row + 1.0)})
+        hull = _convex_hull(sorted(points))
+        outlines.append(np.array([*hull, hull[0]], dtype=np.float64))
+    return outlines
+
+
+def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Convex hull of sorted points (Andrew's monotone chain), counter-clockwise."""
+
+    def cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    upper: list[tuple[float, float]] = []
+    for chain, ordered in ((lower, points), (upper, points[::-1])):
+        for point in ordered:
+            while len(chain) >= 2 and cross(chain[-2], chain[-1], point) <= 0:
+                chain.pop()
+            chain.append(point)
+    return lower[:-1] + upper[:-1]
+
+
+ROIGroup = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+def _segment_groups(
+    seg: Dataset,
+    by_uid: Mapping[str, Dataset],
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> list[ROIGroup]:
+    """TID 1410/1411 groups for every segment of a SEG, sharing the segment's tracking UID.
+
+    A SEG of one source image gets a Planar ROI (TID 1410) per segment with the Referenced
+    Segmentation Frame; a binary one also one Planar ROI per outline (`region_outlines`) of
+    its first segment (the calibrated threshold), as SCOORD POLYLINE on the source image. A
+    SEG of several images (a volume) gets a Volumetric ROI (TID 1411) per segment with the
+    Referenced Segment.
+    """
+    sources = referenced_sources(seg)
+    planar = len(sources) == 1 and sources[0] in by_uid
+    frame_segments = _frame_segments(seg)
+    masks = _segment_masks(seg) if planar and seg.get("SegmentationType") == "BINARY" else {}
+    groups: list[ROIGroup] = []
+    for item in seg.SegmentSequence:
+        number = int(item.SegmentNumber)
+        tracking = hd.sr.TrackingIdentifier(
+            uid=str(item.get("TrackingUID") or new_uid()),
+            identifier=str(item.get("TrackingID") or f"segment {number}"),
+        )
+        finding = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0])
+        category = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyCategoryCodeSequence[0])
+        common: dict[str, Any] = {
+            "tracking_identifier": tracking,
+            "finding_type": finding,
+            "finding_category": category,
+            "algorithm_id": algorithm_id,
+        }
+        frames = [i + 1 for i, n in enumerate(frame_segments) if n == number]
+        if planar and frames:
+            reference = hd.sr.ReferencedSegmentationFrame(
+                sop_class_uid=str(seg.SOPClassUID),
+                sop_instance_uid=str(seg.SOPInstanceUID),
+                frame_number=frames,
+                segment_number=number,
+                source_image=hd.sr.SourceImageForSegmentation.from_source_image(by_uid[sources[0]]),
+            )
+            # The Image Reference Macro allows Referenced Segment Number only without
+            # Referenced Frame Number (dciodvfy error otherwise); highdicom writes both. The
+            # segment number is what a consumer needs, and on a one-image SEG it names the
+            # frame too, so the frame number goes.
+            del reference[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    referenced_segment=reference, **common
+                )
+            )
+        else:
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    # built here, not by ReferencedSegment.from_segmentation: that reads
+                    # the segment number of every frame from the per-frame groups, and a
+                    # volume SEG of highdicom may hold it in the shared ones
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=str(seg.SOPClassUID),
+                        sop_instance_uid=str(seg.SOPInstanceUID),
+                        segment_number=number,
+                        source_series=hd.sr.SourceSeriesForSegmentation(
+                            str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+                        ),
+                    ),
+                    **common,
+                )
+            )
+        if number == 1 and number in masks:
+            region_source = hd.sr.SourceImageForRegion.from_source_image(by_uid[sources[0]])
+            groups.extend(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    referenced_region=hd.sr.ImageRegion(
+                        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                        graphic_data=outline,
+                        source_image=region_source,
+                    ),
+                    **common,
+                )
+                for outline in region_outlines(masks[number])
+            )
+    return groups
+
+
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+_PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
+
+
+def _contributing_equipment(algorithm: AlgorithmInfo) -> hd.ContributingEquipment:
+    """The model as Contributing Equipment (CID 7005 "Processing Equipment"), as AIR asks."""
+    return hd.ContributingEquipment(
+        manufacturer=markers.OUTPUT_MANUFACTURER,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contribution_description=(
+            f"AI anomaly detection, model_id={algorithm.model_id}, "
+            f"weights sha256 {algorithm.weights_sha256}"
+        )[:1024],
+    )
+
+
+def _research_notice() -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations" container holding the research-use notice."""
+    container = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=_COMMENT,
+                value=RESEARCH_NOTICE_TEXT,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    return container
+
+
 def write_sr(
     sources: Sequence[Dataset],
     study: StudyResult,
     *,
+    derived: Sequence[Dataset] = (),
     series_instance_uid: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
 ) -> hd.sr.ComprehensiveSR:
@@ -234,6 +534,10 @@ def write_sr(
         sources: headers of the study's source images (at least every image in
             ``study.images``); they become the SR's evidence and are referenced by the groups.
         study: the engine's result for this study and model.
+        derived: the result objects written for this study and model (binary and fractional
+            SEGs, Parametric Maps, overlay SCs): every one is in the evidence; each SEG
+            segment gets a TID 1410/1411 group sharing its Tracking UID, each Parametric Map
+            is a source of its image's group.
         series_instance_uid: series of the SR; new if None.
         series_number: SeriesNumber (default 9003).
 
@@ -241,8 +545,8 @@ def write_sr(
         The SR (a pydicom Dataset with file meta; write it with `convert.save`).
 
     Raises:
-        ValueError: no source, an image result whose source is missing, or sources of
-            another study.
+        ValueError: no source, an image result whose source is missing, or sources or
+            derived objects of another study.
     """
     if not sources:
         raise ValueError("write_sr needs at least one source image")
@@ -256,12 +560,33 @@ def write_sr(
     missing = [i.sop_instance_uid for i in study.images if i.sop_instance_uid not in by_uid]
     if missing:
         raise ValueError(f"no source header for image results {missing}")
+    foreign = [
+        str(d.SOPInstanceUID) for d in derived if d.StudyInstanceUID != study.study_instance_uid
+    ]
+    if foreign:
+        raise ValueError(f"derived objects of another study: {foreign}")
+    maps_by_source: dict[str, list[Dataset]] = {}
+    for ds in derived:
+        if ds.SOPClassUID == _PARAMETRIC_MAP_STORAGE:
+            for uid in referenced_sources(ds):
+                maps_by_source.setdefault(uid, []).append(ds)
 
     algorithm = study.algorithm
     # one algorithm identification for all groups: its items are only read, never changed
     algorithm_id = _algorithm_id(algorithm)
-    groups = [_image_group(i, by_uid[i.sop_instance_uid], algorithm_id) for i in study.images]
+    groups: list[Any] = [
+        _image_group(
+            i,
+            by_uid[i.sop_instance_uid],
+            algorithm_id,
+            maps_by_source.get(i.sop_instance_uid, ()),
+        )
+        for i in study.images
+    ]
     groups.append(_study_group(study, algorithm_id))
+    for ds in derived:
+        if ds.SOPClassUID == _SEGMENTATION_STORAGE:
+            groups.extend(_segment_groups(ds, by_uid, algorithm_id))
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=[algorithm.model_id, algorithm.weights_sha256]),
@@ -277,16 +602,17 @@ def write_sr(
     )
     report = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=_IMAGING_PROCEDURE,
+        procedure_reported=procedures_reported(prepared),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
     root = cast(hd.sr.ContainerContentItem, report[0])
+    root.ContentSequence.append(_research_notice())
     with warnings.catch_warnings():
         # The sources' PatientName is copied as it is; its form is not ours to judge.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         sr = hd.sr.ComprehensiveSR(
-            evidence=prepared,
+            evidence=[*prepared, *derived],
             content=_empty_root(root),
             series_instance_uid=series_instance_uid or new_uid(),
             series_number=series_number,
@@ -299,7 +625,6 @@ def write_sr(
             series_description=series_description("report"),
             manufacturer_model_name=algorithm.name,
             software_versions=algorithm.version,
-            device_serial_number=algorithm.weights_sha256[:16] or None,
             coding_schemes=[
                 hd.coding_schemes.CodingSchemeIdentificationItem(
                     designator=CODING_SCHEME,
@@ -307,6 +632,7 @@ def write_sr(
                     responsible_organization=markers.OUTPUT_MANUFACTURER,
                 )
             ],
+            contributing_equipment=[_contributing_equipment(algorithm)],
         )
     _attach_tree(sr, root)
     logger.debug("built SR %s with %d image groups", sr.SOPInstanceUID, len(study.images))
@@ -370,17 +696,30 @@ def _parse_group(group: Dataset) -> tuple[str | None, str | None, dict[str, Any]
         elif value_type == "TEXT" and name == ("DCM", "121106"):  # Comment
             text = str(item.TextValue)
             values["reason"] = text.removeprefix(_NOT_ANALYSED_PREFIX)
-        elif value_type == "IMAGE" and "ReferencedSOPSequence" in item:
+        elif value_type == "IMAGE" and "ReferencedSOPSequence" in item and referenced is None:
+            # the analysed image is the first source; a Parametric Map may follow
             referenced = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         elif value_type == "NUM" and name is not None and name[0] == CODING_SCHEME:
             key = _NUM_KEYS.get(name[1])
             measured = item.get("MeasuredValueSequence")
             if key and measured:
                 values[key] = float(measured[0].NumericValue)
-        elif value_type == "CODE" and name == (CODING_SCHEME, ANOMALY_STATUS.value):
+        elif value_type == "CODE" and name in _STATUS_CONCEPTS:
+            # the Finding (since issue 24) or the legacy private status
             code = _code_key(item, "ConceptCodeSequence")
             values["status"] = _STATUS_BY_CODE.get(code) if code else None
     return identifier, referenced, values
+
+
+def _is_roi_group(group: Dataset) -> bool:
+    """Whether a measurement group is a region (TID 1410/1411), not an image or study group."""
+    for item in group.get("ContentSequence", []):
+        if item.get("ValueType") in ("SCOORD", "SCOORD3D"):
+            return True
+        name = _code_key(item, "ConceptNameCodeSequence")
+        if item.get("ValueType") == "IMAGE" and name in _REFERENCED_SEGMENT_CONCEPTS:
+            return True
+    return False
 
 
 def read_sr_scores(ds: Dataset) -> dict[str, Any]:
@@ -408,6 +747,8 @@ def read_sr_scores(ds: Dataset) -> dict[str, Any]:
         for group in container.get("ContentSequence", []):
             if _code_key(group, "ConceptNameCodeSequence") != ("DCM", "125007"):
                 continue  # not a "Measurement Group"
+            if _is_roi_group(group):
+                continue  # a SEG segment or its outline: the image's values are elsewhere
             identifier, referenced, values = _parse_group(group)
             if identifier == STUDY_TRACKING_ID:
                 study = {k: values[k] for k in ("score", "threshold", "status")}

@@ -13,6 +13,11 @@ const STATUS_BY_CODE = {
   'SCT:17621005': 'normal',
   [`${SCHEME}:NOT_ANALYSED`]: 'not_analysed',
 };
+// SeriesDescription of the node's outputs: "RESEARCH USE ONLY: AI anomaly <kind> (...)" since
+// issue 24, "AI anomaly <kind> (research use only, ...)" before.
+const OUTPUT_DESCRIPTION = /^(RESEARCH USE ONLY: )?AI anomaly\b/i;
+// Image items that point at a SEG segment (Referenced Segmentation Frame, Referenced Segment).
+const REGION_REFERENCES = new Set(['DCM:121214', 'DCM:121191']);
 // Concept names that are context, not a "not analysed" reason.
 const CONTEXT_CONCEPTS = new Set(['112039', '111001', '111002', '111003', '121013', '121014', '121015']);
 
@@ -25,7 +30,7 @@ export function isNodeOutput(ds) {
   const m = first(ds, TAG.Manufacturer);
   if (m !== undefined) return m === OUTPUT_MANUFACTURER;
   // Manufacturer not returned by this QIDO: fall back on the contract's description prefix.
-  return /^AI anomaly/i.test(first(ds, TAG.SeriesDescription) || '');
+  return OUTPUT_DESCRIPTION.test(first(ds, TAG.SeriesDescription) || '');
 }
 
 function conceptKey(item) {
@@ -56,6 +61,7 @@ export function parseGroup(group) {
     reason: undefined,
     algorithmName: undefined,
     algorithmVersion: undefined,
+    isRegion: false,
   };
   for (const item of values(group, TAG.ContentSequence)) {
     const type = first(item, TAG.ValueType);
@@ -67,13 +73,17 @@ export function parseGroup(group) {
     else if (type === 'NUM' && key === `${SCHEME}:ANOMALY_SCORE`) out.score = numericValue(item);
     else if (type === 'NUM' && key === `${SCHEME}:ANOMALY_THRESHOLD`) out.threshold = numericValue(item);
     else if (type === 'NUM' && key === `${SCHEME}:HEALTHY_PERCENTILE`) out.healthyPercentile = numericValue(item);
-    else if (type === 'CODE' && key === `${SCHEME}:ANOMALY_STATUS`) {
+    else if (type === 'CODE' && (key === 'DCM:121071' || key === `${SCHEME}:ANOMALY_STATUS`)) {
+      // the standard Finding (since issue 24), or the private status of older SRs
       const c = code(item, TAG.ConceptCodeSequence);
       if (c) {
         out.status = STATUS_BY_CODE[`${c.scheme}:${c.value}`] || 'unknown';
         out.statusMeaning = c.meaning;
       }
-    } else if (type === 'IMAGE') {
+    } else if (type === 'SCOORD' || type === 'SCOORD3D' || (type === 'IMAGE' && REGION_REFERENCES.has(key))) {
+      out.isRegion = true; // a SEG segment or its outline (TID 1410/1411), not an image's result
+    } else if (type === 'IMAGE' && out.sopInstanceUID === undefined) {
+      // the analysed image comes first; the Parametric Map its score came from may follow
       const ref = values(item, TAG.ReferencedSOPSequence)[0];
       out.sopInstanceUID = first(ref, TAG.ReferencedSOPInstanceUID);
       out.frameNumber = num(ref, TAG.ReferencedFrameNumber);
@@ -107,7 +117,9 @@ function* measurementGroups(items) {
  *   the SR has no "anomaly study" group) and images = parsed per-image groups.
  */
 export function parseAnomalySr(sr) {
-  const groups = [...measurementGroups(values(sr, TAG.ContentSequence))].map(parseGroup);
+  const groups = [...measurementGroups(values(sr, TAG.ContentSequence))]
+    .map(parseGroup)
+    .filter((g) => !g.isRegion);
   const studyGroup = groups.find((g) => (g.trackingId || '').trim().toLowerCase() === 'anomaly study');
   const images = groups.filter((g) => g !== studyGroup);
   const any = studyGroup || images[0] || {};
@@ -147,7 +159,7 @@ function pick(g) {
  * @returns {boolean}
  */
 export function isReview(r) {
-  return r.seriesNumber === REVIEW_SERIES_NUMBER || /^AI anomaly review\b/i.test(r.seriesDescription || '');
+  return r.seriesNumber === REVIEW_SERIES_NUMBER || /^(RESEARCH USE ONLY: )?AI anomaly review\b/i.test(r.seriesDescription || '');
 }
 
 /**

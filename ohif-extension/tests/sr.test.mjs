@@ -116,3 +116,21 @@ test("a reader's review SR (series 9007) is never shown as the model's result", 
   assert.equal(isReview(report), false);
   assert.deepEqual(latestPerModel([report, review]), [report]);
 });
+
+test('an IHE AIR SR (issue 24): status from Finding 121071, image before its map, region groups skipped', () => {
+  // written by ai_engine's pipeline for tests/data/dicom/kermany_pneumonia_mono2 (default-cxr),
+  // as pydicom's DICOM JSON: its SEG segments (TID 1410) and outlines (SCOORD) are groups too
+  const [inst] = fixture('air_sr_metadata.json');
+  const r = parseAnomalySr(inst);
+  assert.equal(r.images.length, 1);
+  const [img] = r.images;
+  assert.equal(img.sopInstanceUID, '1.2.826.0.1.3680043.8.498.83109994822334633454263746311009412353');
+  assert.equal(img.status, 'abnormal');
+  assert.equal(img.statusMeaning, 'Abnormal');
+  assert.ok(Math.abs(img.score - 0.1344) < 1e-3);
+  assert.ok(img.score >= img.threshold);
+  assert.equal(r.study.status, 'abnormal');
+  assert.equal(r.researchOnly, true);
+  assert.match(r.seriesDescription, /^RESEARCH USE ONLY: AI anomaly report/);
+  assert.equal(isNodeOutput({ '0008103E': { vr: 'LO', Value: [r.seriesDescription] } }), true);
+});

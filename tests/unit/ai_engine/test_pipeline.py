@@ -48,7 +48,7 @@ def test_writes_binary_seg_fractional_seg_and_sr_that_reference_the_source(
     for ds in written:
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.Manufacturer == OUTPUT_MANUFACTURER
-        assert "research use only" in ds.SeriesDescription
+        assert ds.SeriesDescription.startswith("RESEARCH USE ONLY: ")
         assert source.SOPInstanceUID in str(ds)  # referenced somewhere in the object
     sr = next(ds for ds in written if ds.Modality == "SR")
     parsed = read_sr_scores(sr)
@@ -170,7 +170,7 @@ def test_a_flagged_study_gets_a_key_object_selection_of_its_flagged_images_and_s
     [sr] = [ds for ds in written if ds.Modality == "SR"]
     assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
     assert kos.Manufacturer == OUTPUT_MANUFACTURER
-    assert "research use only" in kos.SeriesDescription
+    assert kos.SeriesDescription.startswith("RESEARCH USE ONLY: ")
     assert kos.ConceptNameCodeSequence[0].CodeValue == "113000"  # Of Interest
     referenced = {
         item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
@@ -294,6 +294,21 @@ def test_a_multi_slice_mr_series_gets_one_seg_and_one_map_mapped_to_its_slices(t
     # per-slice scores in the SR, as before
     sr = next(ds for ds in written.values() if ds.Modality == "SR")
     assert set(read_sr_scores(sr)["images"]) == uids
+    # the SR ties each SEG segment of the volume (TID 1411, same Tracking UID) and each slice
+    # to the map its score came from (issue 24)
+    report = hd.sr.ComprehensiveSR.from_dataset(sr).content
+    for segment in seg.SegmentSequence:
+        [group] = report.get_volumetric_roi_measurement_groups(tracking_uid=segment.TrackingUID)
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert group.referenced_segment.referenced_segment_numbers == [segment.SegmentNumber]
+    slice_groups = [g for g in report.get_image_measurement_groups() if g.source_images]
+    assert len(slice_groups) == len(slices)
+    for group in slice_groups:
+        assert [i.referenced_sop_instance_uid for i in group.source_images][1:] == [
+            pm.SOPInstanceUID
+        ]
+    errors, output = dciodvfy_report(next(p for p, ds in written.items() if ds.Modality == "SR"))
+    assert not errors, output
 
     # each slice alone (a single-image unit) gives the reference pixels for that slice
     by_source_pm = dict(zip(frame_sources(pm), pm.pixel_array, strict=True))
@@ -344,3 +359,103 @@ def test_a_series_whose_objects_cannot_be_written_is_not_analysed_as_a_whole(tmp
     kinds = sorted(pydicom.dcmread(f).Modality for f in result.files)
     assert kinds == ["SR"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(result.files[0]).name]
+
+
+def test_an_ai_results_consumer_ties_score_finding_and_region_with_highdicom_alone(tmp_path):
+    """Issue 24 (IHE AIR): from the SR alone, a consumer reads the standard Finding and the
+    score of the image, the procedure, the algorithm as contributing equipment and the
+    research-use notice, and follows the region to the SEG segment (same Tracking UID) and
+    to its outline on the image (SCOORD); every object written is in the evidence."""
+    import highdicom as hd
+
+    from ai_engine.dicom_io.sr_writer import RESEARCH_NOTICE_TEXT
+    from tests.unit.ai_engine.dicom_io.conftest import dciodvfy_report
+
+    d = tmp_path / "in"
+    d.mkdir()
+    copy_study("kermany_pneumonia_mono2", d)  # flagged by default-cxr (README samples)
+    [result] = pipeline.run(d, tmp_path / "out")
+    [image] = result.images
+    assert image.is_abnormal
+    source = pydicom.dcmread(next(d.glob("*.dcm")))
+    written = {Path(f): pydicom.dcmread(f) for f in result.files}
+    [(sr_path, sr_ds)] = [(p, ds) for p, ds in written.items() if ds.Modality == "SR"]
+    errors, output = dciodvfy_report(sr_path)
+    assert not errors, output
+    [binary] = [ds for ds in written.values() if ds.get("SegmentationType") == "BINARY"]
+
+    report = hd.sr.ComprehensiveSR.from_dataset(sr_ds).content
+    assert isinstance(report, hd.sr.MeasurementReport)  # highdicom reads it as TID 1500
+    procedures = [
+        item.ConceptCodeSequence[0].CodeValue
+        for item in sr_ds.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121058"  # Procedure reported
+    ]
+    assert procedures == ["399208008"]  # Plain chest X-ray, not a generic "Imaging procedure"
+    [image_group] = [
+        g
+        for g in report.get_image_measurement_groups()
+        if [i.referenced_sop_instance_uid for i in g.source_images][:1] == [source.SOPInstanceUID]
+    ]
+    assert image_group.finding_type.value == "263654008"  # Abnormal, under Finding (121071)
+    score_concept = hd.sr.CodedConcept("ANOMALY_SCORE", "99AINODE", "x")
+    [score] = image_group.get_measurements(name=score_concept)
+    assert score.value == pytest.approx(image.score, rel=1e-6)
+
+    # the region: one planar group per SEG segment, sharing the segment's Tracking UID
+    for segment in binary.SegmentSequence:
+        [group] = report.get_planar_roi_measurement_groups(
+            tracking_uid=segment.TrackingUID,
+            reference_type=hd.sr.CodedConcept("121214", "DCM", "Referenced Segmentation Frame"),
+        )
+        ref = group.referenced_segmentation_frame
+        assert ref.referenced_sop_instance_uid == binary.SOPInstanceUID
+        assert ref.referenced_segment_numbers == [segment.SegmentNumber]
+        assert group.finding_type.value == segment.SegmentedPropertyTypeCodeSequence[0].CodeValue
+    # and its outline on the source image, in pixel coordinates inside the image
+    level_1 = binary.SegmentSequence[0].TrackingUID
+    outlines = report.get_planar_roi_measurement_groups(
+        tracking_uid=level_1, graphic_type=hd.sr.GraphicTypeValues.POLYLINE
+    )
+    assert outlines
+    mask = (
+        hd.seg.Segmentation.from_dataset(binary)
+        .get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+        .astype(bool)
+    )
+    rows, cols = np.nonzero(mask)
+    points = np.concatenate([g.roi.value for g in outlines])
+    images = {g.roi.ContentSequence[0].ReferencedSOPSequence[0] for g in outlines}
+    assert {i.ReferencedSOPInstanceUID for i in images} == {source.SOPInstanceUID}
+    # the outlines enclose the region (hulls of its components; at most MAX_OUTLINES)
+    low, high = points.min(axis=0), points.max(axis=0)  # (column, row)
+    np.testing.assert_array_less(low - 1e-6, [cols.min(), rows.min()])
+    np.testing.assert_array_less([cols.max() + 1, rows.max() + 1], high + 1e-6)
+    np.testing.assert_array_less(high, [source.Columns + 1e-6, source.Rows + 1e-6])
+
+    # the algorithm as contributing equipment, the notice in the content tree
+    [equipment] = [  # highdicom adds an item for itself
+        e
+        for e in sr_ds.ContributingEquipmentSequence
+        if e.ManufacturerModelName == result.algorithm.name
+    ]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert result.algorithm.weights_sha256 in equipment.ContributionDescription
+    texts = [str(item.TextValue) for item in _content_items(sr_ds) if item.ValueType == "TEXT"]
+    assert RESEARCH_NOTICE_TEXT in texts
+    # every result object of the study is evidence of the SR
+    evidence = {
+        instance.ReferencedSOPInstanceUID
+        for study in sr_ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
+    others = {str(ds.SOPInstanceUID) for ds in written.values() if ds.Modality in ("SEG", "OT")}
+    assert others <= evidence
+    assert source.SOPInstanceUID in evidence
+
+
+def _content_items(ds: pydicom.Dataset):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _content_items(item)

@@ -37,7 +37,7 @@ def _check_provenance(ds: pydicom.Dataset, source: pydicom.Dataset) -> None:
     assert markers.is_own_output(ds.Manufacturer, ds.SOPClassUID)
     assert ds.ManufacturerModelName == ALGORITHM.name
     assert ds.SoftwareVersions == ALGORITHM.version
-    assert ds.SeriesDescription == "AI anomaly map (research use only, not for clinical use)"
+    assert ds.SeriesDescription == "RESEARCH USE ONLY: AI anomaly map (not for clinical use)"
     assert ds.SeriesNumber == 9004
     assert ds.ContentQualification == "RESEARCH"
     assert ds.StudyInstanceUID == source.StudyInstanceUID

@@ -47,7 +47,7 @@ def test_review_round_trip_and_dciodvfy(ai_sr, tmp_path, dciodvfy, strict_pydico
     assert markers.is_own_output(back.Manufacturer, back.SOPClassUID)
     assert back.StudyInstanceUID == ai_sr.StudyInstanceUID
     assert back.PatientID == ai_sr.PatientID
-    assert back.SeriesDescription.startswith("AI anomaly review")
+    assert back.SeriesDescription.startswith("RESEARCH USE ONLY: AI anomaly review")
     evidence = back.CurrentRequestedProcedureEvidenceSequence[0]
     refs = [
         r.ReferencedSOPInstanceUID

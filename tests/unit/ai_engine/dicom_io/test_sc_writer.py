@@ -55,7 +55,7 @@ def test_overlay_sc_round_trip(analysed, tmp_path, dciodvfy, strict_pydicom):
     assert hd.imread(path).SOPInstanceUID == back.SOPInstanceUID  # highdicom reads it
     assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     assert markers.is_own_output(back.Manufacturer, back.SOPClassUID)
-    assert back.SeriesDescription == "AI anomaly overlay (research use only, not for clinical use)"
+    assert back.SeriesDescription == "RESEARCH USE ONLY: AI anomaly overlay (not for clinical use)"
     assert back.SeriesNumber == 9005
     assert back.BurnedInAnnotation == "YES"
     assert back.PhotometricInterpretation == "RGB"

@@ -54,7 +54,7 @@ def test_volume_seg_round_trip(ct_series, tmp_path, dciodvfy, strict_pydicom):
         ALGORITHM.name,
         ALGORITHM.version,
     )
-    assert back.SeriesDescription == "AI anomaly region (research use only, not for clinical use)"
+    assert back.SeriesDescription == "RESEARCH USE ONLY: AI anomaly region (not for clinical use)"
     assert back.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
     assert [s.SegmentLabel for s in back.SegmentSequence] == list(LABELS)
     for item in back.SegmentSequence:

@@ -63,8 +63,9 @@ def _check_provenance(ds: pydicom.Dataset, source: pydicom.Dataset, series_numbe
     assert ds.Manufacturer == markers.OUTPUT_MANUFACTURER
     assert ds.ManufacturerModelName == ALGORITHM.name
     assert ds.SoftwareVersions == ALGORITHM.version
-    assert ds.SeriesDescription.startswith(markers.OUTPUT_SERIES_PREFIX)
-    assert markers.RESEARCH_USE_NOTICE in ds.SeriesDescription
+    # "RESEARCH" first, so a series list that cuts the description short still shows it
+    assert ds.SeriesDescription.startswith("RESEARCH USE ONLY: AI anomaly ")
+    assert ds.SeriesDescription.endswith("(not for clinical use)")
     assert ds.SeriesNumber == series_number
     assert markers.is_own_output(ds.Manufacturer, ds.SOPClassUID)
     assert ds.StudyInstanceUID == source.StudyInstanceUID
@@ -80,13 +81,18 @@ def _check_provenance(ds: pydicom.Dataset, source: pydicom.Dataset, series_numbe
     for item in ds.SegmentSequence:
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
-        # an anomaly region, not a lesion: a declared private code (DICOM has none for it)
+        # an anomaly region, not a lesion: SNOMED "Abnormal", the counterpart of CID 7159's
+        # "Normal"; the description says it is unsupervised and not a diagnosis
         segment_type = item.SegmentedPropertyTypeCodeSequence[0]
         assert (segment_type.CodeValue, segment_type.CodingSchemeDesignator) == (
-            "ANOMALY_REGION",
-            markers.PRIVATE_CODING_SCHEME,
+            "263654008",
+            "SCT",
         )
         assert "lesion" not in segment_type.CodeMeaning.lower()
+        assert "not a diagnosis" in item.SegmentDescription
+        # the SR's region groups carry the same tracking UID (test_sr_writer)
+        assert item.TrackingID
+        assert pydicom.uid.UID(item.TrackingUID).is_valid
         algo = item.SegmentationAlgorithmIdentificationSequence[0]
         assert algo.AlgorithmName == ALGORITHM.name
         assert algo.AlgorithmVersion == ALGORITHM.version
@@ -111,9 +117,18 @@ def test_binary_seg_round_trip(source, tmp_path, dciodvfy, strict_pydicom):
     assert pixels.shape == (1, source.Rows, source.Columns, 3)
     for i, (_, mask) in enumerate(levels):
         np.testing.assert_array_equal(pixels[0, :, :, i].astype(bool), mask)
-    if "PixelSpacing" in source:
-        measures = back.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-        assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in source.PixelSpacing]
+    _check_pixel_measures(back, source)
+
+
+def _check_pixel_measures(seg: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """The source's own spacing (PixelSpacing, else ImagerPixelSpacing), or no Pixel Measures."""
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if spacing is None:
+        assert "PixelMeasuresSequence" not in shared  # nothing invented
+        return
+    measures = shared.PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in spacing]
 
 
 def test_fractional_seg_round_trip(source, tmp_path, dciodvfy, strict_pydicom):
@@ -126,7 +141,13 @@ def test_fractional_seg_round_trip(source, tmp_path, dciodvfy, strict_pydicom):
     assert back.SegmentationType == "FRACTIONAL"
     assert back.SegmentationFractionalType == "PROBABILITY"
     assert back.MaximumFractionalValue == 255
+    # DICOM's only fractional types are PROBABILITY and OCCUPANCY: the segment says what the
+    # values really are
+    segment = back.SegmentSequence[0]
+    assert "not a probability" in segment.SegmentLabel
+    assert "not probabilities" in segment.SegmentDescription
     _check_provenance(back, source, 9002)
+    _check_pixel_measures(back, source)
     pixels = back.get_pixels_by_source_instance(
         source_sop_instance_uids=[source.SOPInstanceUID], combine_segments=False
     )

@@ -81,7 +81,7 @@ def test_sr_round_trip(sources, tmp_path, dciodvfy, strict_pydicom):
     assert back.Manufacturer == markers.OUTPUT_MANUFACTURER
     assert back.ManufacturerModelName == ALGORITHM.name
     assert back.SoftwareVersions == ALGORITHM.version
-    assert back.SeriesDescription == "AI anomaly report (research use only, not for clinical use)"
+    assert back.SeriesDescription == "RESEARCH USE ONLY: AI anomaly report (not for clinical use)"
     assert back.SeriesNumber == 9003
     assert markers.is_own_output(back.Manufacturer, back.SOPClassUID)
     assert back.StudyInstanceUID == sources[0].StudyInstanceUID
@@ -134,10 +134,9 @@ def test_sr_round_trip(sources, tmp_path, dciodvfy, strict_pydicom):
     score = first.get_measurements(name=hd.sr.CodedConcept("ANOMALY_SCORE", "99AINODE", "x"))
     assert score[0].value == pytest.approx(0.81)
     assert score[0].unit.value == "{score}"
-    status = first.get_qualitative_evaluations(
-        name=hd.sr.CodedConcept("ANOMALY_STATUS", "99AINODE", "x")
-    )
-    assert status[0].value.value == "263654008"
+    # the status is the standard Finding (121071, DCM), no longer a private concept
+    assert first.finding_type.value == "263654008"
+    assert first.get_qualitative_evaluations() == []
 
 
 def test_content_holds_the_whole_tree(sources):
