@@ -35,6 +35,7 @@ class DenoisingAEModel(ReconstructionModel):
         "denoising residual |x - f(x)| (Kascenas et al. 2022), median-filtered, inside the "
         "eroded brain"
     )
+
     def __init__(self, card: ModelCard, network: nn.Module) -> None:
         super().__init__(card, network)
         scoring: dict[str, Any] = card.training.get("scoring", {})

@@ -35,7 +35,7 @@ def test_coarse_noise_is_smooth_and_has_the_asked_scale():
     assert noise.shape == x.shape
     # drawn on a 16x16 grid: neighbouring pixels nearly equal (white noise would not be)
     step = (noise[..., 1:] - noise[..., :-1]).abs().mean()
-    assert float(step) < 0.1 * float(noise.abs().mean())
+    assert float(step) < 0.3 * float(noise.abs().mean())  # white noise: about 1.1
     assert 0.1 < float(noise.std()) < 0.25  # bilinear upsampling shrinks the std a little
     with pytest.raises(ValueError, match="resolution"):
         coarse_noise(x, resolution=0)
