@@ -29,8 +29,9 @@ def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def eroded_brain(x: torch.Tensor, erosion_px: int) -> torch.Tensor:
-    """The brain mask of brain-extracted (B, 1, H, W) slices (``x > 0``) eroded by
-    ``erosion_px`` pixels, as 0/1 of ``x``'s dtype.
+    """The brain mask (``x > 0``) of brain-extracted slices, eroded by ``erosion_px``.
+
+    Returns (B, 1, H, W) 0/1 of ``x``'s dtype.
 
     Raises:
         ValueError: ``erosion_px`` is negative.

@@ -73,8 +73,10 @@ def noisy(x: torch.Tensor, resolution: int, std: float, in_brain: bool) -> torch
 
 
 class DenoisingTrainer:
-    """Adam on ``mse(f(x + coarse noise), x)``; validation: the same loss on healthy val
-    images with a fixed noise seed (label-free), which drives ReduceLROnPlateau.
+    """Adam on ``mse(f(x + coarse noise), x)``.
+
+    Validation: the same loss on healthy val images with a fixed noise seed (label-free); it
+    drives ReduceLROnPlateau.
 
     ``optim`` keys: ``lr`` (1e-3), ``weight_decay`` (0), ``noise_res`` (16), ``noise_std``
     (0.1), ``noise_in_brain`` (true).

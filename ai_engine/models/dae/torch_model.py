@@ -48,8 +48,9 @@ def coarse_noise(
 
 
 class DenoisingUNet(nn.Module):
-    """(B, 1, H, W) -> denoised (B, 1, H, W): MONAI U-Net (`components.translation.unet_body`)
-    and a 1x1 convolution to one channel.
+    """(B, 1, H, W) -> denoised (B, 1, H, W).
+
+    A MONAI U-Net (`components.translation.unet_body`) and a 1x1 convolution to one channel.
 
     Args:
         image_size: (H, W); both divisible by 16 (four stride-2 levels).

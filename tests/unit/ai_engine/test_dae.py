@@ -1,4 +1,4 @@
-"""Denoising AE (Kascenas et al. 2022): coarse noise, training on real mini slices, brain-only map."""
+"""Denoising AE (Kascenas et al. 2022): coarse noise, training on mini slices, brain-only map."""
 
 import numpy as np
 import pytest
@@ -66,7 +66,8 @@ def test_trains_on_mini_slices_lowers_its_loss_and_round_trips(mini_brain_manife
     out = cls(_card(), net).eval().predict(x_test)
     assert out.score.shape == (len(x_test),)
     assert out.anomaly_map.shape == (len(x_test), 1, *SIZE)
-    assert out.reconstruction is not None and out.reconstruction.shape == x_test.shape
+    assert out.reconstruction is not None
+    assert out.reconstruction.shape == x_test.shape
     assert float(out.anomaly_map.min()) >= 0.0
     checkpoints.save(tmp_path / "ckpt", _card(), net.state_dict())
     loaded = checkpoints.load(tmp_path / "ckpt", device="cpu")
