@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "fanogan": "ai_engine.models.fanogan.model:FAnoGANModel",
     "alad": "ai_engine.models.alad.model:ALADModel",
     "flair_threshold": "ai_engine.models.flair_threshold.model:FlairThresholdModel",
+    "dae": "ai_engine.models.dae.model:DenoisingAEModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.

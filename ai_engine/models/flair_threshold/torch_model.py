@@ -10,8 +10,9 @@ errors and partial-volume skull sit), 0 elsewhere.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ai_engine.models.components.brain_map import eroded_brain, median_filter
 
 
 class IntensityMap(nn.Module):
@@ -35,17 +36,8 @@ class IntensityMap(nn.Module):
 
     def brain(self, x: torch.Tensor) -> torch.Tensor:
         """The eroded brain mask (B, 1, H, W) as 0/1."""
-        inside = (x > 0).to(x.dtype)
-        if self.erosion_px == 0:
-            return inside
-        k = 2 * self.erosion_px + 1
-        outside = F.max_pool2d(1.0 - inside, kernel_size=k, stride=1, padding=self.erosion_px)
-        return 1.0 - outside
+        return eroded_brain(x, self.erosion_px)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The anomaly map: median-filtered intensity inside the eroded brain."""
-        k = self.median_size
-        pad = k // 2
-        patches = F.unfold(F.pad(x, (pad, pad, pad, pad), mode="replicate"), kernel_size=k)
-        median = patches.median(dim=1).values.view_as(x)
-        return median * self.brain(x)
+        return median_filter(x, self.median_size) * self.brain(x)
