@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 import torch
 from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
 
 from ai_engine import checkpoints as ckpt
 from ai_engine.anatomy import REGION_MARGIN_PX, find_regions, region_tensor, restrict
@@ -192,6 +194,7 @@ def run(
     checkpoints: Sequence[str] = ("default-cxr",),
     device: torch.device | None = None,
     overlay_sc: bool = False,
+    prior_dir: Path | None = None,
 ) -> list[StudyResult]:
     """Analyse every study under ``input_dir`` with each checkpoint; write DICOM results.
 
@@ -202,6 +205,11 @@ def run(
         device: torch device; default: CUDA when available, else CPU.
         overlay_sc: also write a colour Secondary Capture per image with the map burned in,
             for PACS viewers that show neither SEG nor Parametric Map.
+        prior_dir: the studies' earlier SRs (the node puts them there when more images of
+            an analysed study arrive). A study's SR of the same model name and version is
+            carried into its new SR (`sr_writer.prior_report`): the new SR covers the
+            earlier images and these, its study score is over all of them, and it names the
+            earlier SR as its predecessor. An SR of another model version is not carried.
 
     Returns:
         One StudyResult per (study, checkpoint), in input order.
@@ -213,9 +221,10 @@ def run(
     from pydicom.uid import generate_uid
 
     from ai_engine.dicom_io.reader import read_image
-    from ai_engine.dicom_io.sr_writer import write_sr
+    from ai_engine.dicom_io.sr_writer import prior_report, write_sr
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    priors = _prior_reports(prior_dir) if prior_dir is not None else {}
     t_collect = time.perf_counter()
     studies = _collect(input_dir)
     collect_seconds = (time.perf_counter() - t_collect) / max(1, len(studies))
@@ -300,7 +309,13 @@ def run(
                     written.extend(ds for _, ds in objects)
                     image_results.extend(scored_results[i] for i in unit)
             scored = [r for r in image_results if r.score is not None]
-            study_score = max((r.score for r in scored if r.score is not None), default=None)
+            scores = [r.score for r in scored if r.score is not None]
+            prior_sr = priors.get((study_uid, card.name, algorithm.version))
+            prior = None
+            if prior_sr is not None:
+                prior = prior_report(prior_sr, {r.sop_instance_uid for r in image_results})
+                scores += prior.scores()
+            study_score = max(scores, default=None)
             study = StudyResult(
                 study_instance_uid=study_uid,
                 algorithm=algorithm,
@@ -308,7 +323,7 @@ def run(
                 study_score=study_score,
                 is_abnormal=None if study_score is None else study_score >= cal.threshold,
             )
-            sr = write_sr(prepared, study, derived=written)
+            sr = write_sr(prepared, study, derived=written, prior=prior)
             sr_path = output_dir / f"{card.name}_sr_{sr.SOPInstanceUID}.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             # the SR goes last: it is delivered after every object it sums up, so a consumer
@@ -386,6 +401,31 @@ def _output_units(datasets: Sequence[Dataset]) -> list[tuple[int, ...]]:
         else:
             units.extend((k,) for k in members)
     return sorted(units)
+
+
+def _prior_reports(prior_dir: Path) -> dict[tuple[str, str, str], Dataset]:
+    """The latest own SR per (study, model name, model version) under ``prior_dir``."""
+    from ai_engine.dicom_io.sr_writer import read_sr_scores
+
+    latest: dict[tuple[str, str, str], tuple[str, Dataset]] = {}
+    for path in sorted(prior_dir.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+            read_sr_scores(ds)  # ours and a measurement report, or ValueError
+        except (InvalidDicomError, OSError, ValueError, AttributeError):
+            logger.warning("an earlier result is not an SR of the node; ignored")
+            continue
+        if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
+            continue
+        key = (
+            str(ds.StudyInstanceUID),
+            str(ds.get("ManufacturerModelName", "")),
+            str(ds.get("SoftwareVersions", "")),
+        )
+        when = f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
+        if key not in latest or when > latest[key][0]:
+            latest[key] = (when, ds)
+    return {key: ds for key, (_, ds) in latest.items()}
 
 
 def _build_unit_outputs(

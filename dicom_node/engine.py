@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from dicom_node.config import NodeSettings
 from dicom_node.errors import ConfigError, JobError
-from dicom_node.queue import StudyOutcome
+from dicom_node.queue import PRIOR_DIR, StudyOutcome
 
 #: ``(input_dir, output_dir, checkpoints) -> results``: ``ai_engine.pipeline.run``'s signature.
 #: Results are ``ai_engine.types.StudyResult`` objects, or mappings with the same field names
@@ -256,8 +256,42 @@ def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]
         The engine's ``StudyResult`` list.
     """
     pipeline = importlib.import_module("ai_engine.pipeline")
-    results: Sequence[Any] = pipeline.run(input_dir, output_dir, tuple(checkpoints))
+    prior = input_dir.parent / PRIOR_DIR  # the study's earlier SRs, when the router found any
+    results: Sequence[Any] = pipeline.run(
+        input_dir, output_dir, tuple(checkpoints), prior_dir=prior if prior.is_dir() else None
+    )
     return results
+
+
+def read_node_sr(path: Path) -> Any | None:
+    """The node's own anomaly SR at ``path`` (a pydicom Dataset), or None for anything else.
+
+    Args:
+        path: a result file.
+
+    Returns:
+        The dataset when it is an SR the engine wrote (Manufacturer, SOP class, TID 1500
+        that `read_sr_scores` parses), else None (also when unreadable).
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from ai_engine.dicom_io import markers
+    from ai_engine.dicom_io.sr_writer import read_sr_scores
+
+    try:
+        ds = dcmread(path)
+    except (InvalidDicomError, OSError):
+        return None
+    if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
+        return None
+    if str(ds.get("Modality", "")) != "SR":
+        return None
+    try:
+        read_sr_scores(ds)
+    except ValueError:
+        return None
+    return ds
 
 
 def resolve_engine_fn(spec: str | None) -> EngineFn:

@@ -46,13 +46,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 
+from dicom_node.engine import read_node_sr
 from dicom_node.fsutil import ensure_dir, write_durable
 from dicom_node.index import StateIndex, StudyScore
 from dicom_node.metrics import Metrics
@@ -517,20 +517,10 @@ class Feedback:
 
     def _judged_sr(self, row: StudyScore) -> Dataset:
         """The node's SR of the study and model, from the job that delivered it."""
-        job = self._queue.find(row.job_id)
-        if job is not None:
-            output = self._queue.job_dir(job) / OUTPUT_DIR
-            for outcome in job.results:
-                if outcome.study_instance_uid != row.study_instance_uid:
-                    continue
-                if outcome.model != row.model:
-                    continue
-                for name in outcome.files:  # relative to output/ (`worker` writes them so)
-                    if ".." in Path(name).parts:
-                        continue
-                    ds = _read_if_anomaly_sr(output / name)
-                    if ds is not None:
-                        return ds
+        for path in self._queue.result_files(row.job_id, row.study_instance_uid, row.model):
+            ds = read_node_sr(path)
+            if ds is not None:
+                return cast(Dataset, ds)
         raise FeedbackError(
             "the node no longer keeps this study's AI report (retention_days_done): "
             "it cannot write a review that references it",
@@ -654,22 +644,3 @@ class Feedback:
     ) -> list[dict[str, Any]]:
         """`summarise` over the current judgements."""
         return summarise(self.store.current(model, since, until), self.healthy_scores, self.drift)
-
-
-def _read_if_anomaly_sr(path: Path) -> Dataset | None:
-    from ai_engine.dicom_io import markers
-    from ai_engine.dicom_io.sr_writer import read_sr_scores
-
-    try:
-        ds = dcmread(path)
-    except (InvalidDicomError, OSError):
-        return None
-    if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
-        return None
-    if str(ds.get("Modality", "")) != "SR":
-        return None
-    try:
-        read_sr_scores(ds)
-    except ValueError:
-        return None
-    return ds

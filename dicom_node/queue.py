@@ -46,6 +46,9 @@ JOB_FILE = "job.json"
 ERROR_FILE = "error.json"
 INPUT_DIR = "input"
 OUTPUT_DIR = "output"
+#: A job folder's copies of the study's current SRs, when more of an analysed study arrived
+#: (the router fills it; the engine carries them into the new SR: `ai_engine.pipeline.run`).
+PRIOR_DIR = "prior"
 
 
 class JobStateValues(enum.StrEnum):
@@ -305,6 +308,32 @@ class JobQueue:
         job = self.read_job(self.state_dir(state) / job_id)
         job.state = state
         return job
+
+    def result_files(self, job_id: str, study_uid: str, model: str) -> list[Path]:
+        """The output files a job recorded for one study and model, that still exist.
+
+        Args:
+            job_id: the job (e.g. an index row's ``job_id``).
+            study_uid: the study.
+            model: the checkpoint name.
+
+        Returns:
+            Paths in the job's ``output/`` (none when the job or its folder is gone).
+        """
+        job = self.find(job_id)
+        if job is None:
+            return []
+        output = self.job_dir(job) / OUTPUT_DIR
+        paths = []
+        for outcome in job.results:
+            if outcome.study_instance_uid != study_uid or outcome.model != model:
+                continue
+            for name in outcome.files:  # relative to output/ (`worker` writes them so)
+                if ".." in Path(name).parts or Path(name).is_absolute():
+                    continue
+                if (output / name).is_file():
+                    paths.append(output / name)
+        return paths
 
     def find(self, job_id: str) -> Job | None:
         """Find a job in any state folder.

@@ -38,12 +38,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ai_engine.dicom_io.markers import is_derived_object
+from dicom_node.engine import read_node_sr
 from dicom_node.errors import JobError
 from dicom_node.fsutil import ensure_dir, move_durable, write_durable
 from dicom_node.index import StateIndex
 from dicom_node.logutil import error_context, log_failure
 from dicom_node.metrics import Metrics
-from dicom_node.queue import INPUT_DIR, Job, JobQueue, new_job_id
+from dicom_node.queue import INPUT_DIR, PRIOR_DIR, Job, JobQueue, new_job_id
 from dicom_node.spool import Spool, SpooledStudy
 
 if TYPE_CHECKING:
@@ -445,6 +446,7 @@ class Router:
             input_dir = folder / INPUT_DIR
             for path, _ in items:
                 path.replace(input_dir / path.name)
+            self._carry_prior_results(study_uid, folder / PRIOR_DIR)
             self._index.claim(
                 job.job_id,
                 study_uid,
@@ -466,6 +468,28 @@ class Router:
             },
         )
         return job
+
+    def _carry_prior_results(self, study_uid: str, prior_dir: Path) -> None:
+        """Copy the study's current SRs (one per model, from the index) into a new job.
+
+        The engine carries them into the job's SR, so a study that arrives in parts gets one
+        current SR covering all of them (issue 21). An SR whose job is gone (retention) is
+        not there to copy: the new SR then covers the new part only.
+        """
+        copied = 0
+        for row in self._index.scores([study_uid]):
+            for path in self._queue.result_files(row.job_id, study_uid, row.model):
+                if read_node_sr(path) is None:
+                    continue
+                if not copied:
+                    ensure_dir(prior_dir)
+                write_durable(prior_dir / f"{row.job_id}-{path.name}", path.read_bytes())
+                copied += 1
+        if copied:
+            logger.info(
+                "earlier results carried into the new job",
+                extra={"study_uid": study_uid, "results": copied},
+            )
 
     def _quarantine_file(self, path: Path, exc: BaseException) -> None:
         """Move a spooled file the router cannot read into ``quarantine/``, with its reason.

@@ -54,6 +54,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import highdicom as hd
@@ -262,7 +263,9 @@ def _is_image_source(source: Dataset) -> bool:
 
 
 def _study_group(
-    study: StudyResult, algorithm_id: hd.sr.AlgorithmIdentification
+    study: StudyResult,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    prior_threshold: float | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     scored = [i for i in study.images if i.score is not None]
     top = max(scored, key=lambda i: -math.inf if i.score is None else i.score, default=None)
@@ -271,7 +274,7 @@ def _study_group(
         STUDY_TRACKING_ID,
         algorithm_id,
         score=study.study_score,
-        threshold=top.threshold if top is not None else None,
+        threshold=top.threshold if top is not None else prior_threshold,
         percentile=None,
         status=_status(study.is_abnormal if analysed else None),
         source=None,
@@ -520,11 +523,116 @@ def _research_notice() -> hd.sr.ContainerContentItem:
     return container
 
 
+@dataclass(frozen=True)
+class PriorReport:
+    """What stays current of a study's earlier SR when more of its images are analysed.
+
+    Attributes:
+        sr: the earlier SR (the predecessor of the new one).
+        groups: its measurement groups of images not analysed again (image groups and the
+            region groups of their SEGs), carried into the new SR unchanged.
+        images: the values of those images (`read_sr_scores`'s ``images`` entries).
+        threshold: the earlier study threshold.
+        evidence: minimal references (study, series, class, instance) of the earlier
+            evidence that the carried groups rely on.
+    """
+
+    sr: Dataset
+    groups: tuple[Dataset, ...]
+    images: Mapping[str, Mapping[str, Any]]
+    threshold: float | None
+    evidence: tuple[Dataset, ...]
+
+    def scores(self) -> list[float]:
+        """The analysed scores among the carried images."""
+        return [float(v["score"]) for v in self.images.values() if v.get("score") is not None]
+
+
+def prior_report(prior: Dataset, analysed_now: set[str]) -> PriorReport:
+    """The part of ``prior`` (an SR of `write_sr`) to carry into the study's next SR.
+
+    A group is carried unless it references an image of ``analysed_now`` (that image's new
+    result replaces it); the study group is never carried (the new SR computes it again).
+
+    Args:
+        prior: the study's current SR of the same model and version.
+        analysed_now: SOP Instance UIDs of the images of the new run.
+
+    Raises:
+        ValueError: ``prior`` is not an imaging measurement report.
+    """
+    parsed = read_sr_scores(prior)
+    groups: list[Dataset] = []
+    referenced: set[str] = set()
+    for container in prior.get("ContentSequence", []):
+        if _code_key(container, "ConceptNameCodeSequence") != ("DCM", "126010"):
+            continue
+        for group in container.get("ContentSequence", []):
+            if _code_key(group, "ConceptNameCodeSequence") != ("DCM", "125007"):
+                continue
+            uids = _referenced_uids(group)
+            identifier = _tracking_identifier(group)
+            if identifier == STUDY_TRACKING_ID:
+                continue
+            image_uid = (identifier or "").removeprefix(_IMAGE_TRACKING_PREFIX)
+            if uids & analysed_now or image_uid in analysed_now:
+                continue
+            groups.append(group)
+            referenced |= uids
+    evidence = [
+        _reference(study.StudyInstanceUID, series.SeriesInstanceUID, item)
+        for study in prior.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for item in series.get("ReferencedSOPSequence", [])
+        if str(item.ReferencedSOPInstanceUID) in referenced
+    ]
+    carried_images = {
+        uid: values for uid, values in parsed["images"].items() if uid not in analysed_now
+    }
+    return PriorReport(
+        sr=prior,
+        groups=tuple(groups),
+        images=carried_images,
+        threshold=parsed["study"]["threshold"],
+        evidence=tuple(evidence),
+    )
+
+
+def _reference(study_uid: str, series_uid: str, item: Dataset) -> Dataset:
+    ref = Dataset()
+    ref.StudyInstanceUID = study_uid
+    ref.SeriesInstanceUID = series_uid
+    ref.SOPClassUID = item.ReferencedSOPClassUID
+    ref.SOPInstanceUID = item.ReferencedSOPInstanceUID
+    return ref
+
+
+def _referenced_uids(item: Dataset) -> set[str]:
+    """Every ReferencedSOPInstanceUID under a content item."""
+    uids: set[str] = set()
+    for child in item.get("ContentSequence", []):
+        for ref in child.get("ReferencedSOPSequence", []):
+            uids.add(str(ref.ReferencedSOPInstanceUID))
+        uids |= _referenced_uids(child)
+    return uids
+
+
+def _tracking_identifier(group: Dataset) -> str | None:
+    for item in group.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT" and _code_key(item, "ConceptNameCodeSequence") == (
+            "DCM",
+            "112039",
+        ):
+            return str(item.TextValue)
+    return None
+
+
 def write_sr(
     sources: Sequence[Dataset],
     study: StudyResult,
     *,
     derived: Sequence[Dataset] = (),
+    prior: PriorReport | None = None,
     series_instance_uid: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
 ) -> hd.sr.ComprehensiveSR:
@@ -538,6 +646,10 @@ def write_sr(
             SEGs, Parametric Maps, overlay SCs): every one is in the evidence; each SEG
             segment gets a TID 1410/1411 group sharing its Tracking UID, each Parametric Map
             is a source of its image's group.
+        prior: the study's earlier SR of this model, when the images of ``study`` are a
+            later part of it (`prior_report`): its carried groups are kept, its evidence
+            too, and it becomes the predecessor (PredecessorDocumentsSequence); the study
+            score of ``study`` must already cover the carried images.
         series_instance_uid: series of the SR; new if None.
         series_number: SeriesNumber (default 9003).
 
@@ -583,7 +695,7 @@ def write_sr(
         )
         for i in study.images
     ]
-    groups.append(_study_group(study, algorithm_id))
+    groups.append(_study_group(study, algorithm_id, prior.threshold if prior else None))
     for ds in derived:
         if ds.SOPClassUID == _SEGMENTATION_STORAGE:
             groups.extend(_segment_groups(ds, by_uid, algorithm_id))
@@ -612,7 +724,7 @@ def write_sr(
         # The sources' PatientName is copied as it is; its form is not ours to judge.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         sr = hd.sr.ComprehensiveSR(
-            evidence=[*prepared, *derived],
+            evidence=[*prepared, *derived, *(prior.evidence if prior else ())],
             content=_empty_root(root),
             series_instance_uid=series_instance_uid or new_uid(),
             series_number=series_number,
@@ -633,6 +745,18 @@ def write_sr(
                 )
             ],
             contributing_equipment=[_contributing_equipment(algorithm)],
+            previous_versions=[prior.sr] if prior else None,
+        )
+    if prior:
+        # the carried groups go in after the new ones, as they were written (the copy keeps
+        # ``prior`` as it is)
+        [measurements] = [
+            item
+            for item in root.ContentSequence
+            if _code_key(item, "ConceptNameCodeSequence") == ("DCM", "126010")
+        ]
+        measurements.ContentSequence.extend(
+            hd.sr.ContainerContentItem.from_dataset(g, copy=True) for g in prior.groups
         )
     _attach_tree(sr, root)
     logger.debug("built SR %s with %d image groups", sr.SOPInstanceUID, len(study.images))

@@ -278,7 +278,8 @@ def test_a_part_arriving_after_the_analysis_is_analysed_too(
 
     Part 1 is analysed; part 2 (same patient and study, another series) arrives after the
     results are in Orthanc. The plugin sends only part 2 (it marks what it sent with the
-    ``AiNodeRouted`` user metadata), and the late image gets its score.
+    ``AiNodeRouted`` user metadata), and the late image gets its score, in a new SR that
+    covers both parts and names the first SR as its predecessor.
     """
     from pydicom.uid import generate_uid
 
@@ -304,6 +305,20 @@ def test_a_part_arriving_after_the_analysis_is_analysed_too(
             pytest.fail(f"the late part was not analysed: SR images {sorted(images)}")
         time.sleep(1.0)
     assert images[parts[1][1]]["score"] is not None
+    # one current result set (issue 21): the new SR covers both parts and replaces the first
+    srs = [
+        sr
+        for record in series_by_modality(dicomweb, study_uid).get("SR", [])
+        for sr in retrieve_series(dicomweb, study_uid, record)
+    ]
+    assert len(srs) == 2
+    first, latest = sorted(srs, key=lambda sr: "PredecessorDocumentsSequence" in sr)
+    assert set(read_sr_scores(first)["images"]) == {parts[0][1]}
+    assert set(read_sr_scores(latest)["images"]) == {parts[0][1], parts[1][1]}
+    [predecessor] = latest.PredecessorDocumentsSequence
+    assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[
+        0
+    ].ReferencedSOPInstanceUID == (first.SOPInstanceUID)
     # each source image was sent once: both carry the mark, and the plugin routed part 2 alone
     for _, sop in parts:
         found = requests.post(

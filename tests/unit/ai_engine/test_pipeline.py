@@ -459,3 +459,83 @@ def _content_items(ds: pydicom.Dataset):
     for item in ds.get("ContentSequence", []):
         yield item
         yield from _content_items(item)
+
+
+def test_a_later_part_of_a_study_gets_one_sr_covering_all_parts_that_replaces_the_first(
+    tmp_path,
+):
+    """Issue 21: the images of a study that arrive after its analysis get a new SR version
+    that covers the earlier images too (their groups carried over, the study score over
+    all) and names the earlier SR as its predecessor; an image sent again is replaced."""
+    import highdicom as hd
+
+    from tests.unit.ai_engine.dicom_io.conftest import dciodvfy_report
+
+    first, later = tmp_path / "part1", tmp_path / "part2"
+    first.mkdir()
+    later.mkdir()
+    copy_study("kermany_pneumonia_mono2", first)
+    copy_study("kermany_normal_mono2", later)
+    [a_path] = first.glob("*.dcm")
+    [b_path] = later.glob("*.dcm")
+    a = pydicom.dcmread(a_path)
+    b = pydicom.dcmread(b_path)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber"):
+        setattr(b, keyword, a.get(keyword, ""))
+    b.save_as(b_path)  # the same study, sent in two parts
+
+    [r1] = pipeline.run(first, tmp_path / "out1")
+    [sr1_path] = [f for f in r1.files if "_sr_" in f]
+    sr1 = pydicom.dcmread(sr1_path)
+    prior_dir = tmp_path / "prior"
+    prior_dir.mkdir()
+    shutil.copy(sr1_path, prior_dir / "earlier.dcm")
+
+    [r2] = pipeline.run(later, tmp_path / "out2", prior_dir=prior_dir)
+    [sr2_path] = [Path(f) for f in r2.files if "_sr_" in f]
+    sr2 = pydicom.dcmread(sr2_path)
+    errors, output = dciodvfy_report(sr2_path)
+    assert not errors, output
+    parsed = read_sr_scores(sr2)
+    assert set(parsed["images"]) == {a.SOPInstanceUID, b.SOPInstanceUID}
+    scores = {i.sop_instance_uid: i.score for i in (*r1.images, *r2.images)}
+    assert parsed["images"][a.SOPInstanceUID]["score"] == pytest.approx(scores[a.SOPInstanceUID])
+    assert parsed["study"]["score"] == pytest.approx(max(scores.values()))
+    assert r2.study_score == pytest.approx(max(scores.values()))  # what the node indexes
+    assert r2.is_abnormal == r1.is_abnormal or r2.is_abnormal
+    [predecessor] = sr2.PredecessorDocumentsSequence
+    assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[
+        0
+    ].ReferencedSOPInstanceUID == (sr1.SOPInstanceUID)
+    # the first part's region stays linked: its SEG groups and SEG are carried
+    [seg1] = [pydicom.dcmread(f) for f in r1.files if "_seg_" in f]
+    report = hd.sr.ComprehensiveSR.from_dataset(sr2).content
+    for segment in seg1.SegmentSequence:
+        assert report.get_planar_roi_measurement_groups(tracking_uid=segment.TrackingUID)
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr2.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert {a.SOPInstanceUID, b.SOPInstanceUID, seg1.SOPInstanceUID} <= evidence
+
+    # the first image sent again: its new result replaces the carried one (one group each)
+    shutil.copy(sr2_path, prior_dir / "later.dcm")
+    [r3] = pipeline.run(first, tmp_path / "out3", prior_dir=prior_dir)
+    sr3 = pydicom.dcmread(next(f for f in r3.files if "_sr_" in f))
+    assert set(read_sr_scores(sr3)["images"]) == {a.SOPInstanceUID, b.SOPInstanceUID}
+    image_groups = [
+        g for g in hd.sr.ComprehensiveSR.from_dataset(sr3).content.get_image_measurement_groups()
+        if g.source_images
+    ]  # fmt: skip
+    assert sorted(g.source_images[0].referenced_sop_instance_uid for g in image_groups) == sorted(
+        [a.SOPInstanceUID, b.SOPInstanceUID]
+    )
+    assert (
+        sr3.PredecessorDocumentsSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        == sr2.SOPInstanceUID
+    )
