@@ -2,10 +2,14 @@
 
 Two objects per analysed image (see docs/CONTRACTS.md):
 
-- `write_binary_seg`: a BINARY SEG with one segment per threshold level (nested levels,
-  segment 1 = the calibrated pixel threshold "Anomaly > p99 healthy", further segments
+- `write_binary_seg`: the region, a BINARY SEG with one segment per threshold level (nested
+  levels, segment 1 = the calibrated pixel threshold "Anomaly > p99 healthy", further segments
   stricter). Viewers that only overlay binary SEGs (OHIF 3.13) show the levels as a coarse
-  heat map; segment colours go from yellow (level 1) to red (last level).
+  heat map; segment colours go from yellow (level 1) to red (last level). For a source whose
+  Columns is not a multiple of 8 the same masks are written as a FRACTIONAL SEG (OCCUPANCY,
+  MaximumFractionalValue 255, pixels only 0 or 255; `region_segmentation_type`): Orthanc 1.10
+  cannot serve 1-bit frames of such a width (DICOM allows them), and OHIF 3.13 shows this
+  "pseudo-binary" SEG like a binary one. ContentLabel "ANOMALY_REGION" tells it from the map.
 - `write_fractional_seg`: a FRACTIONAL SEG (MaximumFractionalValue 255) with one segment
   holding the anomaly map scaled to [0, 1] (0.5 = the first pixel threshold). Its fractional
   type is PROBABILITY because DICOM has only PROBABILITY and OCCUPANCY, and the values are
@@ -32,7 +36,7 @@ DeviceSerialNumber holds the first 16 hex digits of the sha256.
 
 Provenance on every object: Manufacturer = `markers.OUTPUT_MANUFACTURER`,
 ManufacturerModelName = model name, SoftwareVersions = model version, SeriesDescription
-"AI anomaly region|map (research use only, not for clinical use)", ContentLabel
+"RESEARCH USE ONLY: AI anomaly region|map (not for clinical use)", ContentLabel
 "ANOMALY_REGION" / "ANOMALY_MAP", the source image referenced (ReferencedSeriesSequence and
 per-frame DerivationImageSequence / SourceImageSequence).
 
@@ -79,6 +83,7 @@ from ai_engine.types import AlgorithmInfo
 __all__ = [
     "BINARY_SERIES_NUMBER",
     "FRACTIONAL_SERIES_NUMBER",
+    "region_segmentation_type",
     "write_binary_seg",
     "write_fractional_seg",
 ]
@@ -344,10 +349,13 @@ def write_binary_seg(
 
     masks, descriptions = level_segments(levels, algorithm, as_mask)
     pixel_array = np.stack(masks, axis=-1)[np.newaxis]  # (1 frame, rows, cols, segments)
-    return _segmentation(
+    segmentation_type = region_segmentation_type(int(source.Columns))
+    if segmentation_type is hd.seg.SegmentationTypeValues.FRACTIONAL:
+        pixel_array = pixel_array.astype(np.float32)  # 0 or 1: stored as 0 or 255
+    seg = _segmentation(
         source,
         pixel_array,
-        hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type,
         descriptions,
         algorithm,
         kind="region",
@@ -356,6 +364,27 @@ def write_binary_seg(
         series_number=series_number,
         instance_number=instance_number,
     )
+    if segmentation_type is hd.seg.SegmentationTypeValues.FRACTIONAL:
+        # each pixel is wholly in the level or not: an occupancy of 0 or 1, not a probability
+        seg.SegmentationFractionalType = hd.seg.SegmentationFractionalTypeValues.OCCUPANCY.value
+    return seg
+
+
+def region_segmentation_type(columns: int) -> hd.seg.SegmentationTypeValues:
+    """The SEG type of the region (nested levels) of an image ``columns`` pixels wide.
+
+    BINARY (1 bit per pixel) when ``columns`` is a multiple of 8. Otherwise FRACTIONAL
+    (OCCUPANCY, MaximumFractionalValue 255) holding only 0 and 255, i.e. the same masks with
+    8 bits per pixel: Orthanc 1.10 (the bundled PACS) refuses to serve any frame of a 1-bit
+    image whose Columns is not a multiple of 8 ("Bad number of columns for a black-and-white
+    image", HTTP 400 on WADO-RS /frames, whatever the transfer syntax), although DICOM packs
+    binary SEG bits across rows and allows any width. OHIF 3.13 shows such a "pseudo-binary"
+    FRACTIONAL SEG like a binary one; a LABELMAP SEG is not used because dciodvfy
+    (dicom3tools 2022) does not know its SOP class.
+    """
+    if columns % 8 == 0:
+        return hd.seg.SegmentationTypeValues.BINARY
+    return hd.seg.SegmentationTypeValues.FRACTIONAL
 
 
 def write_fractional_seg(

@@ -419,7 +419,12 @@ def _segment_groups(
     sources = referenced_sources(seg)
     planar = len(sources) == 1 and sources[0] in by_uid
     frame_segments = _frame_segments(seg)
-    masks = _segment_masks(seg) if planar and seg.get("SegmentationType") == "BINARY" else {}
+    # the region (binary, or its 0/255 fractional form for widths Orthanc cannot serve at 1
+    # bit: `seg_writer.region_segmentation_type`), not the map
+    is_region = (
+        seg.get("ContentLabel") == "ANOMALY_REGION" or seg.get("SegmentationType") == "BINARY"
+    )
+    masks = _segment_masks(seg) if planar and is_region else {}
     groups: list[ROIGroup] = []
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)

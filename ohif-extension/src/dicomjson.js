@@ -29,6 +29,7 @@ export const TAG = {
   Columns: '00280011',
   BitsAllocated: '00280100',
   SegmentationType: '00620001',
+  ContentLabel: '00700080',
   SegmentSequence: '00620002',
   ReferencedSegmentNumber: '0062000B',
   MaximumFractionalValue: '0062000E',

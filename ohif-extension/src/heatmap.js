@@ -89,7 +89,7 @@ export function indexFractional(segInstances, studyUID) {
   const described = segInstances.map((inst) => ({ inst, d: describeSeg(inst) }));
   described.sort((a, b) => (a.d.dateTime + a.d.seriesNumber < b.d.dateTime + b.d.seriesNumber ? -1 : 1));
   for (const { inst, d } of described) {
-    if (String(d.segmentationType).toUpperCase() !== 'FRACTIONAL') continue;
+    if (String(d.segmentationType).toUpperCase() !== 'FRACTIONAL' || d.role !== 'map') continue;
     const layout = fractionalFrames(inst);
     for (const f of layout.frames) {
       if (!f.sourceSOPInstanceUID || f.segmentNumber !== 1) continue;

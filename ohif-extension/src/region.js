@@ -1,4 +1,5 @@
-// Load the node's BINARY SEG (thresholded region, nested levels) as OHIF's own labelmap overlay,
+// Load the node's region SEG (thresholded region, nested levels; BINARY, or pseudo-binary
+// FRACTIONAL for images whose width is not a multiple of 8) as OHIF's own labelmap overlay,
 // automatically when the study opens: put the SEG display set into the viewport that shows its
 // source series (with appConfig.disableConfirmationPrompts OHIF hydrates it without asking).
 import { chooseSeg, describeSeg } from './seg.js';
@@ -38,7 +39,8 @@ export function patchSegOrientation(segInstance, iop = [1, 0, 0, 0, 1, 0]) {
 }
 
 /**
- * Watch display sets and viewports, and hydrate the best binary SEG for what is shown.
+ * Watch display sets and viewports, and hydrate the best region SEG (binary, or pseudo-binary
+ * fractional) for what is shown.
  * @param {object} services OHIF services
  */
 export function startRegion(services) {
@@ -57,7 +59,7 @@ export function startRegion(services) {
         const model = store.get().result.reports?.[0]?.modelName;
         const best = chooseSeg(
           described.map((x) => x.d),
-          { type: 'BINARY', seriesInstanceUID: shown.SeriesInstanceUID, modelName: model },
+          { role: 'region', seriesInstanceUID: shown.SeriesInstanceUID, modelName: model },
         );
         if (!best) continue;
         const seg = described.find((x) => x.d === best).ds;

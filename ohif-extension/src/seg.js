@@ -11,7 +11,8 @@ export const FRACTIONAL_SEG_SERIES_NUMBER = 9002;
  * instance (keywords as keys).
  * @param {object} inst
  * @returns {{sopInstanceUID, seriesInstanceUID, seriesNumber, manufacturer, segmentationType,
- *   modelName, referencedSeriesUIDs: string[], referencedSOPInstanceUIDs: string[], dateTime: string}}
+ *   contentLabel, role: 'region'|'map', modelName, referencedSeriesUIDs: string[],
+ *   referencedSOPInstanceUIDs: string[], dateTime: string}}
  */
 export function describeSeg(inst) {
   const nat = 'SOPInstanceUID' in inst || 'SeriesInstanceUID' in inst;
@@ -34,6 +35,8 @@ export function describeSeg(inst) {
     seriesNumber: Number(get('SeriesNumber')) || 0,
     manufacturer: get('Manufacturer'),
     segmentationType: get('SegmentationType'),
+    contentLabel: get('ContentLabel'),
+    role: segRole(get('ContentLabel'), get('SegmentationType')),
     modelName: get('ManufacturerModelName'),
     referencedSeriesUIDs,
     referencedSOPInstanceUIDs,
@@ -43,18 +46,35 @@ export function describeSeg(inst) {
 }
 
 /**
+ * What one of the node's SEGs holds: the region (nested threshold levels, ContentLabel
+ * ANOMALY_REGION) or the continuous map (ANOMALY_MAP). The region is BINARY, except for images
+ * whose width is not a multiple of 8: there it is a FRACTIONAL (OCCUPANCY) SEG of 0 and the
+ * maximum value only, because Orthanc cannot serve 1-bit frames of such a width. SEGs without a
+ * ContentLabel we know: BINARY = region, anything else = map.
+ * @param {string|undefined} contentLabel
+ * @param {string|undefined} segmentationType
+ * @returns {'region'|'map'}
+ */
+export function segRole(contentLabel, segmentationType) {
+  const label = String(contentLabel || '').toUpperCase();
+  if (label === 'ANOMALY_REGION') return 'region';
+  if (label === 'ANOMALY_MAP') return 'map';
+  return String(segmentationType || '').toUpperCase() === 'BINARY' ? 'region' : 'map';
+}
+
+/**
  * Choose the SEG to overlay on a displayed series: the node's own SEG of the wanted type that
  * references that series (or any series when none is given), preferring the given model, then
  * the newest (content date/time), then the highest series number.
  * @param {object[]} segs results of describeSeg
- * @param {{type?: 'BINARY'|'FRACTIONAL', seriesInstanceUID?: string, modelName?: string}} want
+ * @param {{role?: 'region'|'map', seriesInstanceUID?: string, modelName?: string}} want
  * @returns {object|undefined}
  */
-export function chooseSeg(segs, { type = 'BINARY', seriesInstanceUID, modelName } = {}) {
+export function chooseSeg(segs, { role = 'region', seriesInstanceUID, modelName } = {}) {
   const ok = segs.filter(
     (s) =>
       s.manufacturer === OUTPUT_MANUFACTURER &&
-      String(s.segmentationType || '').toUpperCase() === type &&
+      (s.role || segRole(s.contentLabel, s.segmentationType)) === role &&
       (!seriesInstanceUID || s.referencedSeriesUIDs.includes(seriesInstanceUID)),
   );
   const rank = (s) => [modelName && s.modelName === modelName ? 1 : 0, s.dateTime || '', s.seriesNumber];
@@ -70,6 +90,8 @@ export function chooseSeg(segs, { type = 'BINARY', seriesInstanceUID, modelName 
 /**
  * Should OHIF's own handlers be kept away from this instance (they cannot show it)?
  * True for any FRACTIONAL SEG (OHIF 3.13: "Fractional segmentations are not yet supported")
+ * except the node's region (ContentLabel ANOMALY_REGION: only 0 and the maximum value, which
+ * OHIF 3.13 shows like a binary SEG),
  * for the node's SR (its image-level TID 1500 crashes OHIF's SR viewport), and for the node's
  * Key Object Selection of flagged images (for PACS worklists; nothing for a viewport to show).
  * @param {object} inst OHIF naturalized instance
@@ -78,7 +100,10 @@ export function chooseSeg(segs, { type = 'BINARY', seriesInstanceUID, modelName 
 export function isHiddenOutput(inst) {
   if (!inst) return false;
   if (inst.SOPClassUID === SEG_SOP_CLASS_UID) {
-    return String(inst.SegmentationType || '').toUpperCase() === 'FRACTIONAL';
+    if (String(inst.SegmentationType || '').toUpperCase() !== 'FRACTIONAL') return false;
+    const ownRegion =
+      inst.Manufacturer === OUTPUT_MANUFACTURER && segRole(inst.ContentLabel, inst.SegmentationType) === 'region';
+    return !ownRegion;
   }
   if (inst.Modality === 'SR' || inst.Modality === 'KO') return inst.Manufacturer === OUTPUT_MANUFACTURER;
   return false;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { chooseSeg, describeSeg, fractionalFrames, frameToRgba, heatColour, isHiddenOutput, parseMultipart } from '../src/seg.js';
+import { chooseSeg, describeSeg, fractionalFrames, frameToRgba, heatColour, isHiddenOutput, parseMultipart, segRole } from '../src/seg.js';
 import { indexFractional } from '../src/heatmap.js';
 import { patchSegOrientation } from '../src/region.js';
 
@@ -93,4 +93,37 @@ test('SEG of a 2D image gets the orientation OHIF 3.13 insists on, once', () => 
   assert.equal(patchSegOrientation(inst), false);
   const ct = { PerFrameFunctionalGroupsSequence: [{ PlaneOrientationSequence: [{ ImageOrientationPatient: [0, 1, 0, 0, 0, -1] }] }] };
   assert.equal(patchSegOrientation(ct), false);
+});
+
+test('region of an image of a width not a multiple of 8: a pseudo-binary FRACTIONAL SEG, shown, not hidden', () => {
+  const seg = '1.2.840.10008.5.1.4.1.1.66.4';
+  const node = 'AI Anomaly Node';
+  const region = { SOPClassUID: seg, SegmentationType: 'FRACTIONAL', ContentLabel: 'ANOMALY_REGION', Manufacturer: node };
+  const map = { SOPClassUID: seg, SegmentationType: 'FRACTIONAL', ContentLabel: 'ANOMALY_MAP', Manufacturer: node };
+  assert.equal(isHiddenOutput(region), false);
+  assert.equal(isHiddenOutput(map), true);
+  assert.equal(isHiddenOutput({ ...region, Manufacturer: 'X' }), true);
+  assert.equal(segRole('ANOMALY_REGION', 'FRACTIONAL'), 'region');
+  assert.equal(segRole('ANOMALY_MAP', 'FRACTIONAL'), 'map');
+  assert.equal(segRole(undefined, 'BINARY'), 'region');
+  assert.equal(segRole(undefined, 'FRACTIONAL'), 'map');
+  const described = [
+    { ...region, SOPInstanceUID: '1', SeriesInstanceUID: 'r', SeriesNumber: 9001, ReferencedSeriesSequence: [{ SeriesInstanceUID: 's' }] },
+    { ...map, SOPInstanceUID: '2', SeriesInstanceUID: 'm', SeriesNumber: 9002, ReferencedSeriesSequence: [{ SeriesInstanceUID: 's' }] },
+  ].map(describeSeg);
+  assert.equal(chooseSeg(described, { seriesInstanceUID: 's' }).seriesInstanceUID, 'r');
+  assert.equal(chooseSeg(described, { role: 'map', seriesInstanceUID: 's' }).seriesInstanceUID, 'm');
+});
+
+test('the heat map index takes the map, never a fractional region SEG', () => {
+  const insts = fixture('abnormal_seg_metadata.json');
+  const frac = insts.find((i) => i['00620001'].Value[0] === 'FRACTIONAL');
+  const region = JSON.parse(JSON.stringify(frac));
+  region['00080018'] = { vr: 'UI', Value: ['9.9.9.1'] };
+  region['00200011'] = { vr: 'IS', Value: [9001] };
+  region['00700080'] = { vr: 'CS', Value: ['ANOMALY_REGION'] };
+  const index = indexFractional([frac, region], 'study');
+  const [entry] = [...index.values()];
+  assert.equal(index.size, 1);
+  assert.equal(entry.sopUID, frac['00080018'].Value[0]);
 });

@@ -131,8 +131,9 @@ def retrieve_series(client: DICOMwebClient, study_uid: str, record: dict) -> lis
 
 
 def check_results(client: DICOMwebClient, results: Results, study: str, checkpoint: str) -> None:
-    """Per source image one binary and one fractional SEG and a TID 1501 group in the one SR,
-    all referencing it; the SR's scores are the engine's own for the same files."""
+    """Per source image one region SEG (BINARY; pseudo-binary FRACTIONAL OCCUPANCY where the
+    width is not a multiple of 8) and one map SEG (FRACTIONAL) and a TID 1501 group in the one
+    SR, all referencing it; the SR's scores are the engine's own for the same files."""
     sources = {
         str(ds.SOPInstanceUID): ds
         for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in sample_files(study))
@@ -145,7 +146,17 @@ def check_results(client: DICOMwebClient, results: Results, study: str, checkpoi
     ]
     for source_uid, source in sources.items():
         mine = [seg for seg in segs if source_uid in referenced_uids(seg)]
-        assert sorted(str(seg.SegmentationType) for seg in mine) == ["BINARY", "FRACTIONAL"]
+        by_label = {str(seg.ContentLabel): seg for seg in mine}
+        assert sorted(by_label) == ["ANOMALY_MAP", "ANOMALY_REGION"]
+        assert by_label["ANOMALY_MAP"].SegmentationType == "FRACTIONAL"
+        region = by_label["ANOMALY_REGION"]
+        if source.Columns % 8 == 0:
+            assert region.SegmentationType == "BINARY"
+        else:
+            assert (region.SegmentationType, region.SegmentationFractionalType) == (
+                "FRACTIONAL",
+                "OCCUPANCY",
+            )
         for seg in mine:
             assert seg.Manufacturer == "AI Anomaly Node"
             assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)

@@ -425,7 +425,7 @@ def test_an_ai_results_consumer_ties_score_finding_and_region_with_highdicom_alo
     )
     rows, cols = np.nonzero(mask)
     points = np.concatenate([g.roi.value for g in outlines])
-    images = {g.roi.ContentSequence[0].ReferencedSOPSequence[0] for g in outlines}
+    images = [g.roi.ContentSequence[0].ReferencedSOPSequence[0] for g in outlines]
     assert {i.ReferencedSOPInstanceUID for i in images} == {source.SOPInstanceUID}
     # the outlines enclose the region (hulls of its components; at most MAX_OUTLINES)
     low, high = points.min(axis=0), points.max(axis=0)  # (column, row)

@@ -6,11 +6,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from ai_engine.dicom_io import markers
 from ai_engine.dicom_io.convert import png_to_dicom, save
 from ai_engine.dicom_io.reader import read_image
-from ai_engine.dicom_io.seg_writer import write_binary_seg, write_fractional_seg
+from ai_engine.dicom_io.seg_writer import (
+    region_segmentation_type,
+    write_binary_seg,
+    write_fractional_seg,
+)
 from ai_engine.types import AlgorithmInfo
 
 ALGORITHM = AlgorithmInfo(
@@ -239,3 +244,35 @@ def test_segs_of_real_samples_are_valid(dicom_samples, tmp_path, dciodvfy, name)
         back = _roundtrip(seg, path)
         dciodvfy(path)
         assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("cols", "expected"), [(64, "BINARY"), (61, "FRACTIONAL"), (1841, "FRACTIONAL")]
+)
+def test_region_segmentation_type_follows_the_width(cols, expected):
+    assert region_segmentation_type(cols).value == expected
+
+
+def test_region_of_an_image_whose_width_is_not_a_multiple_of_8(tmp_path, dciodvfy, strict_pydicom):
+    """Orthanc 1.10 cannot serve 1-bit frames 61 pixels wide: the same masks, 0 or 255, 8 bits."""
+    png = tmp_path / "odd.png"
+    Image.fromarray(np.arange(48 * 61, dtype=np.uint32).reshape(48, 61).astype(np.uint8)).save(png)
+    source = read_image(save(png_to_dicom(png, patient_id="SEG-ODD"), tmp_path / "src.dcm")).dataset
+    levels = _levels(source.Rows, source.Columns)
+    path = tmp_path / "seg.dcm"
+    back = _roundtrip(write_binary_seg(source, levels, ALGORITHM), path)
+    dciodvfy(path)
+
+    assert (back.SegmentationType, back.SegmentationFractionalType) == ("FRACTIONAL", "OCCUPANCY")
+    assert back.MaximumFractionalValue == 255
+    assert back.BitsAllocated == 8
+    assert back.ContentLabel == "ANOMALY_REGION"
+    assert [s.SegmentLabel for s in back.SegmentSequence] == list(LABELS)
+    _check_provenance(back, source, 9001)
+    raw = pydicom.dcmread(path).pixel_array
+    assert set(np.unique(raw).tolist()) <= {0, 255}
+    pixels = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID], combine_segments=False
+    )
+    for i, (_, mask) in enumerate(levels):
+        np.testing.assert_array_equal(pixels[0, :, :, i] > 0.5, mask)
