@@ -1,4 +1,4 @@
-"""One BINARY SEG for a whole CT/MR series (multi-slice sources with a Frame of Reference).
+"""One region SEG for a whole CT/MR series (multi-slice sources with a Frame of Reference).
 
 `seg_writer.write_binary_seg` / `write_fractional_seg` take one source image. They work for a
 single CT/MR slice too (checked: dciodvfy clean, highdicom reads them back; highdicom copies
@@ -47,6 +47,7 @@ from ai_engine.dicom_io.seg_writer import (
     _content_description,
     binary_mask,
     level_segments,
+    region_segmentation_type,
 )
 from ai_engine.types import AlgorithmInfo
 
@@ -76,7 +77,11 @@ def write_binary_seg_volume(
     instance_number: int = 1,
     series_number: int = BINARY_SERIES_NUMBER,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG of a CT/MR series with one segment per threshold level.
+    """The region SEG of a CT/MR series with one segment per threshold level.
+
+    BINARY, or for a width that is not a multiple of 8 the same masks as a 0/255 FRACTIONAL
+    OCCUPANCY SEG (`seg_writer.region_segmentation_type`: Orthanc 1.10 cannot serve 1-bit
+    frames of such a width).
 
     Args:
         sources: the analysed slices (headers are enough, e.g. `Volume.datasets`), single-frame
@@ -112,14 +117,23 @@ def write_binary_seg_volume(
     masks, descriptions = level_segments(
         levels, algorithm, lambda label, mask: _volume_mask(label, mask, shape)
     )
+    pixel_array: npt.NDArray[np.generic] = np.stack(masks, axis=-1)  # (slices, rows, cols, segs)
+    # 1 bit per pixel, or 0/255 at 8 bits where Orthanc cannot serve 1-bit frames of this width
+    segmentation_type = region_segmentation_type(cols)
+    fractional = segmentation_type is hd.seg.SegmentationTypeValues.FRACTIONAL
+    if fractional:
+        pixel_array = pixel_array.astype(np.float32)  # 0 or 1: stored as 0 or 255
     prepared = [prepare_source(s) for s in sources]
     with warnings.catch_warnings():
         # The sources' PatientName is copied as it is; its form is not ours to judge.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         seg = hd.seg.Segmentation(
             source_images=prepared,
-            pixel_array=np.stack(masks, axis=-1),  # (slices, rows, cols, segments)
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            pixel_array=pixel_array,
+            segmentation_type=segmentation_type,
+            # each pixel is wholly in a level or not: an occupancy of 0 or 1 (fractional form)
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
+            max_fractional_value=255,
             segment_descriptions=descriptions,
             series_instance_uid=series_instance_uid or new_uid(),
             series_number=series_number,

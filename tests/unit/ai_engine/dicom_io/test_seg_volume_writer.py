@@ -145,3 +145,32 @@ def test_sr_of_a_ct_series(ct_series, tmp_path, dciodvfy, strict_pydicom):
     assert scores["study"]["score"] == pytest.approx(0.4)
     assert set(scores["images"]) == {d.SOPInstanceUID for d in datasets}
     assert scores["images"][datasets[4].SOPInstanceUID]["status"] == "Abnormal"
+
+
+def test_volume_region_of_a_width_orthanc_cannot_serve_at_1_bit(
+    ct_series, tmp_path, dciodvfy, strict_pydicom
+):
+    """Slices 61 pixels wide: the same nested masks as a 0/255 FRACTIONAL OCCUPANCY SEG
+    (Orthanc 1.10 serves no 1-bit frame of such a width; tests/integration/test_region_frames.py
+    shows it for a radiograph), valid and read back as the masks."""
+    datasets, _ = ct_series
+    narrow = []
+    for ds in datasets:
+        ds = ds.copy()
+        ds.Columns = 61
+        ds.PixelData = ds.pixel_array[:, :61].copy().tobytes()
+        narrow.append(ds)
+    levels = _levels(len(narrow), narrow[0].Rows, 61)
+    path = tmp_path / "seg.dcm"
+    seg = write_binary_seg_volume(narrow, levels, ALGORITHM)
+    back = _roundtrip(seg, path)
+    dciodvfy(path)
+    assert back.SegmentationType == "FRACTIONAL"
+    assert back.SegmentationFractionalType == "OCCUPANCY"
+    assert back.ContentLabel == "ANOMALY_REGION"
+    assert set(np.unique(pydicom.dcmread(path).pixel_array)) <= {0, 255}
+    pixels = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[d.SOPInstanceUID for d in narrow], combine_segments=False
+    )
+    for i, (_, mask) in enumerate(levels):
+        np.testing.assert_array_equal(pixels[..., i] > 0, mask)
