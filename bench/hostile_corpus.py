@@ -11,7 +11,7 @@
   PatientBirthDate ``1961-07-04``, PatientSex ``Female``, a 30-deep sequence in the source
   (under the node's nesting limit): accepted, and every instance ends in a score or a
   reasoned "not analysed" in the study's SR;
-* a sample of pydicom's own test files (`PYDICOM_SAMPLE`).
+* every file of pydicom's own test files (`pydicom_test_files`), sent as stored.
 
 `Recorder` is a real pynetdicom Storage SCP the node delivers its results to (C-STORE); the
 test (``tests/unit/dicom_node/test_node_hostile.py``) asserts, per input, the status, that the
@@ -38,6 +38,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
@@ -45,30 +46,19 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 
+from ai_engine.dicom_io.markers import is_derived_object
+
 REPO = Path(__file__).resolve().parents[1]
 CXR = REPO / "tests" / "data" / "dicom" / "kermany_normal_mono2" / "kermany_normal_mono2.dcm"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-#: pydicom test files sent as they are (readable ones and broken ones).
-PYDICOM_SAMPLE = (
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "MR_small_bigendian.dcm",
-    "MR_small_padded.dcm",
-    "MR_small_RLE.dcm",
-    "JPEG2000.dcm",
-    "SC_rgb_jpeg.dcm",
-    "image_dfl.dcm",
-    "rtplan.dcm",
-    "rtdose.dcm",
-    "badVR.dcm",
-    "MR_truncated.dcm",
-    "rtplan_truncated.dcm",
-)
 #: Outputs' deepest sequence nesting their IODs need (SR content tree: report -> container
 #: -> group -> items with concept/value sequences).
 MAX_RESULT_DEPTH = 8
 REFUSED = "refused"
 ACCEPTED = "accepted"
+#: Accepted, but another system's result object (SEG, SR, Parametric Map): acknowledged and
+#: not analysed (`markers.is_derived_object`), with no SR entry.
+RESULT_OBJECT = "result"
 
 
 @dataclass
@@ -225,17 +215,23 @@ def corpus(max_inflated_bytes: int, max_elements: int = 10_000) -> list[CorpusIn
         label = "RT Plan in the study" if keep_pixels else "CT without pixel data in the study"
         inputs.append(CorpusInput(label, ACCEPTED, ds, sop_uid=ds.SOPInstanceUID, study_uid=study))
 
-    for name in PYDICOM_SAMPLE:
-        path = get_testdata_file(name)
-        if path is None:
-            continue
-        ds = dcmread(path)
-        broken = "truncated" in name
+    for path in pydicom_test_files():
+        name = path.name
+        ds = dcmread(path, force=True)
+        syntax = _transfer_syntax(ds)
+        if syntax is None:
+            continue  # no file meta and no way to tell how to send it
+        # the node refuses (0xC210) what it cannot file: a truncated data set, or one
+        # without the UIDs that name its study and instance
+        broken = "truncated" in name or not all(
+            k in ds for k in ("StudyInstanceUID", "SOPInstanceUID")
+        )
+        derived = is_derived_object(str(ds.get("SOPClassUID", "")))
         inputs.append(
             CorpusInput(
                 f"pydicom {name}",
-                REFUSED if broken else ACCEPTED,
-                raw=(_dataset_bytes(Path(path)), str(ds.file_meta.TransferSyntaxUID)),
+                REFUSED if broken else RESULT_OBJECT if derived else ACCEPTED,
+                raw=(_dataset_bytes(path), syntax),
                 sop_uid=str(ds.get("SOPInstanceUID", generate_uid())),
                 study_uid=str(ds.get("StudyInstanceUID", "")),
             )
@@ -243,12 +239,33 @@ def corpus(max_inflated_bytes: int, max_elements: int = 10_000) -> list[CorpusIn
     return inputs
 
 
+def pydicom_test_files() -> list[Path]:
+    """Every DICOM file of pydicom's own test files (the top folder; DICOMDIRs aside)."""
+    anchor = get_testdata_file("CT_small.dcm")
+    if anchor is None:
+        raise RuntimeError("pydicom's test files are not installed")
+    return sorted(Path(anchor).parent.glob("*.dcm"))
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    """The transfer syntax a file was stored in (from its meta, else how pydicom read it)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return str(meta.TransferSyntaxUID)
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return None
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
 def _dataset_bytes(path: Path) -> bytes:
     """A file's data set bytes exactly as stored (after preamble and file meta)."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     with path.open("rb") as fh:
-        read_preamble(fh, False)
+        read_preamble(fh, True)  # files without a preamble and meta too
         _read_file_meta_info(fh)
         return fh.read()
 
