@@ -186,8 +186,10 @@ class NodeSettings(BaseSettings):
             instead of running the engine itself (`dicom_node.distributed`). None (the
             default) is the embedded node: no server, the worker runs in the node.
         broker_queue: name of the Celery queue the job ids go to.
-        broker_visibility_timeout_seconds: the broker gives a task that was taken but not
-            acknowledged (its worker died) to another worker after this long.
+        broker_visibility_timeout_seconds: a job id a worker had taken from Redis but not
+            started when it died goes back to the queue after this long (tasks are
+            acknowledged when they start: a dead worker's running job is recovered by its
+            lease, not by the broker).
         worker_lease_seconds: a running job whose worker did not renew its lease (on the
             shared ``data_dir``) for this long is taken over by another worker.
         dispatch_timeout_seconds: a due job still queued this long after it was dispatched

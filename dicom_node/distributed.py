@@ -17,12 +17,16 @@ duplicate messages are harmless and lost ones are sent again:
 - **lease:** a heartbeat thread rewrites the lease every ``worker_lease_seconds / 5``. Every
   state change out of ``running/`` first checks that the lease still holds the worker's
   token (`LeaseLostError` otherwise: the results are discarded, another worker owns it);
-- **dead worker:** the Celery task is acknowledged late and rejected when its worker is
-  lost, and the broker gives an unacknowledged task to another worker after
-  ``broker_visibility_timeout_seconds``. Independently of the broker, the dispatcher sees a
+- **dead worker:** recovery has one owner, the lease (issue 18). The dispatcher sees a
   lease that did not change for ``worker_lease_seconds`` and sends the id again; the worker
   that takes it watches the lease for the same time itself, then moves the job back to
-  ``ready/`` and claims it (its process attempts count the lost run);
+  ``ready/`` and claims it (its process attempts count the lost run). The broker does not
+  redeliver: a task is acknowledged when a worker starts it (no ``acks_late``), so a job
+  that outlives the visibility timeout is never handed to a second worker while the first
+  still runs, and the lease's judgement is not raced by the broker's. A job id lost before
+  any worker claimed it (a Redis without persistence, a worker killed between taking the
+  message and the rename) leaves the job in ``ready/``, where the dispatcher's
+  ``dispatch_timeout_seconds`` sends it again;
 - a lease is judged by whether it *changes*, measured on the observer's own monotonic
   clock, so clocks of different machines never need to agree.
 
@@ -110,9 +114,13 @@ def make_app(settings: NodeSettings) -> Any:
         "dicom_node", broker=settings.broker_url.get_secret_value(), set_as_current=False
     )
     app.conf.update(
-        task_acks_late=True,  # a task is acknowledged when it returns, not when taken
-        task_reject_on_worker_lost=True,  # a pool child that dies puts its task back
-        worker_prefetch_multiplier=1,  # a busy worker holds no other job ids
+        # One recovery owner: the lease (module docstring). A task is acknowledged when a
+        # worker starts it, so the broker never hands a taken job id to a second worker; a
+        # job whose worker died is found by its unchanged lease, and a job id lost between
+        # the broker and a claim by the dispatch timeout.
+        task_acks_late=False,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,  # a busy worker holds at most one more job id
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
@@ -342,8 +350,8 @@ def run_worker(settings: NodeSettings, engine: EngineFn | None = None) -> int:
 
     @app.task(  # type: ignore[untyped-decorator]
         name=TASK_NAME,
-        acks_late=True,
-        reject_on_worker_lost=True,
+        acks_late=False,  # the lease recovers a dead worker's job, not the broker
+        reject_on_worker_lost=False,
         autoretry_for=(OSError,),  # shared storage hiccup: try the id again later
         retry_backoff=2,
         max_retries=5,
