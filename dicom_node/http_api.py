@@ -73,7 +73,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from dicom_node.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from dicom_node.feedback import Feedback, FeedbackError, check_uid
-from dicom_node.index import StateIndex
+from dicom_node.index import StateIndex, not_routed_reason
 from dicom_node.jobs import JobLifecycle, RerunConflictError
 from dicom_node.metrics import Metrics, render_prometheus
 from dicom_node.queue import STATE_FOLDERS, Job, JobQueue, JobStateValues
@@ -282,6 +282,16 @@ def create_app(
         ]
         rows = index.scores(uids or None, model=request.args.get("model"))
         return jsonify([r.as_json() for r in rows])
+
+    @app.get("/studies/<study_uid>/not-routed")
+    def not_routed(study_uid: str) -> Response:
+        """Instances of the study the node acknowledged but sent to no model, and why."""
+        check_uid(study_uid)
+        instances = [
+            {"sop_instance_uid": sop, "rule": rule, "reason": not_routed_reason(rule)}
+            for sop, rule in sorted(index.not_routed(study_uid).items())
+        ]
+        return jsonify(study_instance_uid=study_uid, instances=instances)
 
     def _feedback() -> Feedback:
         if feedback is None:

@@ -74,6 +74,18 @@ class ClaimConflictError(JobError):
     """Another job claimed some of the instances between the check and the claim."""
 
 
+def not_routed_reason(rule: str | None) -> str:
+    """The sentence the API gives for an instance recorded as not routed.
+
+    Args:
+        rule: the rule that decided; None for the built-in routing, which routes every
+            image and sends no result object (SEG, SR, Parametric Map) of any system.
+    """
+    if rule is None:
+        return "a result object (SEG, SR or Parametric Map), not an image a model analyses"
+    return f"routing rule {rule!r} sends it to no model"
+
+
 @dataclass(frozen=True)
 class StudyScore:
     """One row of ``GET /studies/scores``.

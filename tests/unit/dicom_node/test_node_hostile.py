@@ -151,6 +151,13 @@ def test_hostile_corpus_every_accepted_instance_ends_in_a_result_or_a_reason(
         assert max(depths.values()) <= hc.MAX_RESULT_DEPTH, depths
         for ds in recorder.received:
             assert "ProcedureCodeSequence" not in ds
+        # others' result objects are in no SR, but the node records them as not routed
+        # (GET /studies/<uid>/not-routed says why)
+        assert node.index is not None
+        index = node.index
+        assert _wait(
+            lambda: all(i.sop_uid in index.not_routed(i.study_uid) for i in result_objects), 30
+        ), [i.name for i in result_objects]
         # the node kept working: the failed folder holds no job
         assert not list((settings.jobs_dir / "failed").glob("*"))
     finally:

@@ -228,3 +228,20 @@ def test_api_settings(tmp_path: Path) -> None:
     assert "bearer-secret" not in repr(s)
     with pytest.raises(ConfigError, match="not both"):
         load_settings(orthanc_token_file=token, orthanc_username="u", orthanc_password="p")
+
+
+def test_not_routed_instances_of_a_study_are_listed_with_a_reason(make_node) -> None:
+    """Issue 21: an acknowledged instance no model analyses (e.g. another system's SEG) is
+    not in any SR; the API says which ones and why."""
+    node = make_node()
+    assert node.index is not None
+    study = "1.2.826.0.1.3680043.8.498.1"
+    node.index.record_not_routed(study, ["1.2.3.4", "1.2.3.5"], None)
+    node.index.record_not_routed(study, ["1.2.3.6"], "ct-only")
+    body = api(node, f"/studies/{study}/not-routed").json()
+    assert body["study_instance_uid"] == study
+    reasons = {i["sop_instance_uid"]: i["reason"] for i in body["instances"]}
+    assert reasons["1.2.3.4"].startswith("a result object (SEG, SR or Parametric Map)")
+    assert reasons["1.2.3.6"] == "routing rule 'ct-only' sends it to no model"
+    assert api(node, "/studies/1.2.999/not-routed").json()["instances"] == []
+    assert api(node, "/studies/not-a-uid/not-routed").status_code == 400
