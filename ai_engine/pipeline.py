@@ -33,10 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 import torch
 from pydicom import Dataset
-from pydicom.errors import InvalidDicomError
 
 from ai_engine import checkpoints as ckpt
 from ai_engine.anatomy import REGION_MARGIN_PX, find_regions, region_tensor, restrict
@@ -405,17 +403,13 @@ def _output_units(datasets: Sequence[Dataset]) -> list[tuple[int, ...]]:
 
 def _prior_reports(prior_dir: Path) -> dict[tuple[str, str, str], Dataset]:
     """The latest own SR per (study, model name, model version) under ``prior_dir``."""
-    from ai_engine.dicom_io.sr_writer import read_sr_scores
+    from ai_engine.dicom_io.sr_writer import read_own_sr
 
     latest: dict[tuple[str, str, str], tuple[str, Dataset]] = {}
     for path in sorted(prior_dir.glob("*.dcm")):
-        try:
-            ds = pydicom.dcmread(path)
-            read_sr_scores(ds)  # ours and a measurement report, or ValueError
-        except (InvalidDicomError, OSError, ValueError, AttributeError):
+        ds = read_own_sr(path)
+        if ds is None:
             logger.warning("an earlier result is not an SR of the node; ignored")
-            continue
-        if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
             continue
         key = (
             str(ds.StudyInstanceUID),

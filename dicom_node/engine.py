@@ -264,34 +264,14 @@ def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]
 
 
 def read_node_sr(path: Path) -> Any | None:
-    """The node's own anomaly SR at ``path`` (a pydicom Dataset), or None for anything else.
+    """The engine's own anomaly SR at ``path`` (a pydicom Dataset), or None for anything else.
 
-    Args:
-        path: a result file.
-
-    Returns:
-        The dataset when it is an SR the engine wrote (Manufacturer, SOP class, TID 1500
-        that `read_sr_scores` parses), else None (also when unreadable).
+    `ai_engine.dicom_io.sr_writer.read_own_sr`, imported on first use (the node process
+    loads the engine's DICOM modules only when it needs them).
     """
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+    from ai_engine.dicom_io.sr_writer import read_own_sr
 
-    from ai_engine.dicom_io import markers
-    from ai_engine.dicom_io.sr_writer import read_sr_scores
-
-    try:
-        ds = dcmread(path)
-    except (InvalidDicomError, OSError):
-        return None
-    if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
-        return None
-    if str(ds.get("Modality", "")) != "SR":
-        return None
-    try:
-        read_sr_scores(ds)
-    except ValueError:
-        return None
-    return ds
+    return read_own_sr(path)
 
 
 def resolve_engine_fn(spec: str | None) -> EngineFn:

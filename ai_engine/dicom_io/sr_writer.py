@@ -55,6 +55,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import highdicom as hd
@@ -849,6 +850,31 @@ def _is_roi_group(group: Dataset) -> bool:
         if item.get("ValueType") == "IMAGE" and name in _REFERENCED_SEGMENT_CONCEPTS:
             return True
     return False
+
+
+def read_own_sr(path: Path) -> Dataset | None:
+    """The engine's own anomaly SR at ``path``, or None for anything else (or unreadable).
+
+    Own: our Manufacturer and SOP class, Modality SR, a TID 1500 report `read_sr_scores`
+    parses. The node (feedback, the router's prior results) and the pipeline read earlier
+    SRs through this.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(path)
+    except (InvalidDicomError, OSError):
+        return None
+    if not markers.is_own_output(ds.get("Manufacturer"), ds.get("SOPClassUID")):
+        return None
+    if str(ds.get("Modality", "")) != "SR":
+        return None
+    try:
+        read_sr_scores(ds)
+    except (ValueError, AttributeError):
+        return None
+    return ds
 
 
 def read_sr_scores(ds: Dataset) -> dict[str, Any]:
