@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,7 @@ from pydicom.valuerep import validate_value
 
 from ai_engine.dicom_io import markers
 from ai_engine.errors import UnsupportedInputError
+from ai_engine.types import AlgorithmInfo
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,35 @@ def series_description(kind: str) -> str:
     if len(text) > 64:
         raise ValueError(f"SeriesDescription longer than 64 characters: {text!r}")
     return text
+
+
+def output_identity(
+    algorithm: AlgorithmInfo,
+    kind: str,
+    *,
+    series_instance_uid: str | None,
+    series_number: int,
+    instance_number: int,
+) -> dict[str, Any]:
+    """How an object the engine writes names itself: highdicom keyword arguments.
+
+    One owner for the identity every result carries (SEG, Parametric Map, SR): a new
+    SOPInstanceUID, the series (a new one unless given), the node as Manufacturer, the model
+    as ManufacturerModelName / SoftwareVersions, the first 16 hex digits of its weights'
+    sha256 as DeviceSerialNumber ("unknown" without weights) and the research-use
+    SeriesDescription of ``kind``.
+    """
+    return {
+        "series_instance_uid": series_instance_uid or new_uid(),
+        "series_number": series_number,
+        "sop_instance_uid": new_uid(),
+        "instance_number": instance_number,
+        "manufacturer": markers.OUTPUT_MANUFACTURER,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": algorithm.version,
+        "device_serial_number": algorithm.weights_sha256[:16] or "unknown",
+        "series_description": series_description(kind),
+    }
 
 
 #: Type 2 patient/study attributes highdicom copies from a source and fails on when absent.

@@ -66,14 +66,13 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ai_engine.dicom_io import _iod_lookup, markers
+from ai_engine.dicom_io import _iod_lookup
 from ai_engine.dicom_io._common import (
     check_unit_interval,
     laterality_from_sources,
-    new_uid,
+    output_identity,
     prepare_source,
     require_frame_of_reference,
-    series_description,
 )
 from ai_engine.types import AlgorithmInfo
 
@@ -193,14 +192,13 @@ def write_parametric_map(
         pm = hd.pm.ParametricMap(
             source_images=prepared,
             pixel_array=frames,
-            series_instance_uid=series_instance_uid or new_uid(),
-            series_number=series_number,
-            sop_instance_uid=new_uid(),
-            instance_number=instance_number,
-            manufacturer=markers.OUTPUT_MANUFACTURER,
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            device_serial_number=algorithm.weights_sha256[:16] or "unknown",
+            **output_identity(
+                algorithm,
+                "map",
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                instance_number=instance_number,
+            ),
             contains_recognizable_visual_features=any(
                 str(s.get("RecognizableVisualFeatures", "")).upper() == "YES" for s in prepared
             ),
@@ -214,7 +212,6 @@ def write_parametric_map(
             content_description=f"map by {algorithm.name} {algorithm.version}"[:64],
             content_label="ANOMALY_MAP",
             content_qualification=hd.ContentQualificationValues.RESEARCH,
-            series_description=series_description("map"),
         )
     # Type 2C that highdicom leaves out (dciodvfy error); see the module docstring.
     pm.Laterality = laterality_from_sources(prepared)

@@ -34,12 +34,10 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ai_engine.dicom_io import markers
 from ai_engine.dicom_io._common import (
-    new_uid,
+    output_identity,
     prepare_source,
     require_frame_of_reference,
-    series_description,
 )
 from ai_engine.dicom_io.seg_writer import (
     BINARY_SERIES_NUMBER,
@@ -135,19 +133,17 @@ def write_binary_seg_volume(
             fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
             max_fractional_value=255,
             segment_descriptions=descriptions,
-            series_instance_uid=series_instance_uid or new_uid(),
-            series_number=series_number,
-            sop_instance_uid=new_uid(),
-            instance_number=instance_number,
-            manufacturer=markers.OUTPUT_MANUFACTURER,
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            device_serial_number=algorithm.weights_sha256[:16] or "unknown",
+            **output_identity(
+                algorithm,
+                "region",
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                instance_number=instance_number,
+            ),
             content_description=_content_description("region", algorithm),
             content_label="ANOMALY_REGION",
             transfer_syntax_uid=ExplicitVRLittleEndian,
             omit_empty_frames=False,
-            series_description=series_description("region"),
             coding_schemes=CODING_SCHEMES,
         )
     logger.debug(

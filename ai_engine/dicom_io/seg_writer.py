@@ -74,8 +74,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from ai_engine.dicom_io import _iod_lookup, markers
 from ai_engine.dicom_io._common import (
     new_uid,
+    output_identity,
     prepare_source,
-    series_description,
     valid_spacing,
 )
 from ai_engine.types import AlgorithmInfo
@@ -229,14 +229,13 @@ def _build(
         pixel_array=pixel_array,
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid or new_uid(),
-        series_number=series_number,
-        sop_instance_uid=new_uid(),
-        instance_number=instance_number,
-        manufacturer=markers.OUTPUT_MANUFACTURER,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.weights_sha256[:16] or "unknown",
+        **output_identity(
+            algorithm,
+            kind,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            instance_number=instance_number,
+        ),
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
         content_description=_content_description(kind, algorithm),
@@ -244,7 +243,6 @@ def _build(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         pixel_measures=_pixel_measures(src),
         omit_empty_frames=False,
-        series_description=series_description(kind),
         coding_schemes=CODING_SCHEMES,
     )
 

@@ -66,7 +66,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from ai_engine.dicom_io import _iod_lookup, markers
-from ai_engine.dicom_io._common import new_uid, prepare_source, series_description
+from ai_engine.dicom_io._common import new_uid, output_identity, prepare_source, series_description
 from ai_engine.types import AlgorithmInfo, ImageResult, StudyResult
 
 __all__ = [
@@ -732,17 +732,16 @@ def write_sr(
         sr = hd.sr.ComprehensiveSR(
             evidence=[*prepared, *derived, *(prior.evidence if prior else ())],
             content=_empty_root(root),
-            series_instance_uid=series_instance_uid or new_uid(),
-            series_number=series_number,
-            sop_instance_uid=new_uid(),
-            instance_number=1,
-            manufacturer=markers.OUTPUT_MANUFACTURER,
+            **output_identity(
+                algorithm,
+                "report",
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                instance_number=1,
+            ),
             is_complete=True,
             is_final=False,
             is_verified=False,
-            series_description=series_description("report"),
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
             coding_schemes=[
                 hd.coding_schemes.CodingSchemeIdentificationItem(
                     designator=CODING_SCHEME,

@@ -10,34 +10,18 @@ change), which matters for short CPU budgets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from ai_engine.models.components.translation import unet_body, zero_head
+from ai_engine.models.components.translation import UNetTranslator, zero_head
 
 
-class AdditiveMapGenerator(nn.Module):
-    """Encoder-decoder (`components.translation.unet_body`) producing a bounded additive map.
+class AdditiveMapGenerator(UNetTranslator):
+    """The shared U-Net body (`translation.UNetTranslator`) with a bounded additive map."""
 
-    Args:
-        image_size: (H, W); both divisible by 16 (four stride-2 levels).
-        channels: channels of the four encoder levels.
-        latent_dim: channels of the bottleneck level.
-        num_res_units: residual units per level.
-    """
-
-    def __init__(
-        self,
-        image_size: Sequence[int] = (64, 64),
-        channels: Sequence[int] = (16, 32, 64, 128),
-        latent_dim: int = 128,
-        num_res_units: int = 1,
-    ) -> None:
-        super().__init__()
-        self.body = unet_body(image_size, channels, latent_dim, num_res_units)
-        self.head = nn.Sequential(nn.LeakyReLU(0.2), zero_head(int(channels[0])))
+    def build_heads(self, width: int) -> None:
+        """A zero-initialised 1x1 convolution to the map."""
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), zero_head(width))
 
     def additive_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> tanh map in (-1, 1), (B, 1, H, W)."""

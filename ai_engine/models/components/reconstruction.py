@@ -128,10 +128,18 @@ class ReconstructionTrainer:
             self.optimizer, factor=0.5, patience=4
         )
 
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Loss of one training batch: the model's `ReconstructionModel.training_loss`."""
+        return self.cls.training_loss(self.network, batch)
+
+    def validation_error(self, x: torch.Tensor) -> float:
+        """Summed squared reconstruction error of a chunk of healthy validation images."""
+        return float(torch.sum((self.network(x) - x) ** 2))
+
     def step(self, batch: torch.Tensor) -> dict[str, float]:
-        """One Adam step on the model's training loss."""
+        """One Adam step on `loss`."""
         self.network.train()
-        loss = self.cls.training_loss(self.network, batch)
+        loss = self.loss(batch)
         self.optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -139,12 +147,11 @@ class ReconstructionTrainer:
 
     @torch.no_grad()
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
-        """Mean squared reconstruction error of healthy validation images."""
+        """Mean of `validation_error` per pixel of healthy validation images (chunks of 64)."""
         self.network.eval()
         total = 0.0
         for start in range(0, len(x_val_normal), 64):
-            x = x_val_normal[start : start + 64]
-            total += float(torch.sum((self.network(x) - x) ** 2))
+            total += self.validation_error(x_val_normal[start : start + 64])
         return total / max(1, x_val_normal.numel())
 
     def end_epoch(self, val_loss: float) -> None:

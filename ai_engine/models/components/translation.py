@@ -56,6 +56,39 @@ def zero_head(width: int, bias: float = 0.0) -> nn.Conv2d:
     return head
 
 
+class UNetTranslator(nn.Module):
+    """Base of the U-Net image-to-image networks (DAE, Brainomaly, HealthyGAN).
+
+    It owns the ``body`` (`unet_body`, ``channels[0]`` output channels at full resolution);
+    a subclass adds its heads in `build_heads`, under its own attribute names (they are the
+    checkpoint keys), and says what ``forward`` returns.
+
+    Args:
+        image_size: (H, W), both divisible by 16; the subclass's ``default_image_size`` if None.
+        channels: channels of the four encoder levels.
+        latent_dim: channels of the bottleneck level.
+        num_res_units: residual units per level.
+    """
+
+    default_image_size: ClassVar[tuple[int, int]] = (64, 64)
+
+    def __init__(
+        self,
+        image_size: Sequence[int] | None = None,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        latent_dim: int = 128,
+        num_res_units: int = 1,
+    ) -> None:
+        super().__init__()
+        size = self.default_image_size if image_size is None else image_size
+        self.body = unet_body(size, channels, latent_dim, num_res_units)
+        self.build_heads(int(channels[0]))
+
+    def build_heads(self, width: int) -> None:
+        """Add the output layers on the body's ``width`` channels."""
+        raise NotImplementedError
+
+
 class TranslationGanModel(ReconstructionModel):
     """`AnomalyModel` adapter shared by Brainomaly and HealthyGAN.
 

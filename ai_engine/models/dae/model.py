@@ -22,7 +22,11 @@ from torch import nn
 
 from ai_engine.models.base import Trainer
 from ai_engine.models.components.brain_map import eroded_brain, median_filter
-from ai_engine.models.components.reconstruction import ReconstructionModel, image_scores
+from ai_engine.models.components.reconstruction import (
+    ReconstructionModel,
+    ReconstructionTrainer,
+    image_scores,
+)
 from ai_engine.models.dae.torch_model import DenoisingUNet, coarse_noise
 from ai_engine.types import AnomalyOutput, ModelCard
 
@@ -72,8 +76,8 @@ def noisy(x: torch.Tensor, resolution: int, std: float, in_brain: bool) -> torch
     return x + noise
 
 
-class DenoisingTrainer:
-    """Adam on ``mse(f(x + coarse noise), x)``.
+class DenoisingTrainer(ReconstructionTrainer):
+    """The reconstruction trainer (Adam, ReduceLROnPlateau) on ``mse(f(x + coarse noise), x)``.
 
     Validation: the same loss on healthy val images with a fixed noise seed (label-free); it
     drives ReduceLROnPlateau.
@@ -83,46 +87,26 @@ class DenoisingTrainer:
     """
 
     def __init__(self, network: nn.Module, optim: dict[str, Any]) -> None:
-        self.network = network
+        super().__init__(DenoisingAEModel, network, optim)
         self.resolution = int(optim.get("noise_res", 16))
         self.std = float(optim.get("noise_std", 0.1))
         self.in_brain = bool(optim.get("noise_in_brain", True))
-        self.optimizer = torch.optim.Adam(
-            network.parameters(),
-            lr=float(optim.get("lr", 1e-3)),
-            weight_decay=float(optim.get("weight_decay", 0.0)),
-        )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=0.5, patience=4
-        )
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """Denoising loss of a clean (B, 1, H, W) batch."""
         x_noisy = noisy(batch, self.resolution, self.std, self.in_brain)
         return torch.mean((self.network(x_noisy) - batch) ** 2)
 
-    def step(self, batch: torch.Tensor) -> dict[str, float]:
-        """One Adam step on the denoising loss."""
-        self.network.train()
-        loss = self.loss(batch)
-        self.optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        return {"loss": loss.item()}
+    def validation_error(self, x: torch.Tensor) -> float:
+        """Summed squared denoising error of a chunk (noise from the running seed)."""
+        return float(self.loss(x)) * x.numel()
 
     @torch.no_grad()
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
         """Denoising MSE of healthy val images, noise from a fixed seed (same every epoch)."""
-        self.network.eval()
         state = torch.random.get_rng_state()
         torch.manual_seed(0)
-        total = 0.0
-        for start in range(0, len(x_val_normal), 64):
-            x = x_val_normal[start : start + 64]
-            total += float(self.loss(x)) * x.numel()
-        torch.random.set_rng_state(state)
-        return total / max(1, x_val_normal.numel())
-
-    def end_epoch(self, val_loss: float) -> None:
-        """Halve the learning rate when the validation loss plateaus."""
-        self.scheduler.step(val_loss)
+        try:
+            return super().validation_loss(x_val_normal)
+        finally:
+            torch.random.set_rng_state(state)

@@ -10,13 +10,11 @@ tissue, which is the size of a lesion.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ai_engine.models.components.translation import unet_body
+from ai_engine.models.components.translation import UNetTranslator
 
 
 def coarse_noise(
@@ -47,28 +45,18 @@ def coarse_noise(
     return (std * noise).to(x.device)
 
 
-class DenoisingUNet(nn.Module):
+class DenoisingUNet(UNetTranslator):
     """(B, 1, H, W) -> denoised (B, 1, H, W).
 
-    A MONAI U-Net (`components.translation.unet_body`) and a 1x1 convolution to one channel.
-
-    Args:
-        image_size: (H, W); both divisible by 16 (four stride-2 levels).
-        channels: channels of the four encoder levels.
-        latent_dim: channels of the bottleneck level.
-        num_res_units: residual units per level.
+    The shared U-Net body (`components.translation.UNetTranslator`, 128x128 by default) and a
+    1x1 convolution to one channel.
     """
 
-    def __init__(
-        self,
-        image_size: Sequence[int] = (128, 128),
-        channels: Sequence[int] = (16, 32, 64, 128),
-        latent_dim: int = 128,
-        num_res_units: int = 1,
-    ) -> None:
-        super().__init__()
-        self.body = unet_body(image_size, channels, latent_dim, num_res_units)
-        self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(int(channels[0]), 1, 1))
+    default_image_size = (128, 128)
+
+    def build_heads(self, width: int) -> None:
+        """One 1x1 convolution to the denoised image."""
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(width, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The denoised (healthy-looking) version of ``x``."""

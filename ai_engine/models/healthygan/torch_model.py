@@ -11,36 +11,20 @@ is produced.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from ai_engine.models.components.translation import unet_body, zero_head
+from ai_engine.models.components.translation import UNetTranslator, zero_head
 
 
-class MaskedGenerator(nn.Module):
-    """Encoder-decoder (`components.translation.unet_body`) with two heads: B_int and mask M.
+class MaskedGenerator(UNetTranslator):
+    """The shared U-Net body (`translation.UNetTranslator`) with two heads: B_int and mask M."""
 
-    Args:
-        image_size: (H, W); both divisible by 16.
-        channels: channels of the four encoder levels.
-        latent_dim: channels of the bottleneck level.
-        num_res_units: residual units per level.
-    """
-
-    def __init__(
-        self,
-        image_size: Sequence[int] = (64, 64),
-        channels: Sequence[int] = (16, 32, 64, 128),
-        latent_dim: int = 128,
-        num_res_units: int = 1,
-    ) -> None:
-        super().__init__()
-        self.body = unet_body(image_size, channels, latent_dim, num_res_units)
+    def build_heads(self, width: int) -> None:
+        """Zero-initialised heads; the mask's bias -3 starts it near 0 (change nothing)."""
         self.act = nn.LeakyReLU(0.2)
-        self.image_head = zero_head(int(channels[0]))
-        self.mask_head = zero_head(int(channels[0]), bias=-3.0)
+        self.image_head = zero_head(width)
+        self.mask_head = zero_head(width, bias=-3.0)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, H, W) -> intermediate image B_int and mask M, each (B, 1, H, W) in [0, 1]."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ai_engine import checkpoints, registry
+from ai_engine import registry
 from ai_engine.export import OnnxExportError, export_onnx
 from ai_engine.models.reversed_ae.loss import clahe
 from ai_engine.types import Calibration, ModelCard
@@ -36,7 +36,7 @@ def _card(rule="map_mean"):
     )  # fmt: skip
 
 
-def test_trains_predicts_and_round_trips(mini_brain_manifest, tmp_path):
+def test_trains_predicts_and_round_trips(mini_brain_manifest, tmp_path, predicts_and_round_trips):
     x_train = _images(mini_brain_manifest, "train")
     net, trainer, losses = _train(x_train)
     for step in losses:
@@ -44,15 +44,9 @@ def test_trains_predicts_and_round_trips(mini_brain_manifest, tmp_path):
         assert all(np.isfinite(v) for v in step.values())
     assert np.isfinite(trainer.validation_loss(x_train[:4]))
     x_test = _images(mini_brain_manifest, "test")
-    out = registry.get("reversed_ae")(_card(), net).eval().predict(x_test)
-    assert out.score.shape == (len(x_test),)
-    assert out.anomaly_map.shape == (len(x_test), 1, *SIZE)
-    assert out.reconstruction is not None
-    assert out.reconstruction.shape == x_test.shape
-    assert float(out.anomaly_map.min()) >= 0.0
-    checkpoints.save(tmp_path / "ckpt", _card(), net.state_dict())
-    loaded = checkpoints.load(tmp_path / "ckpt", device="cpu")
-    torch.testing.assert_close(loaded.predict(x_test).score, out.score)
+    predicts_and_round_trips(
+        registry.get("reversed_ae")(_card(), net).eval(), x_test, tmp_path / "ckpt"
+    )
     # its own map and scoring are not the shared reconstruction path: export says so
     with pytest.raises(OnnxExportError, match="cannot export"):
         export_onnx(tmp_path / "ckpt", tmp_path / "m.onnx")
