@@ -207,6 +207,8 @@ def pull(args: argparse.Namespace) -> int:
     except PullError as exc:
         print(f"dicom_node pull: {exc}", file=sys.stderr)
         return 1
+    if report.recovered_job_ids:
+        print(f"(interrupted earlier run)\tjobs={','.join(report.recovered_job_ids)}")
     for study in report.studies:
         jobs = ",".join(study.job_ids) or ("-" if not report.dry_run else "(dry run)")
         print(

@@ -13,6 +13,11 @@
    ``jobs/ready/``. The running node (``serve``) processes and delivers them like any
    other job; if it is not running, they wait there.
 
+The pull spool is owned by pull runs, one at a time (the node's router never reads it): a
+run stopped between retrieval and routing (a crash, ``kill``) leaves its instances there,
+and the next pull run routes them first, before it queries the PACS
+(`PullReport.recovered_job_ids`). Retention never deletes from it, as from the node's spool.
+
 Because the exactly-once key includes the checkpoint version, pulling the same studies
 again does nothing, and pulling them after a new version of a checkpoint is installed
 processes them again with it. ``--model`` overrides the checkpoints; without it the rules
@@ -121,15 +126,18 @@ class PullReport:
     Attributes:
         studies: one entry per study found.
         dry_run: nothing was retrieved or queued.
+        recovered_job_ids: jobs queued for instances an interrupted earlier run had
+            retrieved but not routed.
     """
 
     studies: list[PulledStudy] = field(default_factory=list)
     dry_run: bool = False
+    recovered_job_ids: tuple[str, ...] = ()
 
     @property
     def job_ids(self) -> list[str]:
-        """All jobs queued."""
-        return [j for s in self.studies for j in s.job_ids]
+        """All jobs queued (those of an earlier, interrupted run's instances first)."""
+        return [*self.recovered_job_ids, *(j for s in self.studies for j in s.job_ids)]
 
     @property
     def instances(self) -> int:
@@ -255,8 +263,6 @@ def pull_studies(
     wanted = modality.strip().upper() if modality else None
     study_uids = find_studies(client, modality=wanted, since=since, limit=limit)
     report = PullReport(dry_run=dry_run)
-    if not study_uids:
-        return report
     if dry_run:
         for uid in study_uids:
             series = _select_series(client, uid, wanted)
@@ -278,6 +284,13 @@ def pull_studies(
         version_of=version_of,
     )
     try:
+        recovered = [job.job_id for s in spool.scan() for job in router.route_study(s, "pull")]
+        if recovered:
+            logger.info(
+                "routed instances of an interrupted pull run",
+                extra={"job_id": ",".join(recovered)},
+            )
+        report = PullReport(recovered_job_ids=tuple(recovered))
         for uid in study_uids:
             series = _select_series(client, uid, wanted)
             retrieved = sum(_retrieve_series(client, spool, uid, s) for s in series)

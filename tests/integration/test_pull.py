@@ -33,6 +33,7 @@ from dicom_node.credentials import load_or_create_secrets
 from dicom_node.pull import pull_studies
 from dicom_node.queue import INPUT_DIR, JobQueue, JobStateValues
 from dicom_node.service import NodeService
+from dicom_node.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +176,43 @@ def test_pull_queues_each_instance_once_per_version_and_the_node_processes_them(
     counts = queue.counts()
     assert counts["done"] == 4
     assert counts["failed"] == 0
+
+
+def test_instances_an_interrupted_pull_left_are_queued_by_the_next_run(
+    client: DICOMwebClient, settings: NodeSettings
+) -> None:
+    """A pull killed between retrieval and routing loses nothing: the next run routes it."""
+    leftover = DX_FILES[0]
+    ds = dcmread(leftover, stop_before_pixels=True)
+    # what the interrupted run had written (durably) before it stopped
+    Spool(settings.data_dir / "pull").store(
+        str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), leftover.read_bytes()
+    )
+    version = {"default-cxr": "1.0.0"}
+    # the next run finds no study in the PACS (no MG here) but routes what was left
+    report = pull_studies(
+        settings,
+        client,
+        modality="MG",
+        since=LONG_AGO,
+        checkpoints=["default-cxr"],
+        version_of=version.__getitem__,
+    )
+    assert report.studies == []
+    assert len(report.recovered_job_ids) == 1
+    assert report.job_ids == list(report.recovered_job_ids)
+    queue = JobQueue(settings.jobs_dir)
+    (job,) = queue.iter_jobs(JobStateValues.QUEUED)
+    assert job.sop_instance_uids == [str(ds.SOPInstanceUID)]
+    assert job.study_instance_uid == str(ds.StudyInstanceUID)
+    assert not list((settings.data_dir / "pull").rglob("*.dcm"))
+    # a dry run never routes: it only queries
+    Spool(settings.data_dir / "pull").store(
+        str(ds.StudyInstanceUID), "1.2.826.0.1.3680043.8.498.1", leftover.read_bytes()
+    )
+    dry = pull_studies(settings, client, modality="MG", since=LONG_AGO, dry_run=True)
+    assert dry.job_ids == []
+    assert len(list((settings.data_dir / "pull").rglob("*.dcm"))) == 1
 
 
 def test_pull_command_line_dry_run(settings: NodeSettings, orthanc: OrthancProcess) -> None:
