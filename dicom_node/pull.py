@@ -47,7 +47,7 @@ from dicom_node.index import StateIndex
 from dicom_node.metrics import Metrics
 from dicom_node.queue import JobQueue, utcnow
 from dicom_node.router import DefaultRules, Router, RoutingRules, checkpoint_version
-from dicom_node.rules import build_rules
+from dicom_node.rules_file import build_rules
 from dicom_node.spool import Spool, safe_name
 
 logger = logging.getLogger(__name__)

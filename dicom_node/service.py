@@ -39,7 +39,8 @@ from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue
 from dicom_node.retention import Cleaner
 from dicom_node.router import Router, RoutingRules
-from dicom_node.rules import RulesFile, build_rules
+from dicom_node.rules import RulesFile
+from dicom_node.rules_file import build_rules
 from dicom_node.scp import StorageSCP
 from dicom_node.scp_pool import ScpPool
 from dicom_node.sender import Outbox, ResultSender, build_sender
@@ -123,7 +124,7 @@ class NodeService:
             ``job.processing_seconds``). Runs in the sender thread; keep it short.
         sender: result destination (default: from the settings, `build_sender`).
         rules: routing rules (default: ``settings.rules_file`` if set, else `DefaultRules`
-            over ``settings.checkpoints``; see `dicom_node.rules.build_rules`).
+            over ``settings.checkpoints``; see `dicom_node.rules_file.build_rules`).
 
     Raises:
         ConfigError: the rules file is invalid (`dicom_node.rules.RulesError`, each problem

@@ -16,7 +16,8 @@ from dicom_node.index import StateIndex
 from dicom_node.metrics import Metrics
 from dicom_node.queue import Job, JobQueue, JobStateValues, new_job_id
 from dicom_node.router import NOT_ROUTED, RouteDecision, Router
-from dicom_node.rules import RulesError, build_rules, load_rules
+from dicom_node.rules import RulesError
+from dicom_node.rules_file import build_rules, load_rules
 from dicom_node.sender import Outbox
 from dicom_node.service import NodeService
 from dicom_node.spool import Spool, SpooledStudy

@@ -338,7 +338,7 @@ def _rules_destination(tmp_path: Path, body: str) -> Path:
 def test_a_routing_rules_destination_sends_over_tls_like_the_default_one(
     settings: NodeSettings, pki: Pki, tls_destination: TlsDestination, ct_path: Path, tmp_path: Path
 ) -> None:
-    from dicom_node.rules import load_rules
+    from dicom_node.rules_file import load_rules
 
     port = tls_destination.port
     secure = load_rules(
@@ -370,7 +370,8 @@ def test_a_routing_rules_destination_sends_over_tls_like_the_default_one(
     ],
 )
 def test_routing_rules_tls_keys_are_validated(tmp_path: Path, extra: str, message: str) -> None:
-    from dicom_node.rules import RulesError, load_rules
+    from dicom_node.rules import RulesError
+    from dicom_node.rules_file import load_rules
 
     path = _rules_destination(
         tmp_path, f"{{type: cstore, host: 127.0.0.1, port: 104, ae_title: PACS, {extra}}}"
