@@ -191,7 +191,7 @@ def run(
     output_dir: Path,
     checkpoints: Sequence[str] = ("default-cxr",),
     device: torch.device | None = None,
-    overlay_sc: bool = False,
+    overlay_sc: bool | str = False,
     prior_dir: Path | None = None,
 ) -> list[StudyResult]:
     """Analyse every study under ``input_dir`` with each checkpoint; write DICOM results.
@@ -201,8 +201,10 @@ def run(
         output_dir: where the SEG and SR files are written (created if missing).
         checkpoints: shipped checkpoint names or checkpoint folders.
         device: torch device; default: CUDA when available, else CPU.
-        overlay_sc: also write a colour Secondary Capture per image with the map burned in,
-            for PACS viewers that show neither SEG nor Parametric Map.
+        overlay_sc: which analysed images also get a colour Secondary Capture with the map
+            and the region burned in, for viewers that show neither SEG nor Parametric Map
+            (`OVERLAY_SC_MODES`): ``"off"`` (False), ``"projection"`` (images without a Frame
+            of Reference, the radiographs no stock viewer shows a SEG on), ``"all"`` (True).
         prior_dir: the studies' earlier SRs (the node puts them there when more images of
             an analysed study arrive). A study's SR of the same model name and version is
             carried into its new SR (`sr_writer.prior_report`): the new SR covers the
@@ -221,6 +223,7 @@ def run(
     from ai_engine.dicom_io.reader import read_image
     from ai_engine.dicom_io.sr_writer import prior_report, write_sr
 
+    overlay_mode = overlay_sc_mode(overlay_sc)
     output_dir.mkdir(parents=True, exist_ok=True)
     priors = _prior_reports(prior_dir) if prior_dir is not None else {}
     t_collect = time.perf_counter()
@@ -272,7 +275,7 @@ def run(
             # the result objects written for the study, in writing order (for the SR's refs)
             written: list[Dataset] = []
             series_uids = _OutputSeries(
-                generate_uid(), generate_uid(), generate_uid() if overlay_sc else None
+                generate_uid(), generate_uid(), generate_uid() if overlay_mode != "off" else None
             )
             cal = card.calibration
             scored_results = [
@@ -291,6 +294,7 @@ def run(
                         series_uids,
                         instance_number,
                         [i + 1 for i in unit],
+                        overlay_mode,
                     )
                     paths = _save_all(output_dir, card.name, objects)
                 except Exception as exc:  # noqa: BLE001 - one unit's writers must not sink the study
@@ -343,6 +347,23 @@ def run(
             )
             results.append(study)
     return results
+
+
+#: When `run` writes overlay Secondary Captures (see its ``overlay_sc``).
+OVERLAY_SC_MODES = ("off", "projection", "all")
+
+
+def overlay_sc_mode(value: bool | str) -> str:
+    """``overlay_sc`` as one of `OVERLAY_SC_MODES` (True: ``"all"``, False: ``"off"``).
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(value, bool):
+        return "all" if value else "off"
+    if value not in OVERLAY_SC_MODES:
+        raise ValueError(f"overlay_sc must be one of {', '.join(OVERLAY_SC_MODES)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -431,6 +452,7 @@ def _build_unit_outputs(
     series: _OutputSeries,
     instance_number: int,
     image_numbers: Sequence[int],
+    overlay_mode: str = "off",
 ) -> list[tuple[str, Dataset]]:
     """Build the result objects of one output unit: ``(kind, dataset)`` pairs.
 
@@ -440,7 +462,8 @@ def _build_unit_outputs(
     One source: its binary SEG and continuous map (Parametric Map where the source has a
     frame of reference, FRACTIONAL SEG on projection radiographs: a PM is not valid there).
     Several sources (the slices of one volume series, see `_output_units`): one multi-frame
-    binary SEG and one Parametric Map over all of them. Overlay SCs are per image either way.
+    binary SEG and one Parametric Map over all of them. Overlay SCs are per image either way,
+    written as ``overlay_mode`` says (`overlay_sc_mode`).
     """
     from ai_engine.dicom_io.pmap_writer import write_parametric_map
     from ai_engine.dicom_io.sc_writer import write_overlay_sc
@@ -488,7 +511,10 @@ def _build_unit_outputs(
             instance_number=instance_number,
         )
     outputs: list[tuple[str, Dataset]] = [("seg", binary), ("map", continuous)]
-    if series.overlay_sc is not None:
+    with_overlay = overlay_mode == "all" or (
+        overlay_mode == "projection" and not sources[0].get("FrameOfReferenceUID")
+    )
+    if series.overlay_sc is not None and with_overlay:
         for source, image, values, number in zip(
             sources, pixels, scaled, image_numbers, strict=True
         ):

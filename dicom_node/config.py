@@ -109,6 +109,11 @@ class NodeSettings(BaseSettings):
         poll_interval_seconds: how often router, worker and sender look for work.
         process_max_attempts: engine runs per job before it is dead-lettered.
         process_backoff_seconds: first wait before re-running a job; doubles each time.
+        overlay_sc: which analysed images also get a colour Secondary Capture with the map
+            and region burned in (series 9005), for viewers that show neither SEG nor
+            Parametric Map: ``projection`` (default: images without a Frame of Reference, the
+            radiographs on which no stock viewer shows a SEG), ``all`` or ``off``. Default
+            engine only (`ai_engine.pipeline.run`'s ``overlay_sc``).
         engine_isolation: ``process`` (default): the engine runs in a child process of its
             own (`dicom_node.engine_process`), so it does not hold the GIL the SCP and the
             sender need, and a crash or hang of the engine fails the job (retried) instead
@@ -238,6 +243,7 @@ class NodeSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     process_max_attempts: int = Field(default=2, ge=1, le=100)
     process_backoff_seconds: float = Field(default=10.0, ge=0)
+    overlay_sc: Literal["off", "projection", "all"] = "projection"
     engine_isolation: Literal["process", "thread"] = "process"
     engine_processes: int = Field(default=1, ge=1, le=64)
     engine_threads: int = Field(default=0, ge=0, le=512)

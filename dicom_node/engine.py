@@ -23,6 +23,7 @@ process boundary. So the node process never unpickles engine types (and never im
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import os
 import shutil
@@ -244,13 +245,21 @@ class InlineEngine:
         self._submitted.clear()
 
 
-def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]) -> Sequence[Any]:
+def default_engine(
+    input_dir: Path,
+    output_dir: Path,
+    checkpoints: Sequence[str],
+    *,
+    overlay_sc: str = "off",
+) -> Sequence[Any]:
     """Call ``ai_engine.pipeline.run``, importing it (and torch) on first use.
 
     Args:
         input_dir: folder with the study's DICOM files.
         output_dir: empty folder for the result DICOM files.
         checkpoints: checkpoint names.
+        overlay_sc: the pipeline's ``overlay_sc`` (settings ``overlay_sc``, via
+            `resolve_engine_fn`).
 
     Returns:
         The engine's ``StudyResult`` list.
@@ -258,7 +267,11 @@ def default_engine(input_dir: Path, output_dir: Path, checkpoints: Sequence[str]
     pipeline = importlib.import_module("ai_engine.pipeline")
     prior = input_dir.parent / PRIOR_DIR  # the study's earlier SRs, when the router found any
     results: Sequence[Any] = pipeline.run(
-        input_dir, output_dir, tuple(checkpoints), prior_dir=prior if prior.is_dir() else None
+        input_dir,
+        output_dir,
+        tuple(checkpoints),
+        overlay_sc=overlay_sc,
+        prior_dir=prior if prior.is_dir() else None,
     )
     return results
 
@@ -274,12 +287,14 @@ def read_node_sr(path: Path) -> Any | None:
     return read_own_sr(path)
 
 
-def resolve_engine_fn(spec: str | None) -> EngineFn:
+def resolve_engine_fn(spec: str | None, overlay_sc: str = "off") -> EngineFn:
     """The engine function named by ``worker_engine`` (``module:function``).
 
     Args:
         spec: ``module:function``; None or `DEFAULT_TARGET` for ``ai_engine.pipeline.run``
             (imported on its first call, not here).
+        overlay_sc: the default engine's overlay Secondary Captures (`default_engine`); an
+            engine named by ``spec`` writes what it writes.
 
     Returns:
         The engine function.
@@ -288,7 +303,7 @@ def resolve_engine_fn(spec: str | None) -> EngineFn:
         ConfigError: the module or function cannot be imported.
     """
     if spec is None or spec == DEFAULT_TARGET:
-        return default_engine
+        return functools.partial(default_engine, overlay_sc=overlay_sc)
     module_name, _, name = spec.partition(":")
     try:
         engine: EngineFn = getattr(importlib.import_module(module_name), name)
@@ -316,7 +331,7 @@ def make_engine(settings: NodeSettings, fn: EngineFn | None = None) -> Engine:
     """
     if fn is not None:
         return InlineEngine(fn)
-    resolved = resolve_engine_fn(settings.worker_engine)
+    resolved = resolve_engine_fn(settings.worker_engine, settings.overlay_sc)
     if settings.engine_isolation == "thread":
         return InlineEngine(resolved)
     from dicom_node.engine_process import EngineProcess
@@ -326,4 +341,5 @@ def make_engine(settings: NodeSettings, fn: EngineFn | None = None) -> Engine:
         timeout_seconds=settings.engine_timeout_seconds,
         preload=settings.checkpoints,
         threads=settings.engine_thread_count(),
+        overlay_sc=settings.overlay_sc,
     )

@@ -68,7 +68,12 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _child_main(
-    conn: Connection, target: str, preload: tuple[str, ...], parent_pid: int, log_level: int
+    conn: Connection,
+    target: str,
+    preload: tuple[str, ...],
+    parent_pid: int,
+    log_level: int,
+    overlay_sc: str = "off",
 ) -> None:
     """Body of the child: serve ``run`` requests until ``stop``, EOF or the parent's death."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -77,7 +82,7 @@ def _child_main(
     engine: Any = None
     startup_error: BaseException | None = None
     try:
-        engine = resolve_engine_fn(target)
+        engine = resolve_engine_fn(target, overlay_sc)
         if preload and target == DEFAULT_TARGET:  # load the models before the first job
             from ai_engine.pipeline import get_model
 
@@ -129,6 +134,7 @@ class EngineProcess:
         preload: checkpoints the child loads before its first job (default engine only).
         threads: intra-op threads of the child's torch/OpenMP/MKL (``OMP_NUM_THREADS`` and
             ``MKL_NUM_THREADS`` in its environment); None leaves the libraries' default.
+        overlay_sc: the default engine's overlay Secondary Captures (settings ``overlay_sc``).
 
     Example:
         >>> engine = EngineProcess()  # doctest: +SKIP
@@ -143,9 +149,11 @@ class EngineProcess:
         timeout_seconds: float | None = None,
         preload: Sequence[str] = (),
         threads: int | None = None,
+        overlay_sc: str = "off",
     ) -> None:
         self.target = target
         self.threads = threads
+        self.overlay_sc = overlay_sc
         self.timeout_seconds = timeout_seconds
         self._preload = tuple(preload)
         self._lock = threading.Lock()
@@ -274,6 +282,8 @@ class EngineProcess:
             str(os.getpid()),
             "--log-level",
             str(_child_log_level()),
+            "--overlay-sc",
+            self.overlay_sc,
             *(arg for checkpoint in self._preload for arg in ("--preload", checkpoint)),
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -319,9 +329,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
     parser.add_argument("--preload", action="append", default=[])
+    parser.add_argument("--overlay-sc", default="off", choices=("off", "projection", "all"))
     args = parser.parse_args(argv)
     conn = Connection(args.fd)
-    _child_main(conn, args.target, tuple(args.preload), args.parent_pid, args.log_level)
+    _child_main(
+        conn, args.target, tuple(args.preload), args.parent_pid, args.log_level, args.overlay_sc
+    )
 
 
 if __name__ == "__main__":

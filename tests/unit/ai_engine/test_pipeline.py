@@ -153,6 +153,34 @@ def test_optional_overlay_secondary_capture_is_written_and_references_the_source
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
+def test_projection_mode_writes_overlays_for_radiographs_only(tiny_checkpoint, tmp_path):
+    """The node's default (``projection``): a radiograph (no Frame of Reference, where stock
+    viewers show no SEG) gets its burned-in overlay; a slice series with one does not."""
+    import json
+
+    mr_ckpt = tmp_path / "tiny-mr"
+    shutil.copytree(tiny_checkpoint, mr_ckpt)
+    card = json.loads((mr_ckpt / "card.json").read_text())
+    card.update(modalities=["CR", "DX", "MR"], body_parts=[], views=[])
+    (mr_ckpt / "card.json").write_text(json.dumps(card))
+    d = tmp_path / "in"
+    d.mkdir()
+    copy_study("kermany_pneumonia_mono2", d)
+    copy_study("lgg_flair_mr", d)
+    mr_study = str(pydicom.dcmread(next((DATA / "lgg_flair_mr").glob("*.dcm"))).StudyInstanceUID)
+    results = pipeline.run(d, tmp_path / "out", [str(mr_ckpt)], overlay_sc="projection")
+    overlays = {
+        r.study_instance_uid: [f for f in r.files if "_sc_" in f] for r in results if r.files
+    }
+    assert len(overlays) == 2
+    assert overlays.pop(mr_study) == []  # 20 slices with a Frame of Reference: SEG and map
+    [radiograph_overlays] = overlays.values()
+    assert len(radiograph_overlays) == 1
+    assert pydicom.dcmread(radiograph_overlays[0]).BurnedInAnnotation == "YES"
+    with pytest.raises(ValueError, match="overlay_sc must be one of"):
+        pipeline.run(d, tmp_path / "out2", [str(mr_ckpt)], overlay_sc="sometimes")
+
+
 def test_a_flagged_study_gets_a_key_object_selection_of_its_flagged_images_and_sr(tmp_path):
     """PACS worklists find flagged studies by Modality KO; a study without a flag gets none."""
     from tests.unit.ai_engine.dicom_io.conftest import dciodvfy_report
