@@ -187,17 +187,26 @@ def _segmentation(
     with warnings.catch_warnings():
         # The source's PatientName is copied as it is; its form is not ours to judge.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
-        seg = _build(
-            src,
-            pixel_array,
-            segmentation_type,
-            descriptions,
-            algorithm,
-            kind=kind,
+        seg = hd.seg.Segmentation(
+            source_images=[src],
+            pixel_array=pixel_array,
+            segmentation_type=segmentation_type,
+            segment_descriptions=descriptions,
+            **output_identity(
+                algorithm,
+                kind,
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                instance_number=instance_number,
+            ),
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            max_fractional_value=255,
+            content_description=_content_description(kind, algorithm),
             content_label=content_label,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            instance_number=instance_number,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            pixel_measures=_pixel_measures(src),
+            omit_empty_frames=False,
+            coding_schemes=CODING_SCHEMES,
         )
     # Type 2C that highdicom leaves out for sources without an orientation (dciodvfy error).
     if "ImageOrientationPatient" not in seg:
@@ -209,42 +218,6 @@ def _segmentation(
         src.SOPInstanceUID,
     )
     return seg
-
-
-def _build(
-    src: Dataset,
-    pixel_array: npt.NDArray[np.generic],
-    segmentation_type: hd.seg.SegmentationTypeValues,
-    descriptions: list[hd.seg.SegmentDescription],
-    algorithm: AlgorithmInfo,
-    *,
-    kind: str,
-    content_label: str,
-    series_instance_uid: str | None,
-    series_number: int,
-    instance_number: int,
-) -> hd.seg.Segmentation:
-    return hd.seg.Segmentation(
-        source_images=[src],
-        pixel_array=pixel_array,
-        segmentation_type=segmentation_type,
-        segment_descriptions=descriptions,
-        **output_identity(
-            algorithm,
-            kind,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            instance_number=instance_number,
-        ),
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
-        content_description=_content_description(kind, algorithm),
-        content_label=content_label,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        pixel_measures=_pixel_measures(src),
-        omit_empty_frames=False,
-        coding_schemes=CODING_SCHEMES,
-    )
 
 
 def binary_mask(label: str, mask: npt.ArrayLike) -> npt.NDArray[np.bool_]:

@@ -16,7 +16,7 @@ from torch import nn
 from ai_engine.models.alocc.loss import DiscriminatorLoss, GeneratorLoss
 from ai_engine.models.alocc.torch_model import Alocc
 from ai_engine.models.base import AnomalyModel, Trainer
-from ai_engine.models.components.reconstruction import smoothed_error
+from ai_engine.models.components.reconstruction import reconstruction_mse, smoothed_error
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("d_rx", "d_x")
@@ -110,12 +110,7 @@ class AloccTrainer:
     @torch.no_grad()
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
         """Mean squared reconstruction error ||X - R(X)||² of healthy val images."""
-        self.network.eval()
-        total = 0.0
-        for start in range(0, len(x_val_normal), 64):
-            x = x_val_normal[start : start + 64]
-            total += float(torch.sum((self.network(x) - x) ** 2))
-        return total / max(1, x_val_normal.numel())
+        return reconstruction_mse(self.network, x_val_normal)
 
     def end_epoch(self, val_loss: float) -> None:
         """No learning-rate schedule."""

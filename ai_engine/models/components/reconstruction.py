@@ -8,6 +8,7 @@ training time and written in its card (``training.scoring``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,29 @@ from ai_engine.models.base import AnomalyModel, Trainer
 from ai_engine.types import AnomalyOutput, ModelCard
 
 SCORE_RULES = ("mse", "map_mean", "map_top")
+
+
+@torch.no_grad()
+def per_pixel_val_loss(
+    x_val_normal: torch.Tensor, error_sum: Callable[[torch.Tensor], float], chunk: int = 64
+) -> float:
+    """A trainer's label-free validation loss: ``error_sum`` over chunks, per pixel.
+
+    Args:
+        x_val_normal: (N, 1, H, W) healthy validation images.
+        error_sum: summed error of a chunk of them (the network already in eval mode).
+        chunk: images per forward pass.
+    """
+    total = 0.0
+    for start in range(0, len(x_val_normal), chunk):
+        total += error_sum(x_val_normal[start : start + chunk])
+    return total / max(1, x_val_normal.numel())
+
+
+def reconstruction_mse(network: nn.Module, x_val_normal: torch.Tensor) -> float:
+    """Mean squared error ``||x - network(x)||²`` per pixel of healthy validation images."""
+    network.eval()
+    return per_pixel_val_loss(x_val_normal, lambda x: float(torch.sum((network(x) - x) ** 2)))
 
 
 def image_scores(
@@ -149,10 +173,7 @@ class ReconstructionTrainer:
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
         """Mean of `validation_error` per pixel of healthy validation images (chunks of 64)."""
         self.network.eval()
-        total = 0.0
-        for start in range(0, len(x_val_normal), 64):
-            total += self.validation_error(x_val_normal[start : start + 64])
-        return total / max(1, x_val_normal.numel())
+        return per_pixel_val_loss(x_val_normal, self.validation_error)
 
     def end_epoch(self, val_loss: float) -> None:
         """Halve the learning rate when the validation loss plateaus."""

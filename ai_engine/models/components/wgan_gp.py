@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ai_engine.models.base import module_device
+from ai_engine.models.components.reconstruction import per_pixel_val_loss
 
 
 class PatchDiscriminator(nn.Module):
@@ -134,11 +135,7 @@ class SemiSupervisedGanTrainer(ABC):
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
         """Mean |healthy(x) - x| of healthy val images (identity error; label-free)."""
         self.generator.eval()
-        total = 0.0
-        for start in range(0, len(x_val_normal), 64):
-            x = x_val_normal[start : start + 64]
-            total += float((self.healthy(x) - x).abs().sum())
-        return total / max(1, x_val_normal.numel())
+        return per_pixel_val_loss(x_val_normal, lambda x: float((self.healthy(x) - x).abs().sum()))
 
     def end_epoch(self, val_loss: float) -> None:
         """No schedule (fixed learning rate, as in the papers)."""

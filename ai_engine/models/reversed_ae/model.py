@@ -20,6 +20,7 @@ from ai_engine.models.components.reconstruction import (
     SCORE_RULES,
     ReconstructionModel,
     image_scores,
+    reconstruction_mse,
 )
 from ai_engine.models.reversed_ae.loss import (
     clahe,
@@ -156,12 +157,7 @@ class IntrospectiveTrainer:
     @torch.no_grad()
     def validation_loss(self, x_val_normal: torch.Tensor) -> float:
         """Mean squared error of the mean reconstruction of healthy val images."""
-        self.network.eval()
-        total = 0.0
-        for start in range(0, len(x_val_normal), 64):
-            x = x_val_normal[start : start + 64]
-            total += float(torch.sum((self.network(x) - x) ** 2))
-        return total / max(1, x_val_normal.numel())
+        return reconstruction_mse(self.network, x_val_normal)
 
     def end_epoch(self, val_loss: float) -> None:
         """Fixed learning rate."""
