@@ -21,17 +21,17 @@ from torch.utils.hooks import RemovableHandle
 
 from ai_engine.models.base import AnomalyModel, Trainer, module_device
 from ai_engine.models.cnn_supervised.loss import ClassifierLoss
-from ai_engine.models.cnn_supervised.torch_model import ResNetClassifier
+from ai_engine.models.cnn_supervised.torch_model import CnnClassifier
 from ai_engine.types import AnomalyOutput
 
 
-def _as_classifier(network: nn.Module) -> ResNetClassifier:
-    if not isinstance(network, ResNetClassifier):
-        raise TypeError(f"expected ResNetClassifier, got {type(network).__name__}")
+def _as_classifier(network: nn.Module) -> CnnClassifier:
+    if not isinstance(network, CnnClassifier):
+        raise TypeError(f"expected CnnClassifier, got {type(network).__name__}")
     return network
 
 
-def grad_cam(network: ResNetClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grad_cam(network: CnnClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (B,) and raw Grad-CAM maps (B, 1, H, W) (ReLU'd, not normalised).
 
     The network must be in eval mode (BatchNorm then treats images independently).
@@ -68,8 +68,8 @@ class CnnSupervisedModel(AnomalyModel):
 
     @classmethod
     def build_network(cls, **init_args: Any) -> nn.Module:
-        """See `ResNetClassifier` for the arguments."""
-        return ResNetClassifier(**init_args)
+        """See `CnnClassifier` for the arguments."""
+        return CnnClassifier(**init_args)
 
     def predict(self, x: torch.Tensor) -> AnomalyOutput:
         """Score a (B, 1, H, W) batch in [0, 1] (needs autograd for Grad-CAM)."""
@@ -102,7 +102,7 @@ class CnnSupervisedModel(AnomalyModel):
 class SupervisedTrainer:
     """Adam (``lr``, ``weight_decay``) on the BCE of labelled (B, 1, H, W) batches."""
 
-    def __init__(self, network: ResNetClassifier, optim: dict[str, Any]) -> None:
+    def __init__(self, network: CnnClassifier, optim: dict[str, Any]) -> None:
         self.network = network
         self.optimizer = torch.optim.Adam(
             network.parameters(),

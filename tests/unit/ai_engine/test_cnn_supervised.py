@@ -12,7 +12,7 @@ import torch
 from ai_engine import checkpoints as ckpt
 from ai_engine import pipeline, registry
 from ai_engine.models.cnn_supervised.model import CnnSupervisedModel, grad_cam
-from ai_engine.models.cnn_supervised.torch_model import ResNetClassifier
+from ai_engine.models.cnn_supervised.torch_model import CnnClassifier
 from training.data import load_batch, read_manifest
 from training.fit import REPO_ROOT, load_config
 from training.fit_supervised import fit_supervised, patient_folds
@@ -42,9 +42,26 @@ def _images(manifest, split="test"):
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128)])
 def test_classifier_gives_one_logit_per_image(size):
-    net = ResNetClassifier(image_size=size, channels=(4, 8, 8, 8)).eval()
+    net = CnnClassifier(image_size=size, channels=(4, 8, 8, 8)).eval()
     with torch.no_grad():
         assert net(torch.rand(3, 1, *size)).shape == (3,)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "efficientnet-b0"])
+def test_seed_001_backbones_give_a_logit_and_a_grad_cam_map(backbone, mini_cxr_manifest):
+    """ResNet-50 and EfficientNet-B0 (from scratch) behind the same model: a logit per image,
+    a non-negative Grad-CAM map of the image's size, no hook left behind."""
+    torch.manual_seed(0)
+    net = CnnClassifier(image_size=(64, 64), backbone=backbone).eval()
+    x, _ = _images(mini_cxr_manifest)
+    logits, cam = grad_cam(net, x[:2])
+    assert logits.shape == (2,)
+    assert cam.shape == (2, 1, 64, 64)
+    assert (cam >= 0).all()
+    assert float(cam.sum()) > 0  # the head's activations carry gradient
+    assert not net.last_block._forward_hooks
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        CnnClassifier(backbone="vgg")
 
 
 def test_it_is_a_labelled_model_that_training_fit_refuses():
@@ -70,7 +87,7 @@ def test_folds_are_patient_grouped_and_stratified(mini_cxr_manifest):
 
 def test_grad_cam_maps_are_normalised_per_image_and_leave_no_hook(mini_cxr_manifest):
     torch.manual_seed(0)
-    net = ResNetClassifier(**TINY).eval()
+    net = CnnClassifier(**TINY).eval()
     x, _ = _images(mini_cxr_manifest)
     logits, cam = grad_cam(net, x)
     assert cam.shape == (len(x), 1, 64, 64)
