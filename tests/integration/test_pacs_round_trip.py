@@ -23,6 +23,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
+from ai_engine.dicom_io.sc_writer import MIN_COLUMNS, OVERLAY_SERIES_NUMBER
 from ai_engine.dicom_io.sr_writer import read_sr_scores
 from devstack.demo import discover_samples, send_files, send_samples_and_report
 from devstack.demo import main as embedded_main
@@ -38,6 +39,9 @@ SAMPLES = REPO / "tests" / "data" / "dicom"
 STORESCU_AET = "STORESCU"  # allowed by the stack fixture (conftest.py)
 #: Generous: the first job loads torch and the model on a busy 2-core machine.
 RESULT_TIMEOUT = 240.0
+#: The node's overlay Secondary Capture (OT, series 9005): a result, never a source image.
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+RESULT_MODALITIES = ("SEG", "SR", "KO")
 
 
 @dataclass
@@ -57,17 +61,30 @@ def series_by_modality(client: DICOMwebClient, study_uid: str) -> dict[str, list
 
 
 def wait_for_results(
-    client: DICOMwebClient, study_uid: str, *, seg: int = 2, sr: int = 1, since: float
+    client: DICOMwebClient,
+    study_uid: str,
+    *,
+    seg: int = 2,
+    sr: int = 1,
+    sc: int = 1,
+    since: float,
 ) -> Results:
-    """Poll QIDO until the study has ``seg`` SEG series and ``sr`` SR series."""
+    """Poll QIDO until the study has ``seg`` SEG series, ``sr`` SR series and ``sc`` overlay
+    Secondary Capture series (radiographs get one by default, DICOM_NODE_OVERLAY_SC)."""
     deadline = time.monotonic() + RESULT_TIMEOUT
     while True:
         found = series_by_modality(client, study_uid)
-        if len(found.get("SEG", [])) >= seg and len(found.get("SR", [])) >= sr:
+        overlays = [r for r in found.get("OT", []) if is_overlay_series(r)]
+        if (
+            len(found.get("SEG", [])) >= seg
+            and len(found.get("SR", [])) >= sr
+            and len(overlays) >= sc
+        ):
             sources = [
                 i["00080018"]["Value"][0]
                 for i in client.search_for_instances(study_uid)
-                if i.get("00080060", {}).get("Value", [""])[0] not in ("SEG", "SR", "KO")
+                if i.get("00080060", {}).get("Value", [""])[0] not in RESULT_MODALITIES
+                and i.get("00080016", {}).get("Value", [""])[0] != SC_CLASS
             ]
             return Results(study_uid, sources, time.monotonic() - since, found)
         if time.monotonic() > deadline:
@@ -76,6 +93,10 @@ def wait_for_results(
                 f"(series so far: { {k: len(v) for k, v in found.items()} })"
             )
         time.sleep(0.5)
+
+
+def is_overlay_series(record: dict) -> bool:
+    return record.get("00200011", {}).get("Value", [None])[0] == OVERLAY_SERIES_NUMBER
 
 
 def sample_files(study: str) -> list[Path]:
@@ -162,6 +183,26 @@ def check_results(client: DICOMwebClient, results: Results, study: str, checkpoi
             assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
             assert seg.pixel_array.shape[-2:] == (source.Rows, source.Columns)
     assert len(segs) == 2 * len(sources)
+
+    # a radiograph also gets the map burnt into a Secondary Capture (any viewer shows it)
+    overlays = [
+        ds
+        for record in results.series.get("OT", [])
+        if is_overlay_series(record)
+        for ds in retrieve_series(client, results.study_uid, record)
+    ]
+    assert len(overlays) == len(sources)
+    for overlay in overlays:
+        assert overlay.SOPClassUID == SC_CLASS
+        assert overlay.Manufacturer == "AI Anomaly Node"
+        (reference,) = overlay.SourceImageSequence
+        source = sources[str(reference.ReferencedSOPInstanceUID)]
+        # the source's matrix, enlarged by an integer factor when small (a legible label)
+        factor = overlay.Columns // source.Columns
+        assert factor >= 1
+        assert overlay.Columns >= min(source.Columns, MIN_COLUMNS)
+        assert (overlay.Rows, overlay.Columns) == (source.Rows * factor, source.Columns * factor)
+        assert str(overlay.StudyInstanceUID) == str(source.StudyInstanceUID)
 
     (sr_record,) = results.series["SR"]
     (sr,) = retrieve_series(client, results.study_uid, sr_record)
@@ -257,7 +298,8 @@ def test_exactly_one_result_set_after_restabilising(
     assert len(found.get("SR", [])) == 1
     assert len(found.get("SEG", [])) == 2
     instances = dicomweb.search_for_instances(pynetdicom_results.study_uid)
-    assert len(instances) == 1 + 2 + 1  # source, two SEGs, one SR
+    kos = len(found.get("KO", []))
+    assert len(instances) == 1 + 2 + 1 + 1 + kos  # source, two SEGs, SR, overlay SC, [KOS]
     assert stack.orthanc is not None
     log = stack.orthanc.log_path.read_text(encoding="utf-8", errors="replace")
     assert (
