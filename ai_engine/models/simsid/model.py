@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ai_engine.errors import ModelLoadError
 from ai_engine.models.base import Trainer
 from ai_engine.models.components.reconstruction import (
     SCORE_RULES,
@@ -25,7 +26,7 @@ from ai_engine.models.components.reconstruction import (
     smoothed_error,
 )
 from ai_engine.models.simsid.torch_model import SimSIDNetwork
-from ai_engine.types import AnomalyOutput
+from ai_engine.types import AnomalyOutput, ModelCard
 
 DISC_RULE = "disc"
 
@@ -37,6 +38,20 @@ class SimSIDModel(ReconstructionModel):
     map_description: ClassVar[str] = (
         "absolute error of the memory-restored (in-painted) reconstruction, Gaussian-smoothed"
     )
+
+    def __init__(self, card: ModelCard, network: nn.Module) -> None:
+        """Wrap ``network``; a card with an anatomy region must use a map rule.
+
+        Raises:
+            ModelLoadError: the card restricts to an anatomy region but scores with ``disc``
+                (a whole-image verdict the region cannot restrict).
+        """
+        super().__init__(card, network)
+        if card.anatomy and self.score_rule == DISC_RULE:
+            raise ModelLoadError(
+                f"card {card.name!r}: score rule {DISC_RULE!r} judges the whole image and cannot "
+                f"be restricted to the {card.anatomy!r} region; use map_top, map_mean or mse"
+            )
 
     @classmethod
     def build_network(cls, **init_args: Any) -> nn.Module:
