@@ -26,6 +26,7 @@ MODELS: dict[str, str] = {
     "alad": "ai_engine.models.alad.model:ALADModel",
     "flair_threshold": "ai_engine.models.flair_threshold.model:FlairThresholdModel",
     "dae": "ai_engine.models.dae.model:DenoisingAEModel",
+    "simsid": "ai_engine.models.simsid.model:SimSIDModel",
 }
 
 #: Optional packages a model needs beyond the core install, by model id.

@@ -32,6 +32,7 @@ from ai_engine.models.base import AnomalyModel, default_device
 from ai_engine.postprocess import map_to_source
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
+from training.augment import make_augment
 from training.data import load_items, load_mask, load_regions, read_manifest
 from training.log import TrainingLog
 
@@ -252,6 +253,7 @@ def fit(
     scoring = dict(config.get("scoring", {}))
     monitor_rule = (list(scoring.get("rules", [])) or list(cls.score_rules()))[0]
     generator = torch.Generator().manual_seed(seed)
+    augment = make_augment(config.get("augment"), seed)  # training batches only
     best_value, best_state, best_epoch, history = float("inf"), None, -1, []
     with TrainingLog(out / "logs") as log:
         for epoch in range(n_epochs):
@@ -268,6 +270,8 @@ def fit(
                 batch = torch.roll(batch, shifts=shift, dims=3)
                 gain = 1.0 + 0.1 * (torch.rand(len(batch), 1, 1, 1, generator=generator) - 0.5)
                 batch = (batch * gain).clamp(0, 1)
+                if augment is not None:
+                    batch = augment(batch)
                 step = trainer.step(batch.to(target))
                 for name, value in step.items():
                     sums[name] = sums.get(name, 0.0) + value * len(batch)
@@ -347,6 +351,7 @@ def fit(
                 else {}
             ),
             "optim": optim_cfg,
+            **({"augment": config["augment"]} if config.get("augment") else {}),
             "seed": seed,
             "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},
             "wall_seconds": round(time.time() - started, 1),
