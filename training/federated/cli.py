@@ -60,6 +60,16 @@ def main(argv: list[str]) -> int:
             p.add_argument("--n-synthetic", type=int, default=1000)
             p.add_argument("--ae-epochs", type=int, default=20)
             p.add_argument("--classifier-rounds", type=int, default=10)
+            p.add_argument(
+                "--no-baselines",
+                action="store_true",
+                help="Fed-GAN and its F-AD only (a selection run: read its val figures)",
+            )
+            p.add_argument(
+                "--ablation-lambda0",
+                action="store_true",
+                help="also the same federation with lambda-cond=0 (unconditional ablation)",
+            )
     args = parser.parse_args(argv)
     s = _settings(args)
     if args.action == "simulate":
@@ -107,6 +117,8 @@ def main(argv: list[str]) -> int:
             n_synthetic=args.n_synthetic,
             ae_epochs=args.ae_epochs,
             classifier_rounds=args.classifier_rounds,
+            baselines=not args.no_baselines,
+            ablation_lambda0=args.ablation_lambda0,
         )
         print(table(summary))
         print(json.dumps(summary))

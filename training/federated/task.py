@@ -60,6 +60,7 @@ class FedSettings:
     dp: bool = True
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
+    augment: str = ""  # MONAI augmentation of real images at the sites ("rotate10,flip,zoom0.1")
     delta: float = 1e-3
     site_fid: bool = True
     fid_samples: int = 200
@@ -87,6 +88,7 @@ class FedSettings:
             dp=self.dp,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
+            augment=self.augment,
         )
 
     def to_flower(self) -> dict[str, Any]:

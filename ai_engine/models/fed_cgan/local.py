@@ -17,6 +17,9 @@ only, both already private, so it is post-processing. (Before, D saw ``cat([real
 under the hooks with one fake per real image: adding one real image added two clipped rows,
 a sensitivity of 2C against noise calibrated for C, so the reported epsilon was too small.)
 
+Augmentation (``augment``, `augment.make_augmenter`) transforms each real image of a batch
+on its own before D sees it: still one clipped row per real image, same sensitivity.
+
 ``epsilon`` composes all DP-SGD steps a site has taken so far with the RDP accountant. The
 proximal term (FedProx, ``proximal_mu`` > 0) is applied as a data-independent weight decay
 towards the round's global weights after each optimiser step.
@@ -39,6 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ai_engine.models.base import module_device
 from ai_engine.models.fed_cgan.attributes import sample_prior
+from ai_engine.models.fed_cgan.augment import make_augmenter
 from ai_engine.models.fed_cgan.loss import DiscriminatorLoss, GeneratorLoss, cond_loss
 from ai_engine.models.fed_cgan.torch_model import AuxDiscriminator, ConditionalUNetGenerator
 
@@ -60,6 +64,7 @@ class LocalConfig:
     dp: bool = True
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
+    augment: str = ""  # `augment.parse` spec of the real images, e.g. "rotate10,zoom0.1"
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ def train_local(
             max_grad_norm=config.max_grad_norm,
             poisson_sampling=True,
         )
+    augmenter = make_augmenter(config.augment, seed=seed)
     steps = 0
     d_losses: list[float] = []
     g_losses: list[float] = []
@@ -210,6 +216,8 @@ def train_local(
                 b = len(real)
                 if b == 0 and not config.dp:
                     continue
+                if augmenter is not None:
+                    real = augmenter(real)
                 real, attr = real.to(device), attr.to(device)
                 n_fake = config.batch_size
                 z = torch.randn(n_fake, generator.noise_dim).to(device)
