@@ -29,10 +29,10 @@ from tqdm import tqdm
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc, best_dice_threshold
 from ai_engine.models.base import AnomalyModel, default_device
+from ai_engine.models.components.augment import make_augment
 from ai_engine.postprocess import map_to_source
 from ai_engine.transforms import describe
 from ai_engine.types import AnomalyOutput, Calibration, ModelCard
-from training.augment import make_augment
 from training.data import load_items, load_mask, load_regions, read_manifest
 from training.log import TrainingLog
 

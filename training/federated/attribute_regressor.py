@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ai_engine.models.components.augment import make_augment, parse_spec
 from ai_engine.models.fed_cgan.attributes import AGE_SCALE, sample_prior
-from ai_engine.models.fed_cgan.augment import make_augmenter
 from ai_engine.models.fed_cgan.local import synthesize
 from training.federated.task import SmallClassifier
 
@@ -68,7 +68,7 @@ def train_regressor(
     torch.manual_seed(seed)
     net = AttributeRegressor()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    aug = make_augmenter(augment, seed=seed)
+    aug = make_augment(parse_spec(augment), seed)
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):

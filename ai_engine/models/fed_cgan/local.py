@@ -17,8 +17,9 @@ only, both already private, so it is post-processing. (Before, D saw ``cat([real
 under the hooks with one fake per real image: adding one real image added two clipped rows,
 a sensitivity of 2C against noise calibrated for C, so the reported epsilon was too small.)
 
-Augmentation (``augment``, `augment.make_augmenter`) transforms each real image of a batch
-on its own before D sees it: still one clipped row per real image, same sensitivity.
+Augmentation (``augment``, `components.augment.parse_spec` / `make_augment`) transforms each
+real image of a batch on its own before D sees it: still one clipped row per real image, same
+sensitivity.
 
 ``epsilon`` composes all DP-SGD steps a site has taken so far with the RDP accountant. The
 proximal term (FedProx, ``proximal_mu`` > 0) is applied as a data-independent weight decay
@@ -41,8 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ai_engine.models.base import module_device
+from ai_engine.models.components.augment import make_augment, parse_spec
 from ai_engine.models.fed_cgan.attributes import sample_prior
-from ai_engine.models.fed_cgan.augment import make_augmenter
 from ai_engine.models.fed_cgan.loss import DiscriminatorLoss, GeneratorLoss, cond_loss
 from ai_engine.models.fed_cgan.torch_model import AuxDiscriminator, ConditionalUNetGenerator
 
@@ -64,7 +65,7 @@ class LocalConfig:
     dp: bool = True
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
-    augment: str = ""  # `augment.parse` spec of the real images, e.g. "rotate10,zoom0.1"
+    augment: str = ""  # real images' augmentation (`augment.parse_spec`), e.g. "rotate10,zoom0.1"
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def train_local(
             max_grad_norm=config.max_grad_norm,
             poisson_sampling=True,
         )
-    augmenter = make_augmenter(config.augment, seed=seed)
+    augmenter = make_augment(parse_spec(config.augment), seed)
     steps = 0
     d_losses: list[float] = []
     g_losses: list[float] = []

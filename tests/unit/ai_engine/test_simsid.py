@@ -12,6 +12,7 @@ import yaml
 from ai_engine import checkpoints, registry
 from ai_engine.errors import ModelLoadError
 from ai_engine.export import OnnxExportError, export_onnx
+from ai_engine.models.components.augment import make_augment
 from ai_engine.models.simsid.torch_model import (
     SimSIDNetwork,
     SpaceAwareMemory,
@@ -21,7 +22,6 @@ from ai_engine.models.simsid.torch_model import (
 )
 from ai_engine.pipeline import infer_batch
 from ai_engine.types import Calibration, ModelCard
-from training.augment import make_augment
 from training.calibrate import recalibrate
 from training.data import load_batch, read_manifest
 from training.fit import fit, load_config

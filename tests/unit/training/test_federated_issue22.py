@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("opacus")
 
-from ai_engine.models.fed_cgan.augment import make_augmenter, parse
+from ai_engine.models.components.augment import make_augment, parse_spec
 from ai_engine.models.fed_cgan.local import LocalConfig, train_local
 from ai_engine.models.fed_cgan.torch_model import AuxDiscriminator, ConditionalUNetGenerator
 
@@ -21,23 +21,32 @@ KERMANY = REPO.parent / "shared" / "data" / "cxr_kermany_pediatric" / "manifest.
 
 
 def test_augment_spec_parses_and_rejects() -> None:
-    assert parse("") == []
-    assert parse("rotate,flip,zoom0.2") == [("rotate", 10.0), ("flip", 0.5), ("zoom", 0.2)]
-    assert parse("rotate15") == [("rotate", 15.0)]
-    assert make_augmenter("") is None
+    assert parse_spec("") == {}
+    assert parse_spec("rotate,flip,zoom0.2") == {
+        "prob": 1.0,
+        "rotate_deg": 10.0,
+        "flip": 0.5,
+        "scale": 0.2,
+    }
+    assert parse_spec("rotate15") == {"prob": 1.0, "rotate_deg": 15.0}
+    assert make_augment(parse_spec(""), 0) is None
     with pytest.raises(ValueError, match="unknown augmentation"):
-        parse("shear")
+        parse_spec("shear")
     with pytest.raises(ValueError, match="zoom"):
-        parse("zoom1.5")
+        parse_spec("zoom1.5")
+
+
+def _augmenter(text: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    fn = make_augment(parse_spec(text), seed)
+    assert fn is not None
+    return fn
 
 
 def test_augmenter_changes_images_keeps_shape_range_and_is_seeded() -> None:
     torch.manual_seed(0)
     batch = torch.rand(6, 1, 32, 32)
-    a = make_augmenter("rotate20,zoom0.2", seed=3)
-    b = make_augmenter("rotate20,zoom0.2", seed=3)
-    assert a is not None
-    assert b is not None
+    a = _augmenter("rotate20,zoom0.2", seed=3)
+    b = _augmenter("rotate20,zoom0.2", seed=3)
     out_a, out_b = a(batch), b(batch)
     assert out_a.shape == batch.shape
     assert type(out_a) is torch.Tensor
@@ -53,8 +62,7 @@ def test_augmenter_changes_images_keeps_shape_range_and_is_seeded() -> None:
 def test_flip_is_left_right_per_image() -> None:
     img = torch.zeros(1, 1, 8, 8)
     img[..., :, :2] = 1.0  # bright left edge
-    flip = make_augmenter("flip", seed=0)
-    assert flip is not None
+    flip = _augmenter("flip", seed=0)
     out = flip(img.repeat(40, 1, 1, 1))
     flipped = out[..., :, -2:].mean(dim=(1, 2, 3)) == 1.0
     same = out[..., :, :2].mean(dim=(1, 2, 3)) == 1.0
@@ -74,9 +82,9 @@ def test_local_training_uses_the_augmentation(monkeypatch: pytest.MonkeyPatch) -
     seen: list[int] = []
     import ai_engine.models.fed_cgan.local as local_mod
 
-    real_make = local_mod.make_augmenter
+    real_make = local_mod.make_augment
 
-    def spy(spec: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    def spy(spec, seed):  # type: ignore[no-untyped-def]
         fn = real_make(spec, seed)
         if fn is None:
             return None
@@ -87,7 +95,7 @@ def test_local_training_uses_the_augmentation(monkeypatch: pytest.MonkeyPatch) -
 
         return wrapped
 
-    monkeypatch.setattr(local_mod, "make_augmenter", spy)
+    monkeypatch.setattr(local_mod, "make_augment", spy)
     results = {}
     for spec in ("", "rotate20,zoom0.2"):
         g, d = _tiny_gan()
