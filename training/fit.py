@@ -8,6 +8,10 @@ the first epoch. Selection must then be label-free: ``optim.select: last`` or ``
 pseudo-AUC of Brainomaly: AUROC of held-out *train/normal* patients, class 0, against the
 unlabelled val mix, class 1; no label of a val image is read), and the image-score rule is the
 first one configured (not chosen on val labels). ``val_auroc`` is refused.
+
+``optim.also_select`` (a list of further `SELECTION_RULES`) writes, next to the checkpoint kept
+by ``optim.select``, the one each further rule would have kept from the same run, to
+``<out>/select-<rule>/`` (calibrated the same way; the main rule alone decides an early stop).
 """
 
 from __future__ import annotations
@@ -216,17 +220,21 @@ def fit(
     )
 
     select = str(optim_cfg.get("select", "val_normal_loss"))
-    if select not in SELECTION_RULES:
-        raise ValueError(f"optim.select {select!r}: valid are {', '.join(SELECTION_RULES)}")
+    # further selections, each written as its own checkpoint <out>/select-<rule> (what another
+    # rule would have kept from the same run; they never change the main one's early stop)
+    also = [str(r) for r in optim_cfg.get("also_select", []) if str(r) != select]
+    for rule_name in (select, *also):
+        if rule_name not in SELECTION_RULES:
+            raise ValueError(f"optim.select {rule_name!r}: valid are {', '.join(SELECTION_RULES)}")
     unlabelled = config.get("unlabelled")
     if unlabelled not in (None, "val"):
         raise ValueError(f"unlabelled {unlabelled!r}: the only supported value is 'val'")
-    if unlabelled and select == "val_auroc":
+    if unlabelled and "val_auroc" in (select, *also):
         raise ValueError("unlabelled: val trains on the val images; select must be label-free")
-    if select == "aucp" and not unlabelled:
+    if "aucp" in (select, *also) and not unlabelled:
         raise ValueError("optim.select aucp needs `unlabelled: val` (the mix it scores)")
     x_holdout = torch.empty(0, 1, *image_size)
-    if select == "aucp":
+    if "aucp" in (select, *also):
         held = _holdout_patients(train_items, float(optim_cfg.get("aucp_holdout", 0.1)), seed)
         is_held = torch.tensor([(i.patient_id or str(i.path)) in held for i in train_items])
         if bool(is_held.all()):
@@ -249,12 +257,16 @@ def fit(
     batch_size = int(optim_cfg["batch_size"])
     patience = int(optim_cfg.get("patience", 10))
     default_monitor = not unlabelled  # val images seen in training: their AUROC is transductive
-    monitor = bool(optim_cfg.get("monitor_auroc", default_monitor)) or select == "val_auroc"
+    monitor = bool(optim_cfg.get("monitor_auroc", default_monitor)) or "val_auroc" in (
+        select,
+        *also,
+    )
     scoring = dict(config.get("scoring", {}))
     monitor_rule = (list(scoring.get("rules", [])) or list(cls.score_rules()))[0]
     generator = torch.Generator().manual_seed(seed)
     augment = make_augment(config.get("augment"), seed)  # training batches only
     best_value, best_state, best_epoch, history = float("inf"), None, -1, []
+    also_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}
     with TrainingLog(out / "logs") as log:
         for epoch in range(n_epochs):
             if trainer is None:  # n_epochs is 0 for a model without a trainer
@@ -285,7 +297,7 @@ def fit(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_val_n, x_val_a, val_regions,
                 )  # fmt: skip
-            if select == "aucp":
+            if "aucp" in (select, *also):
                 entry["aucp"] = _separation_auroc(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_holdout, x_unlabelled,
@@ -293,78 +305,93 @@ def fit(
             history.append({"epoch": epoch, **entry})
             log.epoch(epoch, entry)
             logger.info("epoch %d %s", epoch, " ".join(f"{k} {v:.5g}" for k, v in entry.items()))
-            value = {
+            values = {
                 "val_normal_loss": val_loss,
                 "val_auroc": -entry.get("val_auroc", float("nan")),
                 "last": -float(epoch),
                 "aucp": -entry.get("aucp", float("nan")),
-            }[select]
+            }
+            for rule_name in also:
+                kept = also_best.get(rule_name)
+                if kept is None or values[rule_name] < kept[0]:
+                    state = copy.deepcopy(network.state_dict())
+                    also_best[rule_name] = (values[rule_name], epoch, state)
+            value = values[select]
             if value < best_value or best_state is None:
                 best_value, best_epoch = value, epoch
                 best_state = copy.deepcopy(network.state_dict())
             elif select != "last" and epoch - best_epoch >= patience:
                 logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
                 break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
 
-    # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
-    rule, rule_auroc, calibration = calibrate(
-        cls,
-        network,
-        config,
-        image_size,
-        scoring,
-        x_val_n,
-        x_val_a,
-        fixed_rule=bool(unlabelled),
-        val_masks=val_masks,
-        regions=val_regions,
-    )
-    card = ModelCard(
-        model_id=config["model_id"],
-        name=config["name"],
-        version=str(config["version"]),
-        modalities=tuple(config.get("modalities", ())),
-        body_parts=tuple(config.get("body_parts", ())),
-        views=tuple(config.get("views", ())),
-        image_size=image_size,
-        preprocessing=describe(image_size, anatomy),
-        weights_sha256="",
-        calibration=calibration,
-        training={
-            "data": config.get("data_name", str(manifest)),
-            "manifest": str(Path(config["manifest"])),
-            "n_train": len(x_train),
-            "n_val_normal": len(x_val_n),
-            "n_val_abnormal": len(x_val_a),
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "selection": SELECTION_RULES[select],
-            **(
-                {
-                    "unlabelled": f"{len(x_unlabelled)} val images, labels withheld",
-                    "n_aucp_holdout": len(x_holdout),
-                }
-                if unlabelled
-                else {}
-            ),
-            "optim": optim_cfg,
-            **({"augment": config["augment"]} if config.get("augment") else {}),
-            "seed": seed,
-            "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},
-            "wall_seconds": round(time.time() - started, 1),
-            "torch": torch.__version__,
-            "device": device_name(target),
-        },
-        metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
-        architecture=dict(config["init_args"]),
-        anatomy=anatomy,
-    )
-    card = checkpoints.save(out, card, network.state_dict())
-    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    write_model_card_readme(out, card)
+    def write(
+        folder: Path, state: dict[str, torch.Tensor] | None, rule_name: str, kept_epoch: int
+    ) -> ModelCard:
+        if state is not None:
+            network.load_state_dict(state)
+        network.eval()
+
+        # --- calibration on val: the score rule on val AUROC, thresholds on healthy val only ---
+        rule, rule_auroc, calibration = calibrate(
+            cls,
+            network,
+            config,
+            image_size,
+            scoring,
+            x_val_n,
+            x_val_a,
+            fixed_rule=bool(unlabelled),
+            val_masks=val_masks,
+            regions=val_regions,
+        )
+        card = ModelCard(
+            model_id=config["model_id"],
+            name=config["name"],
+            version=str(config["version"]),
+            modalities=tuple(config.get("modalities", ())),
+            body_parts=tuple(config.get("body_parts", ())),
+            views=tuple(config.get("views", ())),
+            image_size=image_size,
+            preprocessing=describe(image_size, anatomy),
+            weights_sha256="",
+            calibration=calibration,
+            training={
+                "data": config.get("data_name", str(manifest)),
+                "manifest": str(Path(config["manifest"])),
+                "n_train": len(x_train),
+                "n_val_normal": len(x_val_n),
+                "n_val_abnormal": len(x_val_a),
+                "epochs_run": len(history),
+                "best_epoch": kept_epoch,
+                "selection": SELECTION_RULES[rule_name],
+                **(
+                    {
+                        "unlabelled": f"{len(x_unlabelled)} val images, labels withheld",
+                        "n_aucp_holdout": len(x_holdout),
+                    }
+                    if unlabelled
+                    else {}
+                ),
+                "optim": optim_cfg,
+                **({"augment": config["augment"]} if config.get("augment") else {}),
+                "seed": seed,
+                "scoring": {k: v for k, v in {**scoring, "rule": rule}.items() if k != "rules"},
+                "wall_seconds": round(time.time() - started, 1),
+                "torch": torch.__version__,
+                "device": device_name(target),
+            },
+            metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
+            architecture=dict(config["init_args"]),
+            anatomy=anatomy,
+        )
+        saved = checkpoints.save(folder, card, network.state_dict())
+        (folder / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        write_model_card_readme(folder, saved)
+        return saved
+
+    card = write(out, best_state, select, best_epoch)
+    for rule_name, (_, kept_epoch, state) in also_best.items():
+        write(out / f"select-{rule_name}", state, rule_name, kept_epoch)
     return card
 
 

@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from ai_engine import checkpoints
 from ai_engine.errors import ModelLoadError
 from ai_engine.pipeline import predict_images
 from training.data import load_image, read_manifest
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def run_cli(*args, cwd=None):
@@ -51,6 +54,37 @@ def test_fit_logs_every_epoch_to_csv_and_tensorboard(tiny_checkpoint):
     losses = [float(r["val_normal_loss"]) for r in rows]
     assert card.training["best_epoch"] == int(np.argmin(losses))
     assert "healthy val" in card.training["selection"]
+
+
+def test_also_select_writes_what_another_rule_would_have_kept(mini_cxr_manifest, tmp_path):
+    from training.fit import fit, load_config
+
+    config = load_config(REPO / "training" / "configs" / "conv_ae.yaml")
+    config.update(
+        manifest=str(mini_cxr_manifest),
+        name="tiny-also",
+        image_size=[64, 64],
+        init_args={"image_size": [64, 64], "channels": [4, 8, 8, 8], "latent_dim": 8},
+    )
+    config["optim"] = {**config["optim"], "select": "last", "also_select": ["val_auroc"]}
+    out = tmp_path / "run"
+    main = fit(config, out, epochs=3)
+    history = json.loads((out / "history.json").read_text())
+    assert main.training["best_epoch"] == 2  # "last" of 3 epochs
+    other = checkpoints.read_card(out / "select-val_auroc")
+    aurocs = [h["val_auroc"] for h in history]
+    assert other.training["best_epoch"] == int(np.argmax(aurocs))
+    assert "val labels" in other.training["selection"]
+    assert other.weights_sha256 == checkpoints.sha256_of(
+        out / "select-val_auroc" / "weights.safetensors"
+    )
+    # both load and score; each is calibrated on its own weights
+    items = read_manifest(mini_cxr_manifest, "test")[:2]
+    images = [load_image(i.path) for i in items]
+    for folder in (out, out / "select-val_auroc"):
+        assert np.isfinite(predict_images(checkpoints.load(folder, "cpu"), images).score).all()
+    if other.training["best_epoch"] != 2:
+        assert other.weights_sha256 != main.weights_sha256
 
 
 def test_checkpoint_round_trip_gives_the_same_scores(tiny_checkpoint, mini_cxr_manifest):
