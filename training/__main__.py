@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=None, help="at most N images per set (smoke runs)"
     )
     p_fit.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p_fit.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p_sup = sub.add_parser("fit-supervised", help="train a labelled classifier (cnn_supervised)")
     p_sup.add_argument("--config", type=Path, required=True)
     p_sup.add_argument("--out", type=Path, required=True)
@@ -133,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fit":
             from training.fit import fit, load_config
 
+            config = load_config(args.config)
+            if args.seed is not None:
+                config["seed"] = args.seed
             card = fit(
-                load_config(args.config),
+                config,
                 args.out,
                 epochs=args.epochs,
                 limit=args.limit,

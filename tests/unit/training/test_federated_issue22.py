@@ -106,6 +106,18 @@ def test_local_training_uses_the_augmentation(monkeypatch: pytest.MonkeyPatch) -
     assert any(not torch.equal(results[""][k], results["rotate20,zoom0.2"][k]) for k in results[""])
 
 
+def test_the_flower_app_declares_every_setting() -> None:
+    # `flwr run` refuses a run config key the app's pyproject.toml does not declare
+    import tomllib
+
+    from training.federated.task import FedSettings
+
+    app = REPO / "training" / "federated" / "pyproject.toml"
+    declared = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(FedSettings().to_flower())
+    assert declared["augment"] == ""
+
+
 def test_augment_setting_reaches_the_local_config() -> None:
     from training.federated.task import settings_from
 
