@@ -57,15 +57,10 @@ def test_fit_logs_every_epoch_to_csv_and_tensorboard(tiny_checkpoint):
 
 
 def test_also_select_writes_what_another_rule_would_have_kept(mini_cxr_manifest, tmp_path):
-    from training.fit import fit, load_config
+    from tests.unit.conftest import tiny_conv_ae_config
+    from training.fit import fit
 
-    config = load_config(REPO / "training" / "configs" / "conv_ae.yaml")
-    config.update(
-        manifest=str(mini_cxr_manifest),
-        name="tiny-also",
-        image_size=[64, 64],
-        init_args={"image_size": [64, 64], "channels": [4, 8, 8, 8], "latent_dim": 8},
-    )
+    config = tiny_conv_ae_config(mini_cxr_manifest, "tiny-also")
     config["optim"] = {**config["optim"], "select": "last", "also_select": ["val_auroc"]}
     out = tmp_path / "run"
     main = fit(config, out, epochs=3)
