@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +18,12 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from devstack.orthanc import DicomPeer
-from devstack.processes import free_port, loopback_only_namespace, network_interfaces
+from devstack.processes import (
+    ManagedProcess,
+    free_port,
+    loopback_only_namespace,
+    network_interfaces,
+)
 from devstack.stack import SAMPLE_SCU_AET, EmbeddedStack, StackOptions
 
 #: AE title dcmtk's storescu uses in the tests (allowed to store into Orthanc).
@@ -104,3 +110,44 @@ def browser_script() -> BrowserScript:
         return proc.stdout
 
     return run
+
+
+@pytest.fixture(scope="session")
+def stock_viewer_url(
+    stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The address of a **stock** OHIF 3.13.2 (no extension of this project) on the stack's
+    Orthanc: the viewer server with ``ohif-extension/tests/stock-app-config.js``."""
+    assert stack.secrets is not None
+    port = free_port()
+    viewer = ManagedProcess(
+        "stock-viewer",
+        [
+            "node",
+            str(REPO / "ohif-extension" / "server" / "serve.mjs"),
+            "--port",
+            str(port),
+            "--orthanc",
+            stack.orthanc_url,
+            "--orthanc-user",
+            stack.secrets.orthanc_user,
+            "--orthanc-password-file",
+            str(stack.data_dir / "secrets" / "orthanc_password"),
+            "--app-config",
+            str(REPO / "ohif-extension" / "tests" / "stock-app-config.js"),
+        ],
+        tmp_path_factory.mktemp("stock-viewer") / "stock-viewer.log",
+    )
+    with viewer:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/", timeout=2).status_code < 500:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"stock viewer not up: {viewer.log_tail()}")
+            time.sleep(0.2)
+        yield url

@@ -21,7 +21,6 @@ from dicomweb_client.api import DICOMwebClient
 
 from ai_engine.dicom_io.pmap_writer import STORED_SCALE, frame_sources
 from devstack.demo import send_files
-from devstack.processes import ManagedProcess, free_port
 from devstack.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
@@ -122,15 +121,13 @@ def _region_slices(seg: pydicom.Dataset, sources: list[str]) -> tuple[list[str],
 
 @pytest.mark.browser
 def test_stock_ohif_shows_the_region_on_the_slices_of_the_seg(
-    stack: EmbeddedStack,
     dicomweb: DICOMwebClient,
     mr_study: dict[str, list[dict]],
-    tmp_path: Path,
+    stock_viewer_url: str,
     browser_script: Callable[..., str],
 ) -> None:
     """Stock OHIF 3.13.2 (no extension) loads the SEG onto the MR series; overlay pixels are
     drawn on every slice where the SEG has region and on none of the others."""
-    assert stack.secrets is not None
     sources = [
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
         for p in sorted(SAMPLE.glob("*.dcm"))
@@ -138,55 +135,17 @@ def test_stock_ohif_shows_the_region_on_the_slices_of_the_seg(
     region, empty = _region_slices(_only_instance(dicomweb, mr_study["SEG"][0]), sources)
     assert region
     assert empty
-    password = stack.data_dir / "secrets" / "orthanc_password"  # written by the stack
-    port = free_port()
-    viewer = ManagedProcess(
-        "stock-viewer",
-        [
-            "node",
-            str(REPO / "ohif-extension" / "server" / "serve.mjs"),
-            "--port",
-            str(port),
-            "--orthanc",
-            stack.orthanc_url,
-            "--orthanc-user",
-            stack.secrets.orthanc_user,
-            "--orthanc-password-file",
-            str(password),
-            "--app-config",
-            str(REPO / "ohif-extension" / "tests" / "stock-app-config.js"),
-        ],
-        tmp_path / "stock-viewer.log",
-    )
     screenshot = REPO / "test-artifacts" / "e2e" / "mr_overlay_stock.png"  # git-ignored
-    with viewer:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/", timeout=2).status_code < 500:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"stock viewer not up: {viewer.log_tail()}")
-            time.sleep(0.2)
-        browser_script(
-            "e2e_stock_mr.mjs",
-            "--url",
-            url,
-            "--study",
-            _study_uid(),
-            "--region",
-            ",".join(region),
-            "--empty",
-            ",".join(empty),
-            "--screenshot",
-            str(screenshot),
-            "--timeout",
-            "120",
-            passed="E2E STOCK PASS",
-        )
+    browser_script(
+        "e2e_stock_mr.mjs",
+        "--url", stock_viewer_url,
+        "--study", _study_uid(),
+        "--region", ",".join(region),
+        "--empty", ",".join(empty),
+        "--screenshot", str(screenshot),
+        "--timeout", "120",
+        passed="E2E STOCK PASS",
+    )  # fmt: skip
 
 
 @pytest.mark.browser

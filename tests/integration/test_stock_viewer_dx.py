@@ -24,12 +24,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 from dicomweb_client.api import DICOMwebClient
 
 from ai_engine.dicom_io.sc_writer import OVERLAY_SERIES_NUMBER
 from devstack.demo import send_files
-from devstack.processes import ManagedProcess, free_port
 from devstack.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration
@@ -116,56 +114,22 @@ def test_the_flagged_radiograph_gets_an_overlay_secondary_capture(
 
 @pytest.mark.browser
 def test_stock_ohif_shows_the_overlay_sc_of_the_radiograph(
-    stack: EmbeddedStack,
     overlay_sc: pydicom.Dataset,
-    tmp_path: Path,
+    stock_viewer_url: str,
     browser_script: Callable[..., str],
 ) -> None:
     """Stock OHIF 3.13.2 (no extension) shows the DX in grey and the overlay SC in colour."""
-    assert stack.secrets is not None
     source = _source()
-    password = stack.data_dir / "secrets" / "orthanc_password"  # written by the stack
-    port = free_port()
-    viewer = ManagedProcess(
-        "stock-viewer",
-        [
-            "node",
-            str(REPO / "ohif-extension" / "server" / "serve.mjs"),
-            "--port",
-            str(port),
-            "--orthanc",
-            stack.orthanc_url,
-            "--orthanc-user",
-            stack.secrets.orthanc_user,
-            "--orthanc-password-file",
-            str(password),
-            "--app-config",
-            str(REPO / "ohif-extension" / "tests" / "stock-app-config.js"),
-        ],
-        tmp_path / "stock-viewer.log",
-    )
-    with viewer:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/", timeout=2).status_code < 500:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"stock viewer not up: {viewer.log_tail()}")
-            time.sleep(0.2)
-        stdout = browser_script(
-            "e2e_stock_dx.mjs",
-            "--url", url,
-            "--study", str(source.StudyInstanceUID),
-            "--source", str(source.SOPInstanceUID),
-            "--sc", str(overlay_sc.SOPInstanceUID),
-            "--screenshot", str(SCREENSHOT),
-            "--timeout", "120",
-            passed="E2E STOCK DX PASS",
-        )  # fmt: skip
+    stdout = browser_script(
+        "e2e_stock_dx.mjs",
+        "--url", stock_viewer_url,
+        "--study", str(source.StudyInstanceUID),
+        "--source", str(source.SOPInstanceUID),
+        "--sc", str(overlay_sc.SOPInstanceUID),
+        "--screenshot", str(SCREENSHOT),
+        "--timeout", "120",
+        passed="E2E STOCK DX PASS",
+    )  # fmt: skip
     print(next(line for line in stdout.splitlines() if "E2E STOCK DX PASS" in line))
     # the README's docs/screenshots/dx_overlay_stock.png is a copy of this file, committed by
     # hand: a test never writes into the source tree
