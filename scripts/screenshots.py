@@ -6,7 +6,8 @@
 Starts the embedded stack (Orthanc, node with `default-cxr`, viewer server) on loopback ports
 in a fresh temporary folder, sends the committed sample studies through Orthanc as a scanner
 would, waits for every study's results, then drives Debian's Chromium with the extension's
-end-to-end script (`ohif-extension/tests/e2e.mjs`) on the highest-scoring flagged study. The
+end-to-end script (`ohif-extension/tests/e2e.mjs`) on the highest-scoring radiograph (DX/CR:
+the README's picture is of a chest film; scores of other models are on other scales). The
 study list and the viewer screenshots are copied to ``--out``.
 """
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import pydicom  # noqa: E402
 
 from devstack.demo import discover_samples, send_files  # noqa: E402
 from devstack.processes import free_port  # noqa: E402
@@ -61,7 +64,13 @@ def main() -> int:
                             float("-inf") if row.score is None else float(row.score)
                         )
                 time.sleep(1)
-            flagged = max(scores, key=lambda uid: scores[uid])
+            radiographs = {
+                sample.study_uid
+                for sample in samples
+                if pydicom.dcmread(sample.files[0], stop_before_pixels=True).Modality
+                in ("DX", "CR")
+            }
+            flagged = max(radiographs & set(scores), key=lambda uid: scores[uid])
             shots = Path(tmp) / "shots"
             proc = subprocess.run(  # noqa: S603 - fixed command line
                 [  # noqa: S607 - node from PATH, as scripts/test.sh runs it
