@@ -27,11 +27,6 @@ class BrainomalyTrainer(SemiSupervisedGanTrainer):
         super().__init__(generator, critic, optim)
         self.loss = GeneratorLoss(float(optim.get("lambda_id", 10.0)))
 
-    def healthy(self, x: torch.Tensor) -> torch.Tensor:
-        """The generator's healthy version (B, 1, H, W)."""
-        out: torch.Tensor = self.generator(x)
-        return out
-
     def generator_loss(
         self, x_normal: torch.Tensor, x_mix: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -18,6 +18,7 @@ linear layer with ``torch.nn.utils.parametrizations.spectral_norm``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.blocks import Convolution
@@ -32,7 +33,7 @@ LEAKY = ("LEAKYRELU", {"negative_slope": 0.2})
 def down_convs(
     in_channels: int,
     channels: Sequence[int],
-    norm: str | None = "BATCH",
+    norm: str | tuple[str, dict[str, Any]] | None = "BATCH",
     norm_first: bool = False,
     bias: bool | None = None,
 ) -> list[nn.Module]:
@@ -41,7 +42,8 @@ def down_convs(
     Args:
         in_channels: channels of the input.
         channels: output channels of each layer (each halves H and W).
-        norm: MONAI norm name of every layer after the first, or None.
+        norm: MONAI norm (a name, or a (name, arguments) pair) of every layer after the
+            first, or None.
         norm_first: normalise the first layer too (DCGAN discriminators do not).
         bias: whether each convolution has a bias; default: only layers without a norm.
     """

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from monai.networks.nets import UNet
 from torch import nn
+
+from ai_engine.models.components.dcgan import down_convs
 
 
 class ConditionalUNetGenerator(nn.Module):
@@ -96,24 +97,12 @@ class AuxDiscriminator(nn.Module):
         side = int(image_size) // 2 ** len(channels)
         if side < 1 or int(image_size) % 2 ** len(channels):
             raise ValueError(f"image_size {image_size} must be divisible by 2**{len(channels)}")
-        layers: list[nn.Module] = []
-        c_in = 1
-        for c_out in channels:
-            layers.append(
-                Convolution(
-                    2,
-                    c_in,
-                    int(c_out),
-                    strides=2,
-                    kernel_size=4,
-                    padding=1,
-                    act=("LEAKYRELU", {"negative_slope": 0.2}),
-                    norm=("GROUP", {"num_groups": groups}),
-                )
-            )
-            c_in = int(c_out)
+        # GroupNorm on every layer (no batch statistics: per-sample gradients under DP-SGD)
+        layers = down_convs(
+            1, channels, norm=("GROUP", {"num_groups": groups}), norm_first=True, bias=True
+        )
         self.features = nn.Sequential(*layers)
-        n_features = c_in * side * side
+        n_features = int(channels[-1]) * side * side
         self.adv_head = nn.Linear(n_features, 1)
         self.aux_head = nn.Linear(n_features, int(cond_dim))
 

@@ -33,11 +33,6 @@ class HealthyGANTrainer(SemiSupervisedGanTrainer):
             float(optim.get("lambda_fz", 0.1)),
         )
 
-    def healthy(self, x: torch.Tensor) -> torch.Tensor:
-        """The masked healthy translation (B, 1, H, W)."""
-        out: torch.Tensor = self.generator(x)
-        return out
-
     def generator_loss(
         self, x_normal: torch.Tensor, x_mix: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:

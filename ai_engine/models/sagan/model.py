@@ -61,11 +61,6 @@ class SaganTrainer(SemiSupervisedGanTrainer):
             float(optim.get("lambda_id", 10.0)), float(optim.get("lambda_rec", 10.0))
         )
 
-    def healthy(self, x: torch.Tensor) -> torch.Tensor:
-        """The generator's restoration (B, 1, H, W)."""
-        out: torch.Tensor = self.generator(x)
-        return out
-
     def generator_loss(
         self, x_normal: torch.Tensor, x_mix: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
