@@ -138,7 +138,8 @@ def train_or_load(
     return out, time.monotonic() - started
 
 
-def _fmt(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` of the values (NaN dropped; one value as it is; none: "n/a")."""
     values = [v for v in values if v == v]  # drop NaN
     if not values:
         return "n/a"
@@ -242,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 cell = [r for r in group if r["model"] == model_id and r["dataset"] == dataset]
                 if not cell:
                     continue
-                vals = {m: _fmt([float(r[m]) for r in cell if r[m] is not None]) for m in COLUMNS}
+                vals = {
+                    m: mean_std([float(r[m]) for r in cell if r[m] is not None]) for m in COLUMNS
+                }
                 train = statistics.fmean(r["train_seconds"] for r in cell)
                 print(f"| {model_id} | {dataset} | {vals['auroc']} | {vals['auprc']} "
                       f"| {vals['sensitivity']} | {vals['specificity']} "

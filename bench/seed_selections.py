@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ai_engine import checkpoints  # noqa: E402
+from bench.accuracy import mean_std  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 
 KERMANY = REPO.parent / "shared" / "data" / "cxr_kermany_pediatric" / "manifest.csv"
@@ -41,15 +41,6 @@ def checkpoints_of(run: Path) -> dict[str, Path]:
         if (sub / "card.json").exists():
             found[sub.name.removeprefix("select-")] = sub
     return found
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v == v]  # drop NaN
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def summarise(

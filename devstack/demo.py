@@ -79,6 +79,7 @@ class SampleStudy:
         study_uid: StudyInstanceUID.
         description: StudyDescription (public sample text, no PHI) or the folder name.
         label: the source's label, if known.
+        modality: Modality of its first file ("" when absent).
     """
 
     name: str
@@ -86,6 +87,7 @@ class SampleStudy:
     study_uid: str
     description: str
     label: str
+    modality: str = ""
 
 
 def discover_samples(samples_dir: Path = SAMPLES_DIR) -> list[SampleStudy]:
@@ -116,6 +118,7 @@ def discover_samples(samples_dir: Path = SAMPLES_DIR) -> list[SampleStudy]:
                 study_uid=str(head.StudyInstanceUID),
                 description=str(head.get("StudyDescription") or folder.name),
                 label=labels.get(folder.name, "unknown"),
+                modality=str(head.get("Modality", "")),
             )
         )
     return studies

@@ -24,8 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import pydicom  # noqa: E402
-
 from devstack.demo import discover_samples, send_files  # noqa: E402
 from devstack.processes import free_port  # noqa: E402
 from devstack.stack import EmbeddedStack, StackOptions  # noqa: E402
@@ -64,12 +62,7 @@ def main() -> int:
                             float("-inf") if row.score is None else float(row.score)
                         )
                 time.sleep(1)
-            radiographs = {
-                sample.study_uid
-                for sample in samples
-                if pydicom.dcmread(sample.files[0], stop_before_pixels=True).Modality
-                in ("DX", "CR")
-            }
+            radiographs = {s.study_uid for s in samples if s.modality in ("DX", "CR")}
             flagged = max(radiographs & set(scores), key=lambda uid: scores[uid])
             shots = Path(tmp) / "shots"
             proc = subprocess.run(  # noqa: S603 - fixed command line

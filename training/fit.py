@@ -144,19 +144,8 @@ def _provisional_card(
     config: dict[str, Any], image_size: tuple[int, int], scoring: dict[str, Any]
 ) -> ModelCard:
     """A card for scoring during calibration (no thresholds yet)."""
-    return ModelCard(
-        model_id=config["model_id"],
-        name=config["name"],
-        version=str(config["version"]),
-        modalities=(),
-        body_parts=(),
-        views=(),
-        image_size=image_size,
-        preprocessing="",
-        weights_sha256="",
-        calibration=Calibration(0.0, "", (0.0,), ("",), 1.0),
-        training={"scoring": scoring},
-        architecture=dict(config["init_args"]),
+    return card_from_config(
+        config, image_size, Calibration(0.0, "", (0.0,), ("",), 1.0), training={"scoring": scoring}
     )
 
 
@@ -166,6 +155,34 @@ def _holdout_patients(items: list[Any], fraction: float, seed: int) -> set[str]:
     rng = np.random.default_rng(seed)
     n = max(1, round(len(patients) * fraction))
     return {patients[k] for k in rng.permutation(len(patients))[:n]}
+
+
+def card_from_config(
+    config: dict[str, Any],
+    image_size: tuple[int, int],
+    calibration: Calibration,
+    *,
+    anatomy: str = "",
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The model card of a training config (weights_sha256 is filled in by `checkpoints.save`)."""
+    return ModelCard(
+        model_id=config["model_id"],
+        name=config["name"],
+        version=str(config["version"]),
+        modalities=tuple(config.get("modalities", ())),
+        body_parts=tuple(config.get("body_parts", ())),
+        views=tuple(config.get("views", ())),
+        image_size=image_size,
+        preprocessing=describe(image_size, anatomy),
+        weights_sha256="",
+        calibration=calibration,
+        training=training or {},
+        metrics=metrics or {},
+        architecture=dict(config["init_args"]),
+        anatomy=anatomy,
+    )
 
 
 def fit(
@@ -223,18 +240,19 @@ def fit(
     # further selections, each written as its own checkpoint <out>/select-<rule> (what another
     # rule would have kept from the same run; they never change the main one's early stop)
     also = [str(r) for r in optim_cfg.get("also_select", []) if str(r) != select]
-    for rule_name in (select, *also):
+    rules = (select, *dict.fromkeys(also))  # the main rule first, no rule twice
+    for rule_name in rules:
         if rule_name not in SELECTION_RULES:
             raise ValueError(f"optim.select {rule_name!r}: valid are {', '.join(SELECTION_RULES)}")
     unlabelled = config.get("unlabelled")
     if unlabelled not in (None, "val"):
         raise ValueError(f"unlabelled {unlabelled!r}: the only supported value is 'val'")
-    if unlabelled and "val_auroc" in (select, *also):
+    if unlabelled and "val_auroc" in rules:
         raise ValueError("unlabelled: val trains on the val images; select must be label-free")
-    if "aucp" in (select, *also) and not unlabelled:
+    if "aucp" in rules and not unlabelled:
         raise ValueError("optim.select aucp needs `unlabelled: val` (the mix it scores)")
     x_holdout = torch.empty(0, 1, *image_size)
-    if "aucp" in (select, *also):
+    if "aucp" in rules:
         held = _holdout_patients(train_items, float(optim_cfg.get("aucp_holdout", 0.1)), seed)
         is_held = torch.tensor([(i.patient_id or str(i.path)) in held for i in train_items])
         if bool(is_held.all()):
@@ -257,16 +275,14 @@ def fit(
     batch_size = int(optim_cfg["batch_size"])
     patience = int(optim_cfg.get("patience", 10))
     default_monitor = not unlabelled  # val images seen in training: their AUROC is transductive
-    monitor = bool(optim_cfg.get("monitor_auroc", default_monitor)) or "val_auroc" in (
-        select,
-        *also,
-    )
+    monitor = bool(optim_cfg.get("monitor_auroc", default_monitor)) or "val_auroc" in rules
     scoring = dict(config.get("scoring", {}))
     monitor_rule = (list(scoring.get("rules", [])) or list(cls.score_rules()))[0]
     generator = torch.Generator().manual_seed(seed)
     augment = make_augment(config.get("augment"), seed)  # training batches only
-    best_value, best_state, best_epoch, history = float("inf"), None, -1, []
-    also_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}
+    history: list[dict[str, Any]] = []
+    # rule -> (its value, epoch, weights) of the best epoch so far by that rule (lower = better)
+    kept: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}
     with TrainingLog(out / "logs") as log:
         for epoch in range(n_epochs):
             if trainer is None:  # n_epochs is 0 for a model without a trainer
@@ -297,7 +313,7 @@ def fit(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_val_n, x_val_a, val_regions,
                 )  # fmt: skip
-            if "aucp" in (select, *also):
+            if "aucp" in rules:
                 entry["aucp"] = _separation_auroc(
                     cls, network, config, image_size, {**scoring, "rule": monitor_rule},
                     x_holdout, x_unlabelled,
@@ -311,16 +327,15 @@ def fit(
                 "last": -float(epoch),
                 "aucp": -entry.get("aucp", float("nan")),
             }
-            for rule_name in also:
-                kept = also_best.get(rule_name)
-                if kept is None or values[rule_name] < kept[0]:
-                    state = copy.deepcopy(network.state_dict())
-                    also_best[rule_name] = (values[rule_name], epoch, state)
-            value = values[select]
-            if value < best_value or best_state is None:
-                best_value, best_epoch = value, epoch
-                best_state = copy.deepcopy(network.state_dict())
-            elif select != "last" and epoch - best_epoch >= patience:
+            snapshot: dict[str, torch.Tensor] | None = None  # one copy for every rule it improves
+            for rule_name in rules:
+                best = kept.get(rule_name)
+                if best is None or values[rule_name] < best[0]:
+                    if snapshot is None:
+                        snapshot = copy.deepcopy(network.state_dict())
+                    kept[rule_name] = (values[rule_name], epoch, snapshot)
+            best_epoch = kept[select][1]
+            if select != "last" and epoch - best_epoch >= patience:
                 logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
                 break
 
@@ -344,17 +359,11 @@ def fit(
             val_masks=val_masks,
             regions=val_regions,
         )
-        card = ModelCard(
-            model_id=config["model_id"],
-            name=config["name"],
-            version=str(config["version"]),
-            modalities=tuple(config.get("modalities", ())),
-            body_parts=tuple(config.get("body_parts", ())),
-            views=tuple(config.get("views", ())),
-            image_size=image_size,
-            preprocessing=describe(image_size, anatomy),
-            weights_sha256="",
-            calibration=calibration,
+        card = card_from_config(
+            config,
+            image_size,
+            calibration,
+            anatomy=anatomy,
             training={
                 "data": config.get("data_name", str(manifest)),
                 "manifest": str(Path(config["manifest"])),
@@ -381,17 +390,18 @@ def fit(
                 "device": device_name(target),
             },
             metrics={"val_auroc_by_score_rule": rule_auroc, "val_auroc": rule_auroc[rule]},
-            architecture=dict(config["init_args"]),
-            anatomy=anatomy,
         )
         saved = checkpoints.save(folder, card, network.state_dict())
         (folder / "history.json").write_text(json.dumps(history, indent=1) + "\n")
         write_model_card_readme(folder, saved)
         return saved
 
+    _, best_epoch, best_state = kept.get(select, (0.0, -1, None))
     card = write(out, best_state, select, best_epoch)
-    for rule_name, (_, kept_epoch, state) in also_best.items():
-        write(out / f"select-{rule_name}", state, rule_name, kept_epoch)
+    for rule_name in rules[1:]:
+        if rule_name in kept:  # a model without training keeps no epoch
+            _, kept_epoch, state = kept[rule_name]
+            write(out / f"select-{rule_name}", state, rule_name, kept_epoch)
     return card
 
 

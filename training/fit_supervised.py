@@ -30,12 +30,12 @@ import torch
 from ai_engine import checkpoints, registry
 from ai_engine.metrics import auroc
 from ai_engine.models.cnn_supervised.model import CnnSupervisedModel, SupervisedTrainer
-from ai_engine.transforms import describe
 from ai_engine.types import Calibration, ModelCard
 from training.data import Item, load_batch, read_manifest
 from training.fit import (
     REPO_ROOT,
     _predict,
+    card_from_config,
     device_name,
     resolve_device,
     seed_everything,
@@ -91,30 +91,6 @@ def _train_epoch(
         batch = (batch * gain).clamp(0, 1)
         total += trainer.step(batch.to(device), y[idx].to(device))["loss"] * len(idx)
     return total / max(1, len(x))
-
-
-def _card(
-    config: dict[str, Any],
-    image_size: tuple[int, int],
-    calibration: Calibration,
-    training: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> ModelCard:
-    return ModelCard(
-        model_id=config["model_id"],
-        name=config["name"],
-        version=str(config["version"]),
-        modalities=tuple(config.get("modalities", ())),
-        body_parts=tuple(config.get("body_parts", ())),
-        views=tuple(config.get("views", ())),
-        image_size=image_size,
-        preprocessing=describe(image_size),
-        weights_sha256="",
-        calibration=calibration,
-        training=training or {},
-        metrics=metrics or {},
-        architecture=dict(config["init_args"]),
-    )
 
 
 def fit_supervised(
@@ -219,7 +195,7 @@ def fit_supervised(
     pct = float(cal_cfg.get("percentile", 95))
     pixel_pcts = [float(p) for p in cal_cfg.get("pixel_percentiles", [99.0, 99.9])]
     healthy_oof = oof[best_epoch, labels == 0]
-    probe = _card(config, image_size, Calibration(0.0, "", (0.0,), ("",), 1.0))
+    probe = card_from_config(config, image_size, Calibration(0.0, "", (0.0,), ("",), 1.0))
     maps = _predict(cls(probe, network), x[torch.from_numpy(labels == 0)]).anomaly_map
     pixel_thresholds = tuple(float(np.percentile(maps.flatten().numpy(), p)) for p in pixel_pcts)
     calibration = Calibration(
@@ -265,7 +241,9 @@ def fit_supervised(
         "val_auroc": float(pooled_auroc[best_epoch]),
     }
     card = checkpoints.save(
-        out, _card(config, image_size, calibration, training, metrics), network.state_dict()
+        out,
+        card_from_config(config, image_size, calibration, training=training, metrics=metrics),
+        network.state_dict(),
     )
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     write_supervised_readme(out, card)

@@ -19,7 +19,8 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+
+import { clock, openPage } from './browser.mjs';
 
 const { values: o } = parseArgs({
   options: {
@@ -43,35 +44,16 @@ if (!o.url || !o.study) {
 }
 const base = o.url.replace(/\/$/, '');
 const timeout = Number(o.timeout) * 1000;
-const t0 = Date.now();
-const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
-const log = (msg) => console.log(`[e2e ${secs()} s] ${msg}`);
+const { secs, log } = clock('e2e');
 if (o.screenshots) mkdirSync(o.screenshots, { recursive: true });
 
-const browser = await chromium.launch({
+const { browser, page, problems } = await openPage({
   executablePath: o.chromium,
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
-const context = await browser.newContext({
-  viewport: { width: 1400, height: 900 },
-  serviceWorkers: 'block',
+  timeout,
   httpCredentials: o['viewer-user']
     ? { username: o['viewer-user'], password: readFileSync(o['viewer-password-file'], 'utf8').replace(/\r?\n$/, '') }
     : undefined,
 });
-const page = await context.newPage();
-page.setDefaultTimeout(timeout);
-const problems = [];
-page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
 page.on('console', (msg) => {
   const t = msg.text();
   if (/Fractional segmentations are not yet supported|ReferencedSOPSequence|ai-anomaly\]/.test(t) && msg.type() === 'error') {

@@ -18,7 +18,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+
+import { clock, openPage } from './browser.mjs';
 
 const { values: o } = parseArgs({
   options: {
@@ -39,26 +40,16 @@ if (!o.url || !o.study) {
 }
 const base = o.url.replace(/\/$/, '');
 const timeout = Number(o.timeout) * 1000;
-const t0 = Date.now();
-const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
-const log = (msg) => console.log(`[e2e-stock-dx ${secs()} s] ${msg}`);
+const { secs, log } = clock('e2e-stock-dx');
 const SC_CLASS = '1.2.840.10008.5.1.4.1.1.7';
 const OVERLAY_SERIES_NUMBER = 9005;
 
-const browser = await chromium.launch({
+const { browser, page, problems } = await openPage({
   executablePath: o.chromium,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking'],
-});
-const context = await browser.newContext({
+  timeout,
   viewport: { width: Number(o.width), height: Number(o.height) },
-  serviceWorkers: 'block',
 });
-const page = await context.newPage();
-page.setDefaultTimeout(timeout);
-const problems = [];
 const consoleErrors = [];
-page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
 page.on('console', (msg) => {
   if (msg.type() === 'error') consoleErrors.push(msg.text().slice(0, 300));
 });

@@ -13,7 +13,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+
+import { clock, openPage } from './browser.mjs';
 
 const { values: o } = parseArgs({
   options: {
@@ -34,20 +35,9 @@ const base = o.url.replace(/\/$/, '');
 const timeout = Number(o.timeout) * 1000;
 const regionUids = o.region.split(',').filter(Boolean);
 const emptyUids = o.empty.split(',').filter(Boolean);
-const t0 = Date.now();
-const secs = () => ((Date.now() - t0) / 1000).toFixed(1);
-const log = (msg) => console.log(`[e2e-stock ${secs()} s] ${msg}`);
+const { secs, log } = clock('e2e-stock');
 
-const browser = await chromium.launch({
-  executablePath: o.chromium,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking'],
-});
-const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, serviceWorkers: 'block' });
-const page = await context.newPage();
-page.setDefaultTimeout(timeout);
-const problems = [];
-page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+const { browser, page, problems } = await openPage({ executablePath: o.chromium, timeout });
 
 function fail(msg) {
   throw new Error(msg);
