@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from mmap import mmap
 
 from pydicom.datadict import dictionary_VR
@@ -54,6 +54,12 @@ _PIXEL_DESCRIPTION = {
     0x00280010: "Rows",
     0x00280011: "Columns",
     0x00280100: "BitsAllocated",
+}
+#: Top-level text attributes the walk hands back (tag -> keyword): what the SCP files an
+#: instance under and how it knows its own outputs.
+HEADER_TEXTS = {
+    0x00080070: "Manufacturer",
+    0x0020000D: "StudyInstanceUID",
 }
 
 
@@ -95,11 +101,15 @@ class DatasetShape:
         depth: deepest sequence nesting.
         pixel_data_length: the defined length of top-level PixelData (None: absent or
             encapsulated).
+        texts: the top-level values of `HEADER_TEXTS` that are present, as text (decoded
+            as Latin-1, so any bytes decode; spaces and NULs stripped; empty ones left out):
+            what the SCP needs of the header, read in the same pass.
     """
 
     elements: int
     depth: int
     pixel_data_length: int | None
+    texts: dict[str, str] = field(default_factory=dict)
 
 
 def inflate(data: bytes, limit: int) -> bytes:
@@ -176,6 +186,7 @@ def walk(
     stack = [_Context("dataset", len(data), implicit)]
     pos, elements, depth, max_depth = start, 0, 0, 0
     values: dict[str, int] = {}
+    texts: dict[str, str] = {}
     pixel_length: int | None = None
     while True:
         ctx = stack[-1]
@@ -284,10 +295,14 @@ def walk(
                         values["NumberOfFrames"] = int(text)
                 elif length >= 2:
                     values[_PIXEL_DESCRIPTION[tag]] = u16.unpack_from(raw)[0]
+            elif tag in HEADER_TEXTS:
+                text = data[pos : pos + length].decode("latin-1").strip(" \x00")
+                if text:
+                    texts[HEADER_TEXTS[tag]] = text
         pos += length
     if native_pixels:
         _check_pixel_length(values, pixel_length)
-    return DatasetShape(elements, max_depth, pixel_length)
+    return DatasetShape(elements, max_depth, pixel_length, texts)
 
 
 def expected_pixel_bytes(values: dict[str, int]) -> int | None:
@@ -331,8 +346,8 @@ def check_dataset(
     deflated: bool,
     limits: DatasetLimits,
     native_pixels: bool = True,
-) -> Buffer:
-    """Check a received data set against ``limits``; return it inflated when it was deflated.
+) -> DatasetShape:
+    """Check a received data set against ``limits`` (a deflated one is inflated first).
 
     Args:
         data: the data set as received (no file meta), or a buffer holding it from
@@ -345,15 +360,14 @@ def check_dataset(
         native_pixels: the transfer syntax is native (PixelData's length is checked).
 
     Returns:
-        ``data`` itself, or the inflated data set (from offset 0) when it was deflated: what
-        the header read needs.
+        What the walk found, with the header values the SCP needs.
 
     Raises:
         DatasetRefusedError: refused, with the status to answer.
     """
     plain = inflate(data[start:], limits.max_inflated_bytes) if deflated else data
     try:
-        walk(
+        shape = walk(
             plain,
             start=0 if deflated else start,
             implicit=implicit,
@@ -363,4 +377,4 @@ def check_dataset(
         )
     except (struct.error, IndexError, UnicodeError) as exc:  # a structure the walk missed
         raise _malformed("unreadable element") from exc
-    return plain
+    return shape

@@ -8,17 +8,17 @@ Verification (C-ECHO). Handlers never decode pixels, never run models and never 
   called AE wrong: (0x01, 0x01, 0x07); free disk under ``min_free_disk_mb``:
   rejected-transient / service-provider presentation / "temporary congestion" (0x02, 0x03,
   0x01), so the peer retries later.
-* ``EVT_C_STORE``: reads only the few header attributes it needs (up to StudyInstanceUID,
-  stopping before pixel data), then writes the dataset bytes exactly as sent, with preamble
-  and file meta, durably to the spool and only then answers 0x0000. Own outputs
-  (`ai_engine.dicom_io.markers.is_own_output`) are answered 0x0000 but not spooled, so they
-  never start a job. Before anything is spooled, the data set's structure is walked once
-  (`dicom_node.limits`): nesting deeper than ``max_dataset_depth``, more elements than
-  ``max_dataset_elements`` or a Deflated data set inflating beyond ``max_inflated_mb``
-  are refused with 0xC211, a value running past the end of the data with 0xC210, native
-  PixelData shorter than Rows x Columns x samples x frames x bits with 0xA900. Other
-  failures: 0xA700 (out of resources: disk full, I/O error) or 0xC210 (cannot
-  understand: the header does not parse or lacks StudyInstanceUID).
+* ``EVT_C_STORE``: reads the two header attributes it needs (StudyInstanceUID,
+  Manufacturer) in the structure walk below (no pydicom Dataset is built), then writes the
+  dataset bytes exactly as sent, with preamble and file meta, durably to the spool and
+  only then answers 0x0000. Own outputs (`ai_engine.dicom_io.markers.is_own_output`) are
+  answered 0x0000 but not spooled, so they never start a job. Before anything is
+  spooled, the data set's structure is walked once (`dicom_node.limits`): nesting deeper
+  than ``max_dataset_depth``, more elements than ``max_dataset_elements`` or a Deflated
+  data set inflating beyond ``max_inflated_mb`` are refused with 0xC211, a value running
+  past the end of the data with 0xC210, native PixelData shorter than Rows x Columns x
+  samples x frames x bits with 0xA900. Other failures: 0xA700 (out of resources: disk
+  full, I/O error) or 0xC210 (cannot understand: no StudyInstanceUID or SOP Instance UID).
 * Receive path: associations run `dicom_node.reactor`'s event-driven loops
   (``scp_event_reactor``); with ``receive_mode=file`` a data set is received to a file in
   ``spool/.incoming`` (pynetdicom's chunked receive) and memory-mapped for the checks and
@@ -49,14 +49,10 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import pynetdicom.dimse_messages
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import (
     AE,
@@ -80,7 +76,7 @@ from dicom_node.fsutil import TMP_PREFIX, TMP_SUFFIX, ensure_dir
 from dicom_node.limits import Buffer, DatasetRefusedError, check_dataset
 from dicom_node.logutil import log_failure
 from dicom_node.metrics import Metrics
-from dicom_node.reactor import EventRequestHandler
+from dicom_node.reactor import EventRequestHandler, SharedContexts
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
 
@@ -95,8 +91,6 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CONGESTION = (0x02, 0x03, 0x01)
 
-_STUDY_INSTANCE_UID_TAG = 0x0020000D
-
 #: Accepted transfer syntaxes in order of preference (the acceptor's order decides when a
 #: peer proposes several in one context). Explicit VR Little Endian first: it keeps the VRs
 #: of private elements, which implicit VR loses; then everything else pynetdicom knows.
@@ -104,40 +98,6 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
     *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian),
 )
-
-
-def _stop_after_study_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) > _STUDY_INSTANCE_UID_TAG
-
-
-def read_header(
-    dataset_bytes: Buffer, is_implicit_vr: bool, is_little_endian: bool, start: int = 0
-) -> Dataset:
-    """Parse the start of an encoded dataset, up to and including StudyInstanceUID.
-
-    Args:
-        dataset_bytes: the dataset as sent (no file meta), not deflated; or a memory-mapped
-            file holding it from ``start`` on (read in place, nothing else is copied).
-        is_implicit_vr: the transfer syntax's VR encoding.
-        is_little_endian: its byte order.
-        start: offset of the data set in ``dataset_bytes``.
-
-    Returns:
-        A dataset with the elements (0008,xxxx)..(0020,000D) that were present.
-    """
-    source: IO[bytes] | mmap.mmap
-    if isinstance(dataset_bytes, mmap.mmap):
-        source = dataset_bytes
-        source.seek(start)
-    else:
-        source = BytesIO(dataset_bytes)
-        source.seek(start)
-    return read_dataset(
-        cast(Any, source),
-        is_implicit_VR=is_implicit_vr,
-        is_little_endian=is_little_endian,
-        stop_when=_stop_after_study_uid,
-    )
 
 
 #: Where pynetdicom writes a data set it receives to a file (``receive_mode=file``), per AE:
@@ -325,14 +285,6 @@ def part10_with_sender(event: evt.Event, stream: bytes | None = None) -> bytes:
     return part10_header(event) + stream
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip().rstrip("\x00")
-    return text or None
-
-
 class _ReusePortServer(AdmissionServer):
     """`AdmissionServer` bound with ``SO_REUSEPORT`` (one of several SCP processes)."""
 
@@ -442,6 +394,7 @@ class StorageSCP:
                 request_handler=EventRequestHandler if s.scp_event_reactor else None,
             ),
         )
+        server.contexts = SharedContexts(server.contexts)  # see SharedContexts
         server.admission = AdmissionLimits(
             max_associations=s.max_associations,
             per_peer=s.max_associations_per_peer,
@@ -533,8 +486,9 @@ class StorageSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "").strip()
         transfer_syntax = event.context.transfer_syntax
         try:
-            # structure limits first: nothing is acknowledged that the node cannot process
-            plain = check_dataset(
+            # structure limits first: nothing is acknowledged that the node cannot process;
+            # the same pass reads the header values needed here (no Dataset is built)
+            shape = check_dataset(
                 received,
                 start=start,
                 implicit=transfer_syntax.is_implicit_VR,
@@ -551,25 +505,8 @@ class StorageSCP:
             self._metrics.inc("instances_rejected_total")
             self._metrics.inc("instances_refused_limits_total")
             return exc.status
-        try:
-            header = read_header(
-                plain,
-                transfer_syntax.is_implicit_VR,
-                transfer_syntax.is_little_endian,
-                start=0 if transfer_syntax.is_deflated else start,
-            )
-            study_uid = _text(header, "StudyInstanceUID")
-            manufacturer = _text(header, "Manufacturer")
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is "cannot understand"
-            log_failure(
-                logger,
-                "C-STORE dataset header cannot be parsed",
-                exc,
-                level=logging.WARNING,
-                sop_uid=sop_instance_uid,
-            )
-            self._metrics.inc("instances_rejected_total")
-            return STATUS_CANNOT_UNDERSTAND
+        study_uid = shape.texts.get("StudyInstanceUID")
+        manufacturer = shape.texts.get("Manufacturer")
         if not study_uid or not sop_instance_uid:
             logger.warning(
                 "C-STORE without StudyInstanceUID or SOPInstanceUID",

@@ -90,10 +90,11 @@ class SpooledStudy:
 
 @dataclass
 class _Listing:
-    """What the last scan saw in one study folder: (inode, mtime) per instance file name."""
+    """What the last scan saw in one study folder: (inode, mtime) and path per file name."""
 
     arrived: dict[str, tuple[int, float]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    paths: dict[str, Path] = field(default_factory=dict)
 
 
 class Spool:
@@ -262,10 +263,12 @@ class Spool:
             self._listings.pop(folder.name, None)
             return None
         if previous is not None and arrived.keys() == known.keys():
-            files = previous.files
-        else:
-            files = tuple(folder / name for name in sorted(arrived))
-        self._listings[folder.name] = _Listing(arrived, files)
+            files, paths = previous.files, previous.paths
+        else:  # a path is made once per new file, not once per file and scan
+            old = previous.paths if previous is not None else {}
+            paths = {name: old.get(name) or folder / name for name in arrived}
+            files = tuple(paths[name] for name in sorted(paths))
+        self._listings[folder.name] = _Listing(arrived, files, paths)
         return SpooledStudy(
             name=folder.name,
             path=folder,

@@ -59,8 +59,9 @@ def _encode(ds: Dataset, implicit: bool = False, little: bool = True) -> bytes:
 )
 def test_real_files_pass(name: str) -> None:
     path = Path(get_testdata_file(name))  # type: ignore[arg-type]
-    syntax = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-    check_dataset(
+    header = dcmread(path, stop_before_pixels=True)
+    syntax = header.file_meta.TransferSyntaxUID
+    shape = check_dataset(
         _body(path),
         implicit=syntax.is_implicit_VR,
         little_endian=syntax.is_little_endian,
@@ -68,6 +69,10 @@ def test_real_files_pass(name: str) -> None:
         limits=LIMITS,
         native_pixels=not syntax.is_compressed,
     )
+    # the header values the SCP files the instance under, read in the same pass
+    for keyword in ("StudyInstanceUID", "Manufacturer"):
+        expected = str(header.get(keyword) or "").strip() or None
+        assert shape.texts.get(keyword) == expected
 
 
 @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 
 from dicom_node.config import NodeSettings
 from dicom_node.metrics import Metrics
-from dicom_node.reactor import encode_c_store_rsp
+from dicom_node.reactor import EventDul, encode_c_store_rsp
 from dicom_node.scp import StorageSCP, encode_meta
 from dicom_node.scp_pool import ScpPool
 from dicom_node.service import NodeService
@@ -195,6 +196,40 @@ def test_c_store_right_after_the_accept_gets_its_response(
     finally:
         server.stop()
     assert getattr(status, "Status", None) == 0x0000
+    _assert_spooled_as_sent(settings, ct_path)
+
+
+def _loop_codes(thread: threading.Thread) -> set[object]:
+    frame = sys._current_frames().get(thread.ident or -1)
+    codes = set()
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    return codes
+
+
+@pytest.mark.parametrize("event_reactor", [True, False])
+def test_the_scp_association_runs_the_loop_the_setting_names(
+    settings: NodeSettings, ct_path: Path, event_reactor: bool
+) -> None:
+    """With ``scp_event_reactor`` the DUL thread runs the event-driven loop, not
+    pynetdicom's napping one (its thread target is bound before the class is changed)."""
+    settings.scp_event_reactor = event_reactor
+    server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
+    server.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+        ae.add_requested_context(dcmread(ct_path).SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="AINODE")
+        assert assoc.is_established
+        assert getattr(assoc.send_c_store(ct_path), "Status", None) == 0x0000
+        (scp_side,) = server.ae.active_associations
+        codes = _loop_codes(scp_side.dul)
+        assoc.release()
+    finally:
+        server.stop()
+    assert (EventDul._run_reactor.__code__ in codes) is event_reactor
     _assert_spooled_as_sent(settings, ct_path)
 
 
