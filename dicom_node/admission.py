@@ -60,6 +60,14 @@ class AdmissionServer(HandshakeInThreadServer):
     admission: AdmissionLimits | None = None
     _admission_lock = threading.Lock()
 
+    def service_actions(self) -> None:
+        """Nothing (pynetdicom's runs a full ``gc.collect()`` every 60 accept-loop passes).
+
+        That collection walks the whole heap of the node's process, tens of milliseconds
+        with the GIL held, while every open association waits; finished associations are
+        collected by Python's own garbage collector like everything else.
+        """
+
     def _state(self) -> tuple[Counter[str], list[socket.socket], set[int]]:
         if not hasattr(self, "_peers"):
             self._peers: Counter[str] = Counter()
