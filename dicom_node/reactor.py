@@ -17,15 +17,20 @@ soon as there is work:
   bytes already decrypted by OpenSSL count as readable);
 * association thread: a blocking ``get`` on the DIMSE message queue;
 * `EventDimse`: a C-STORE request is served in the DUL thread that decoded it (no hand-off
-  to the association thread and back), and a plain C-STORE-RSP is encoded directly (the
-  same bytes as pynetdicom's);
-* pynetdicom's standard logging handlers are unbound while its logger is above INFO.
+  to the association thread and back); a plain C-STORE-RQ received to memory is decoded
+  with ``struct`` (`parse_c_store_rq`) instead of a pydicom ``Dataset`` per command set;
+  a plain C-STORE-RSP is encoded directly (the same bytes as pynetdicom's);
+* pynetdicom's standard logging handlers are unbound while its logger is above INFO;
+* `SharedContexts`: the server's presentation contexts are not deep-copied into each
+  association.
 
 Each wait still times out after `POLL_SECONDS`, so the checks that the loops make on every
 pass (ARTIM and idle timers, release and abort requests, ``kill``) run as before, at most
-that much later. Everything else (state machine, PDU and DIMSE decoding, events) is
-pynetdicom's own code. The class of the association and of its DUL are set before either
-thread starts; the SCU side (`dicom_node.sender`, `dicom_node.pull`) is unchanged.
+that much later. Everything else (state machine, PDU decoding, association negotiation,
+events, every other DIMSE message) is pynetdicom's own code. The classes of the association,
+its DUL and its DIMSE provider are set before either thread starts (`EventDul.run`: the
+DUL thread's target was bound by pynetdicom's constructor); the SCU side
+(`dicom_node.sender`, `dicom_node.pull`) is unchanged.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ import ssl
 import struct
 import threading
 import time
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from io import BytesIO
 from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -264,6 +271,70 @@ def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     return _command_element(0x0000, struct.pack("<I", len(body))) + body
 
 
+#: Command elements (0000,eeee) a plain C-STORE-RQ carries; anything else goes to pynetdicom.
+_C_STORE_RQ_ELEMENTS = frozenset({0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
+_C_STORE_RQ_REQUIRED = frozenset({0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
+
+
+@dataclass(frozen=True)
+class StoreCommand:
+    """The fields of a plain C-STORE-RQ command set (no Move Originator)."""
+
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    priority: int
+
+
+def parse_c_store_rq(command: bytes) -> StoreCommand | None:
+    """Read a command set (Implicit VR Little Endian) if it is a plain C-STORE-RQ.
+
+    Returns:
+        Its fields; None for anything else (another command, a response, a C-STORE with
+        Move Originator or without a data set, a duplicate, unknown or malformed element):
+        pynetdicom decodes those as it always did.
+    """
+    fields: dict[int, bytes] = {}
+    pos, end = 0, len(command)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = _IMPLICIT_ELEMENT.unpack_from(command, pos)
+        pos += 8
+        if group != 0x0000 or pos + length > end or element in fields:
+            return None
+        if element not in _C_STORE_RQ_ELEMENTS:
+            return None
+        fields[element] = command[pos : pos + length]
+        pos += length
+    if not fields.keys() >= _C_STORE_RQ_REQUIRED:
+        return None
+    shorts = {}
+    for element in (0x0100, 0x0110, 0x0700, 0x0800):
+        if len(fields[element]) != 2:
+            return None
+        shorts[element] = _US.unpack(fields[element])[0]
+    if shorts[0x0100] != 0x0001 or shorts[0x0800] == 0x0101:
+        return None  # not a C-STORE-RQ, or one without a data set
+    try:
+        sop_class, sop_instance = (
+            fields[e].decode("ascii").rstrip("\x00").strip() for e in (0x0002, 0x1000)
+        )
+    except UnicodeDecodeError:
+        return None
+    return StoreCommand(shorts[0x0110], sop_class, sop_instance, shorts[0x0700])
+
+
+@dataclass
+class _StoreMessage:
+    """A C-STORE-RQ being received by `EventDimse` itself: command and data set so far."""
+
+    command: bytearray = dc_field(default_factory=bytearray)
+    context_id: int | None = None
+    fields: StoreCommand | None = None
+    data_set: bytearray = dc_field(default_factory=bytearray)
+
+
 class EventDimse(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider; a plain C-STORE-RSP is encoded directly.
 
@@ -271,6 +342,8 @@ class EventDimse(DIMSEServiceProvider):
     response, encoded element by element) took about a millisecond of Python per instance;
     the bytes are the same (a test compares them). Anything else goes through pynetdicom.
     """
+
+    _store: _StoreMessage | None = None
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         """As pynetdicom 3.0.4's ``receive_primitive``; a C-STORE-RQ is served right here.
@@ -280,7 +353,18 @@ class EventDimse(DIMSEServiceProvider):
         through the scheduler on a busy machine. A C-STORE request is served in the DUL
         thread that decoded it instead (the peer waits for the response before it sends
         more: only one operation is negotiated); everything else is queued as before.
+
+        A plain C-STORE-RQ received to memory is also decoded here (`parse_c_store_rq`:
+        seven elements read with ``struct``, the primitive filled through pynetdicom's own
+        validating setters) instead of through a pydicom ``Dataset`` per command set, which
+        was about a third of the Python time per instance. Any other message, and any
+        command set this does not recognise, is handed to pynetdicom as received.
         """
+        if self.message is None and self._may_decode_stores():
+            rest = self._receive_store(primitive)
+            if rest is None:
+                return
+            primitive = rest
         if self.message is None:
             self.message = DIMSEMessage()
         if not self.message.decode_msg(primitive, self.assoc):
@@ -299,6 +383,82 @@ class EventDimse(DIMSEServiceProvider):
         self.message._data_set_file = None
         self.message._data_set_path = None
         self.message = None
+        self._dispatch(d_primitive, context_id)
+
+    def _may_decode_stores(self) -> bool:
+        """Whether C-STORE-RQs may be decoded here.
+
+        Only when received to memory and nobody listens for the decoded DIMSE message
+        (`EVT_DIMSE_RECV` handlers get pynetdicom's).
+        """
+        return not _config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(
+            evt.EVT_DIMSE_RECV
+        )
+
+    def _receive_store(self, primitive: P_DATA) -> P_DATA | None:
+        """Take the PDVs of a plain C-STORE-RQ; what is not one goes back to pynetdicom.
+
+        Returns:
+            None when every PDV was taken; otherwise a P-DATA for pynetdicom's decoder with
+            the message so far (its command set as one fragment) and the PDVs not taken.
+        """
+        pdvs = list(primitive.presentation_data_value_list)
+        for index, (context_id, pdv) in enumerate(pdvs):
+            header, payload = pdv[0], pdv[1:]
+            store = self._store
+            if header & 1:  # command fragment
+                if store is None:
+                    store = self._store = _StoreMessage()
+                elif store.fields is not None:  # a command inside a data set: not ours
+                    return self._hand_over(store, pdvs[index:])
+                store.command += payload
+                if header & 2:
+                    store.context_id = context_id
+                    store.fields = parse_c_store_rq(bytes(store.command))
+                    if store.fields is None:
+                        return self._hand_over(store, pdvs[index + 1 :])
+                continue
+            if store is None or store.fields is None or context_id != store.context_id:
+                return self._hand_over(store, pdvs[index:])
+            store.data_set += payload
+            if header & 2:
+                self._store = None
+                self._serve_store(store)
+        return None
+
+    def _hand_over(self, store: _StoreMessage | None, rest: list[tuple[int, bytes]]) -> P_DATA:
+        """A P-DATA replaying what `_receive_store` took of this message, then ``rest``."""
+        self._store = None
+        pdata = P_DATA()
+        if store is not None and store.command:
+            complete = store.context_id is not None
+            context_id = store.context_id if complete else rest[0][0]
+            header = b"\x03" if complete else b"\x01"
+            pdata.presentation_data_value_list.append(
+                (cast(int, context_id), header + bytes(store.command))
+            )
+        pdata.presentation_data_value_list.extend(rest)
+        return pdata
+
+    def _serve_store(self, store: _StoreMessage) -> None:
+        """Build the C-STORE primitive through pynetdicom's setters and serve it."""
+        fields = cast(StoreCommand, store.fields)
+        request = C_STORE()
+        try:  # the setters validate as pynetdicom's decoder does
+            request.MessageID = fields.message_id
+            request.AffectedSOPClassUID = fields.sop_class_uid
+            request.AffectedSOPInstanceUID = fields.sop_instance_uid
+            request.Priority = fields.priority
+            request.DataSet = BytesIO(store.data_set)
+        except Exception:  # as pynetdicom: an invalid message ends the association
+            logger.exception("Received an invalid DIMSE message")
+            self.dul.event_queue.put("Evt19")
+            return
+        request._context_id = store.context_id
+        self._dispatch(request, cast(int, store.context_id))
+
+    def _dispatch(self, d_primitive: Any, context_id: int) -> None:
+        """Route a decoded request as pynetdicom does, a C-STORE-RQ served right here."""
         if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
             self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
         elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:

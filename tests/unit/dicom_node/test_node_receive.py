@@ -22,13 +22,19 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
 
 from dicom_node.config import NodeSettings
 from dicom_node.metrics import Metrics
-from dicom_node.reactor import EventDul, encode_c_store_rsp
+from dicom_node.reactor import (
+    EventAssociation,
+    EventDul,
+    StoreCommand,
+    encode_c_store_rsp,
+    parse_c_store_rq,
+)
 from dicom_node.scp import StorageSCP, encode_meta
 from dicom_node.scp_pool import ScpPool
 from dicom_node.service import NodeService
@@ -197,6 +203,85 @@ def test_c_store_right_after_the_accept_gets_its_response(
         server.stop()
     assert getattr(status, "Status", None) == 0x0000
     _assert_spooled_as_sent(settings, ct_path)
+
+
+def _command_set(message: DIMSEMessage, primitive: object) -> bytes:
+    """The command set bytes pynetdicom sends for ``primitive`` (one PDV, header dropped)."""
+    message.primitive_to_message(primitive)
+    pdvs = [pdv for pdata in message.encode_msg(1, 0) for pdv in pdata.presentation_data_value_list]
+    return b"".join(pdv[1:] for _, pdv in pdvs if pdv[0] & 1)
+
+
+def _store_rq(**extra: object) -> C_STORE:
+    rq = C_STORE()
+    rq.MessageID = 11
+    rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rq.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    rq.Priority = 1
+    rq.DataSet = BytesIO(b"\x08\x00\x16\x00")
+    for name, value in extra.items():
+        setattr(rq, name, value)
+    return rq
+
+
+def test_the_store_command_decoder_reads_what_pynetdicom_encodes() -> None:
+    """A plain C-STORE-RQ is read by the fast decoder; everything else is left to
+    pynetdicom (a response, a C-ECHO, a store on behalf of a C-MOVE, broken bytes)."""
+    command = _command_set(C_STORE_RQ(), _store_rq())
+    assert parse_c_store_rq(command) == StoreCommand(
+        11, "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.1", 1
+    )
+    moved = _store_rq(MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=3)
+    assert parse_c_store_rq(_command_set(C_STORE_RQ(), moved)) is None
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    assert parse_c_store_rq(_command_set(C_ECHO_RQ(), echo)) is None
+    rsp = _store_rq(MessageIDBeingRespondedTo=11, Status=0)
+    rsp.MessageID = None
+    rsp.DataSet = None
+    assert parse_c_store_rq(_command_set(C_STORE_RSP(), rsp)) is None
+    for broken in (command[:-3], command[:7], command + b"\x00\x00", command + command[12:30]):
+        assert parse_c_store_rq(broken) is None
+
+
+def test_stores_the_fast_decoder_leaves_to_pynetdicom_are_stored_too(
+    settings: NodeSettings, ct_path: Path, mr_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one association: plain stores skip pynetdicom's decoder; a C-ECHO and a store
+    for a C-MOVE (Move Originator) go through it; every store is spooled as sent."""
+    decoded: list[int] = []
+    original = DIMSEMessage.decode_msg
+
+    def counting(self: DIMSEMessage, primitive: object, assoc: object = None) -> bool:
+        if isinstance(assoc, EventAssociation):  # the SCP's side, not the test's SCU
+            decoded.append(1)
+        return original(self, primitive, assoc)
+
+    monkeypatch.setattr(DIMSEMessage, "decode_msg", counting)
+    server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
+    server.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+        for path in (ct_path, mr_path):
+            ae.add_requested_context(dcmread(path).SOPClassUID, ExplicitVRLittleEndian)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="AINODE")
+        assert assoc.is_established
+        assert getattr(assoc.send_c_store(ct_path), "Status", None) == 0x0000
+        plain = len(decoded)
+        assert getattr(assoc.send_c_echo(), "Status", None) == 0x0000
+        moved = assoc.send_c_store(mr_path, originator_aet="MOVER", originator_id=7)
+        assert getattr(moved, "Status", None) == 0x0000
+        assert getattr(assoc.send_c_store(ct_path), "Status", None) == 0x0000
+        assoc.release()
+    finally:
+        server.stop()
+    assert plain == 0
+    assert len(decoded) >= 2  # the echo and the moved store
+    _assert_spooled_as_sent(settings, ct_path)
+    _assert_spooled_as_sent(settings, mr_path)
 
 
 def _loop_codes(thread: threading.Thread) -> set[object]:
