@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import pydicom.config
 import pynetdicom.dimse_messages
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import (
@@ -380,6 +381,12 @@ class StorageSCP:
             )
         _RECEIVE_MODES[id(self.ae)] = s.receive_mode
         _config.STORE_RECV_CHUNKED_DATASET = s.receive_mode == "file"
+        # Process-wide too: pydicom's read-time value checks only warn (WARN, its default),
+        # yet they ran two regular expressions on each of the hundreds of UIDs in every
+        # A-ASSOCIATE-RQ, a third of an association's set-up. pynetdicom still validates
+        # every UID it decodes itself (length, emptiness, and conformance where enforced);
+        # the node never reads values through pydicom's warnings.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         ssl_context = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             ssl_context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
