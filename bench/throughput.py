@@ -20,7 +20,8 @@ per study (user + system, from ``/proc``) of the node's process, each engine pro
 Orthanc, over the node run: where the two cores went.
 
 Engine alone: `ai_engine.pipeline.run` in this process on ``--engine-studies`` folders of the
-same files (one study each), writing the same SEG/SEG/SR outputs, no networking, with as many
+same files (one study each), writing what the node writes (SEG, SEG, SR and, as the node's
+``overlay_sc`` setting asks, the overlay Secondary Capture), no networking, with as many
 torch threads as each of the node's engine processes (``DICOM_NODE_ENGINE_THREADS``), after one
 warm-up run, half of them before the node run and half after it (the load of a shared
 machine changes over a long run); its studies/min is the reference.
@@ -82,10 +83,17 @@ def copies(source: Path, n: int) -> list[Dataset]:
 def engine_alone(
     studies: list[Dataset], checkpoint: str, work: Path, threads: int
 ) -> tuple[float, int]:
-    """Seconds for `pipeline.run` over one folder per study (model loaded before timing)."""
+    """Seconds for `pipeline.run` over one folder per study (model loaded before timing).
+
+    The outputs are the node's: its ``overlay_sc`` setting (the default, or
+    ``DICOM_NODE_OVERLAY_SC``) is passed on, so both sides write the same files.
+    """
     import torch
 
     from ai_engine import pipeline
+    from dicom_node.config import load_settings
+
+    overlay_sc = load_settings().overlay_sc
 
     torch.set_num_threads(threads)  # as many as each of the node's engine processes has
 
@@ -96,10 +104,10 @@ def engine_alone(
         ds.save_as(folder / "image.dcm", enforce_file_format=True)
         folders.append(folder)
     # load the model and run once (imports, thread pools), as the node's worker has when warm
-    pipeline.run(folders[0], work / "engine-out" / "warm-up", [checkpoint])
+    pipeline.run(folders[0], work / "engine-out" / "warm-up", [checkpoint], overlay_sc=overlay_sc)
     t0 = time.monotonic()
     for i, folder in enumerate(folders):
-        pipeline.run(folder, work / "engine-out" / f"{i:05d}", [checkpoint])
+        pipeline.run(folder, work / "engine-out" / f"{i:05d}", [checkpoint], overlay_sc=overlay_sc)
     return time.monotonic() - t0, len(folders)
 
 
