@@ -20,7 +20,7 @@ TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".part"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory's entries (new, renamed or removed names) to stable storage.
 
     Args:
@@ -38,7 +38,7 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
-def write_durable(path: Path, data: Content) -> None:
+def write_durable(path: str | os.PathLike[str], data: Content) -> None:
     """Write ``data`` to ``path`` atomically and durably.
 
     A temporary file in the same directory (created 0600: received instances hold PHI) is
@@ -53,8 +53,12 @@ def write_durable(path: Path, data: Content) -> None:
 
     Raises:
         OSError: the write failed (disk full, permissions, ...); no partial file is left.
+            FileNotFoundError when the directory does not exist.
     """
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    # plain strings: this runs once per received instance, pathlib costs more than the work
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{name}.{uuid.uuid4().hex}{TMP_SUFFIX}")  # noqa: PTH118
     parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -67,12 +71,12 @@ def write_durable(path: Path, data: Content) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        tmp.replace(path)
+        os.replace(tmp, target)  # noqa: PTH105
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)  # noqa: PTH108
         raise
-    fsync_dir(path.parent)
+    fsync_dir(folder or ".")
 
 
 def ensure_dir(path: Path) -> bool:

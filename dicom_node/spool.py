@@ -106,6 +106,7 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = os.fspath(root)
         ensure_dir(root)
         self.incoming_dir = root / INCOMING_FOLDER
         self._listings: dict[str, _Listing] = {}
@@ -136,20 +137,25 @@ class Spool:
         Raises:
             SpoolError: the instance could not be written (disk full, permissions...).
         """
-        path = self.study_dir(study_uid) / f"{safe_name(sop_instance_uid)}{INSTANCE_SUFFIX}"
+        # plain strings, as in `write_durable`: this runs once per received instance
+        folder = os.path.join(self._root, safe_name(study_uid))  # noqa: PTH118
+        path = os.path.join(folder, f"{safe_name(sop_instance_uid)}{INSTANCE_SUFFIX}")  # noqa: PTH118
         last_error: OSError | None = None
-        # The router removes an emptied study folder; a write racing with that removal
-        # finds its folder gone and simply recreates it.
+        # The folder is created when a write finds it missing: a new study, or the router
+        # removed an emptied folder while this write raced with it (no stat per instance).
         for _ in range(3):
             try:
-                ensure_dir(path.parent)
                 write_durable(path, data)
             except FileNotFoundError as exc:
                 last_error = exc
+                try:
+                    ensure_dir(Path(folder))
+                except OSError as dir_exc:
+                    raise SpoolError(f"cannot create spool folder: {dir_exc.strerror}") from exc
                 continue
             except OSError as exc:
                 raise SpoolError(f"cannot write spool file: {exc.strerror}") from exc
-            return path
+            return Path(path)
         raise SpoolError("spool study folder kept disappearing") from last_error
 
     def mark_open(self, study_uid: str, token: str) -> None:
