@@ -298,7 +298,8 @@ def test_the_scp_association_runs_the_loop_the_setting_names(
     settings: NodeSettings, ct_path: Path, event_reactor: bool
 ) -> None:
     """With ``scp_event_reactor`` the DUL thread runs the event-driven loop, not
-    pynetdicom's napping one (its thread target is bound before the class is changed)."""
+    pynetdicom's napping one (its thread target is bound before the class is changed);
+    either way the association shares the server's presentation contexts."""
     settings.scp_event_reactor = event_reactor
     server = StorageSCP(settings, Spool(settings.spool_dir), Metrics())
     server.start()
@@ -311,10 +312,13 @@ def test_the_scp_association_runs_the_loop_the_setting_names(
         assert getattr(assoc.send_c_store(ct_path), "Status", None) == 0x0000
         (scp_side,) = server.ae.active_associations
         codes = _loop_codes(scp_side.dul)
+        # the server's contexts are shared, not deep-copied into every association
+        shared = scp_side.acceptor.supported_contexts[0] is server.ae._servers[0].contexts[0]
         assoc.release()
     finally:
         server.stop()
     assert (EventDul._run_reactor.__code__ in codes) is event_reactor
+    assert shared
     _assert_spooled_as_sent(settings, ct_path)
 
 
