@@ -85,6 +85,10 @@ class NodeSettings(BaseSettings):
             `dicom_node.scp_pool`), so associations are received on several cores; 1 runs
             the SCP in the node's process, 0 is one per core. Association limits apply per
             process.
+        max_pdu_size: the largest P-DATA-TF PDU the SCP accepts, announced to peers in
+            the A-ASSOCIATE-AC (bytes; 0 = no limit). 256 KiB: a 50 KB radiograph arrives
+            as one PDU instead of four, and each PDU costs Python time to read and decode
+            (pynetdicom's default is 16 KiB).
         scp_event_reactor: run the SCP's associations with `dicom_node.reactor`'s loops,
             which wait for data instead of napping 1 ms per pass (default); false keeps
             pynetdicom's own polling loops.
@@ -230,6 +234,7 @@ class NodeSettings(BaseSettings):
     receive_mode: Literal["memory", "file"] = "memory"
     scp_processes: int = Field(default=1, ge=0, le=64)
     scp_event_reactor: bool = True
+    max_pdu_size: int = Field(default=262_144, ge=0, le=2**32 - 1)
     max_dataset_elements: int = Field(default=1_000_000, ge=1)
     max_inflated_mb: int = Field(default=256, ge=1)
 

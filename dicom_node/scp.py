@@ -343,6 +343,7 @@ class StorageSCP:
         ae.require_calling_aet = []
         ae.require_called_aet = False
         ae.maximum_associations = self._settings.max_associations
+        ae.maximum_pdu_size = self._settings.max_pdu_size
         ae.acse_timeout = self._settings.acse_timeout_seconds
         ae.dimse_timeout = self._settings.dimse_timeout_seconds
         ae.network_timeout = self._settings.network_timeout_seconds

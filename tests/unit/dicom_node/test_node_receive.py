@@ -309,6 +309,7 @@ def test_the_scp_association_runs_the_loop_the_setting_names(
         ae.add_requested_context(dcmread(ct_path).SOPClassUID, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", server.port, ae_title="AINODE")
         assert assoc.is_established
+        assert assoc.acceptor.maximum_length == settings.max_pdu_size  # told to the peer
         assert getattr(assoc.send_c_store(ct_path), "Status", None) == 0x0000
         (scp_side,) = server.ae.active_associations
         codes = _loop_codes(scp_side.dul)
