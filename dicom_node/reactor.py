@@ -66,6 +66,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
 
+from dicom_node.logutil import log_failure
+
 logger = logging.getLogger(__name__)
 
 #: Longest wait of either loop when nothing arrives (the old loops woke every 1 ms).
@@ -373,9 +375,8 @@ class EventDimse(DIMSEServiceProvider):
         context_id = cast(int, self.message.context_id)
         try:
             d_primitive = self.message.message_to_primitive()
-        except Exception:  # as pynetdicom: an invalid message ends the association
-            logger.exception("Received an invalid DIMSE message")
-            self.dul.event_queue.put("Evt19")
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: it ends the association
+            self._end_invalid_message(exc)
             return
         # reset the message for the next one (pynetdicom's fix for its issue 41)
         self.message.encoded_command_set = BytesIO()
@@ -384,6 +385,15 @@ class EventDimse(DIMSEServiceProvider):
         self.message._data_set_path = None
         self.message = None
         self._dispatch(d_primitive, context_id)
+
+    def _end_invalid_message(self, exc: Exception) -> None:
+        """An invalid DIMSE message ends the association (Evt19), as in pynetdicom.
+
+        Logged with type and location only: the messages of pynetdicom's validators quote
+        the peer's values (UIDs are PHI).
+        """
+        log_failure(logger, "Received an invalid DIMSE message", exc)
+        self.dul.event_queue.put("Evt19")
 
     def _may_decode_stores(self) -> bool:
         """Whether C-STORE-RQs may be decoded here.
@@ -450,9 +460,8 @@ class EventDimse(DIMSEServiceProvider):
             request.AffectedSOPInstanceUID = fields.sop_instance_uid
             request.Priority = fields.priority
             request.DataSet = BytesIO(store.data_set)
-        except Exception:  # as pynetdicom: an invalid message ends the association
-            logger.exception("Received an invalid DIMSE message")
-            self.dul.event_queue.put("Evt19")
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: it ends the association
+            self._end_invalid_message(exc)
             return
         request._context_id = store.context_id
         self._dispatch(request, cast(int, store.context_id))
