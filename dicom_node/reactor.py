@@ -273,9 +273,10 @@ def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
     return _command_element(0x0000, struct.pack("<I", len(body))) + body
 
 
-#: Command elements (0000,eeee) a plain C-STORE-RQ carries; anything else goes to pynetdicom.
-_C_STORE_RQ_ELEMENTS = frozenset({0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
+#: Command elements (0000,eeee) a plain C-STORE-RQ must carry, and those it may (plus the
+#: group length); a command set with anything else goes to pynetdicom.
 _C_STORE_RQ_REQUIRED = frozenset({0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
+_C_STORE_RQ_ELEMENTS = _C_STORE_RQ_REQUIRED | {0x0000}
 
 
 @dataclass(frozen=True)
@@ -338,11 +339,12 @@ class _StoreMessage:
 
 
 class EventDimse(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider; a plain C-STORE-RSP is encoded directly.
+    """pynetdicom's DIMSE provider; a plain C-STORE-RQ is decoded and its RSP encoded directly.
 
-    Building the response through pynetdicom's DIMSE message (a pydicom ``Dataset`` per
-    response, encoded element by element) took about a millisecond of Python per instance;
-    the bytes are the same (a test compares them). Anything else goes through pynetdicom.
+    The request side is `receive_primitive`'s. Building the response through pynetdicom's
+    DIMSE message (a pydicom ``Dataset`` per response, encoded element by element) took
+    about a millisecond of Python per instance; the bytes are the same (a test compares
+    them). Anything else goes through pynetdicom.
     """
 
     _store: _StoreMessage | None = None
