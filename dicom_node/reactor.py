@@ -439,17 +439,22 @@ class EventDimse(DIMSEServiceProvider):
         return None
 
     def _hand_over(self, store: _StoreMessage | None, rest: list[tuple[int, bytes]]) -> P_DATA:
-        """A P-DATA replaying what `_receive_store` took of this message, then ``rest``."""
+        """A P-DATA replaying what `_receive_store` took of this message, then ``rest``.
+
+        The replay is the command set as one fragment and, when some of the data set was
+        taken, that part as one non-final fragment: pynetdicom's decoder concatenates
+        fragments, so it reads the same bytes as from the peer.
+        """
         self._store = None
         pdata = P_DATA()
+        pdvs = pdata.presentation_data_value_list
         if store is not None and store.command:
             complete = store.context_id is not None
-            context_id = store.context_id if complete else rest[0][0]
-            header = b"\x03" if complete else b"\x01"
-            pdata.presentation_data_value_list.append(
-                (cast(int, context_id), header + bytes(store.command))
-            )
-        pdata.presentation_data_value_list.extend(rest)
+            context_id = cast(int, store.context_id if complete else rest[0][0])
+            pdvs.append((context_id, (b"\x03" if complete else b"\x01") + bytes(store.command)))
+            if store.data_set:
+                pdvs.append((context_id, b"\x00" + bytes(store.data_set)))
+        pdvs.extend(rest)
         return pdata
 
     def _serve_store(self, store: _StoreMessage) -> None:

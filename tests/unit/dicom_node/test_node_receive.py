@@ -25,11 +25,13 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta, split_dataset
+from pynetdicom.pdu_primitives import P_DATA
 
 from dicom_node.config import NodeSettings
 from dicom_node.metrics import Metrics
 from dicom_node.reactor import (
     EventAssociation,
+    EventDimse,
     EventDul,
     StoreCommand,
     encode_c_store_rsp,
@@ -243,6 +245,49 @@ def test_the_store_command_decoder_reads_what_pynetdicom_encodes() -> None:
     assert parse_c_store_rq(_command_set(C_STORE_RSP(), rsp)) is None
     for broken in (command[:-3], command[:7], command + b"\x00\x00", command + command[12:30]):
         assert parse_c_store_rq(broken) is None
+
+
+def _pdata(*pdvs: tuple[int, bytes]) -> P_DATA:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.extend(pdvs)
+    return primitive
+
+
+def _pynetdicom_reads(primitives: list[P_DATA]) -> tuple[bytes, bytes] | None:
+    """(command set, data set) as pynetdicom's decoder reads the stream; None if unfinished."""
+    message = DIMSEMessage()
+    for primitive in primitives:
+        if message.decode_msg(primitive):
+            data_set = message.data_set
+            data = data_set.getvalue() if isinstance(data_set, BytesIO) else b""
+            return message.encoded_command_set.getvalue(), data
+    return None
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        [(3, b"\x02tail")],  # the data set's last fragment on another context
+        [(1, b"\x01" + b"\x00" * 12), (1, b"\x02tail")],  # a command fragment inside it
+    ],
+)
+def test_a_store_the_fast_decoder_gives_up_midway_reaches_pynetdicom_whole(
+    stray: list[tuple[int, bytes]],
+) -> None:
+    """Whatever the fast decoder took of a message before it saw something it does not
+    handle is handed back: pynetdicom's decoder then reads the same bytes it would have
+    read from the peer."""
+    command = _command_set(C_STORE_RQ(), _store_rq())
+    first = _pdata((1, b"\x03" + command), (1, b"\x00" + b"head-"))
+    stream = [first, _pdata(*stray)]
+    dimse = EventDimse.__new__(EventDimse)  # no association: these PDVs serve no store
+    assert dimse._receive_store(first) is None  # taken: a plain C-STORE-RQ so far
+    rest = dimse._receive_store(stream[1])
+    assert rest is not None
+    expected = _pynetdicom_reads(stream)
+    assert expected is not None
+    assert expected[1] == b"head-tail"
+    assert _pynetdicom_reads([rest]) == expected
 
 
 def test_stores_the_fast_decoder_leaves_to_pynetdicom_are_stored_too(
