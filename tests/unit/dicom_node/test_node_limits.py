@@ -75,6 +75,21 @@ def test_real_files_pass(name: str) -> None:
         assert shape.texts.get(keyword) == expected
 
 
+@pytest.mark.parametrize("implicit", [False, True])
+def test_header_values_are_the_top_level_ones(implicit: bool) -> None:
+    """A StudyInstanceUID inside a sequence after the top-level one (Request Attributes
+    Sequence, legal) does not change what the instance is filed under; an empty value
+    counts as absent."""
+    item = Dataset()
+    item.StudyInstanceUID = "9.9.9"
+    ds = Dataset()
+    ds.Manufacturer = ""
+    ds.StudyInstanceUID = "1.2.3"
+    ds.RequestAttributesSequence = Sequence([item])
+    shape = walk(_encode(ds, implicit), implicit=implicit, little_endian=True, limits=LIMITS)
+    assert shape.texts == {"StudyInstanceUID": "1.2.3"}
+
+
 @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
 def test_truncated_files_are_refused(name: str) -> None:
     path = Path(get_testdata_file(name))  # type: ignore[arg-type]
